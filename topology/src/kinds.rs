@@ -1,0 +1,354 @@
+//! The stage types a topology may name, what flows in and out of each, and
+//! the configuration keys each accepts.
+
+use serde_json::Value;
+
+/// What flows along an edge of the topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// Raw payloads from a connector (bytes + position).
+    Raw,
+    /// Parsed documents (the IR).
+    Documents,
+    /// Chunked documents (each document with its chunks, and vectors once embedded).
+    Chunks,
+    /// Extracted entities and claims.
+    Entities,
+}
+
+impl StreamKind {
+    /// A word for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StreamKind::Raw => "raw payloads",
+            StreamKind::Documents => "documents",
+            StreamKind::Chunks => "chunks",
+            StreamKind::Entities => "entities",
+        }
+    }
+}
+
+/// The type of a value under a stage's `config`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// An integer ≥ 1.
+    PositiveInt,
+    /// An integer ≥ 0.
+    NonNegInt,
+    /// A number ≥ 0.
+    NonNegFloat,
+    /// `true` or `false`.
+    Bool,
+    /// Any string.
+    Text,
+    /// One of the listed strings.
+    OneOf(&'static [&'static str]),
+    /// A list of the listed strings (any strings when the list is empty).
+    ListOf(&'static [&'static str]),
+    /// A duration such as `500ms`, `30s`, `5m`.
+    Duration,
+}
+
+impl ValueKind {
+    /// Checks `value`, returning what is wrong with it.
+    pub fn check(self, value: &Value) -> Result<(), String> {
+        let describe = |v: &Value| match v {
+            Value::Null => "null".to_string(),
+            Value::String(s) => format!("\"{s}\""),
+            other => other.to_string(),
+        };
+        match self {
+            ValueKind::PositiveInt => match value.as_u64() {
+                Some(n) if n >= 1 => Ok(()),
+                _ => Err(format!(
+                    "expected an integer ≥ 1, found {}",
+                    describe(value)
+                )),
+            },
+            ValueKind::NonNegInt => match value.as_u64() {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "expected an integer ≥ 0, found {}",
+                    describe(value)
+                )),
+            },
+            ValueKind::NonNegFloat => match value.as_f64() {
+                Some(x) if x >= 0.0 && x.is_finite() => Ok(()),
+                _ => Err(format!("expected a number ≥ 0, found {}", describe(value))),
+            },
+            ValueKind::Bool => match value {
+                Value::Bool(_) => Ok(()),
+                _ => Err(format!("expected true or false, found {}", describe(value))),
+            },
+            ValueKind::Text => match value {
+                Value::String(s) if !s.trim().is_empty() => Ok(()),
+                _ => Err(format!(
+                    "expected a non-empty string, found {}",
+                    describe(value)
+                )),
+            },
+            ValueKind::OneOf(choices) => match value.as_str() {
+                Some(s) if choices.contains(&s) => Ok(()),
+                _ => Err(format!(
+                    "expected one of {}, found {}",
+                    choices.join(" | "),
+                    describe(value)
+                )),
+            },
+            ValueKind::ListOf(choices) => {
+                let Some(items) = value.as_array() else {
+                    return Err(format!("expected a list, found {}", describe(value)));
+                };
+                for item in items {
+                    match item.as_str() {
+                        Some(s) if choices.is_empty() || choices.contains(&s) => {}
+                        _ if choices.is_empty() => {
+                            return Err(format!("expected strings, found {}", describe(item)))
+                        }
+                        _ => {
+                            return Err(format!(
+                                "expected items from {}, found {}",
+                                choices.join(" | "),
+                                describe(item)
+                            ))
+                        }
+                    }
+                }
+                Ok(())
+            }
+            ValueKind::Duration => match value.as_str().and_then(crate::parse_duration) {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "expected a duration such as 500ms, 30s or 5m, found {}",
+                    describe(value)
+                )),
+            },
+        }
+    }
+}
+
+/// A configuration key a stage type accepts.
+#[derive(Clone, Copy, Debug)]
+pub struct ConfigKey {
+    /// The key under `config:`.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: ValueKind,
+}
+
+const fn key(name: &'static str, kind: ValueKind) -> ConfigKey {
+    ConfigKey { name, kind }
+}
+
+/// Formats `parse` understands; `auto` sniffs each payload.
+pub const PARSE_FORMATS: &[&str] = &["auto", "pubmed-jsonl", "pubmed-xml", "jats", "ctgov", "tei"];
+const DEVICES: &[&str] = &["cpu", "cuda"];
+/// Index backends; this build implements `bm25`.
+pub const INDEX_BACKENDS: &[&str] = &["bm25", "splade", "dense"];
+
+/// A stage type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StageKind {
+    /// Where the source's payloads enter: size limits on raw records.
+    Ingest,
+    /// HTTP GET of a URL field into the payload (polite-api pipelines).
+    Fetch,
+    /// PDF download into the object store (phase one of the PDF gate).
+    Download,
+    /// Payload → document IR.
+    Parse,
+    /// Document → chunks.
+    Chunk,
+    /// Dense embeddings of chunks (ONNX Runtime).
+    Embed,
+    /// SPLADE sparse expansion of chunks.
+    Splade,
+    /// BM25 / SPLADE / dense index sink, committed at epoch boundaries.
+    Index,
+    /// Entity and claim extraction.
+    Extract,
+    /// Knowledge-graph sink.
+    Kg,
+}
+
+impl StageKind {
+    /// Every stage type, in pipeline order.
+    pub const ALL: [StageKind; 10] = [
+        StageKind::Ingest,
+        StageKind::Fetch,
+        StageKind::Download,
+        StageKind::Parse,
+        StageKind::Chunk,
+        StageKind::Embed,
+        StageKind::Splade,
+        StageKind::Index,
+        StageKind::Extract,
+        StageKind::Kg,
+    ];
+
+    /// The name used in YAML.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Ingest => "ingest",
+            StageKind::Fetch => "fetch",
+            StageKind::Download => "download",
+            StageKind::Parse => "parse",
+            StageKind::Chunk => "chunk",
+            StageKind::Embed => "embed",
+            StageKind::Splade => "splade",
+            StageKind::Index => "index",
+            StageKind::Extract => "extract",
+            StageKind::Kg => "kg",
+        }
+    }
+
+    /// Looks a YAML name up.
+    pub fn from_name(name: &str) -> Option<StageKind> {
+        StageKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// What the stage consumes.
+    pub fn input(self) -> StreamKind {
+        match self {
+            StageKind::Ingest | StageKind::Fetch | StageKind::Download | StageKind::Parse => {
+                StreamKind::Raw
+            }
+            StageKind::Chunk => StreamKind::Documents,
+            StageKind::Embed | StageKind::Splade | StageKind::Index | StageKind::Extract => {
+                StreamKind::Chunks
+            }
+            StageKind::Kg => StreamKind::Entities,
+        }
+    }
+
+    /// What the stage produces (`index` passes on what it has made durable).
+    pub fn output(self) -> StreamKind {
+        match self {
+            StageKind::Ingest | StageKind::Fetch | StageKind::Download => StreamKind::Raw,
+            StageKind::Parse => StreamKind::Documents,
+            StageKind::Chunk | StageKind::Embed | StageKind::Splade | StageKind::Index => {
+                StreamKind::Chunks
+            }
+            StageKind::Extract | StageKind::Kg => StreamKind::Entities,
+        }
+    }
+
+    /// Whether the stage keeps per-document state, so its input is exchanged
+    /// by document id (one worker owns a document and its index shard).
+    pub fn keyed(self) -> bool {
+        matches!(self, StageKind::Index | StageKind::Kg)
+    }
+
+    /// The configuration keys the stage accepts.
+    pub fn config_keys(self) -> &'static [ConfigKey] {
+        use ValueKind::*;
+        match self {
+            StageKind::Ingest => {
+                const K: &[ConfigKey] = &[key("max_record_bytes", PositiveInt)];
+                K
+            }
+            StageKind::Fetch => {
+                const K: &[ConfigKey] = &[
+                    key("url_field", Text),
+                    key("max_bytes", PositiveInt),
+                    key("allow_hosts", ListOf(&[])),
+                ];
+                K
+            }
+            StageKind::Download => {
+                const K: &[ConfigKey] = &[
+                    key("url_field", Text),
+                    key("max_bytes", PositiveInt),
+                    key("allow_hosts", ListOf(&[])),
+                    key("output", Text),
+                ];
+                K
+            }
+            StageKind::Parse => {
+                const K: &[ConfigKey] = &[
+                    key("format", OneOf(PARSE_FORMATS)),
+                    key("max_doc_bytes", PositiveInt),
+                ];
+                K
+            }
+            StageKind::Chunk => {
+                const K: &[ConfigKey] = &[
+                    key("split_by", OneOf(&["word", "sentence", "passage"])),
+                    key("split_length", PositiveInt),
+                    key("split_overlap", NonNegInt),
+                    key("respect_sentence_boundary", Bool),
+                ];
+                K
+            }
+            StageKind::Embed => {
+                const K: &[ConfigKey] = &[
+                    key("model", Text),
+                    key("tokenizer", Text),
+                    key("device", OneOf(DEVICES)),
+                    key("max_seq_len", PositiveInt),
+                    key("max_batch_tokens", PositiveInt),
+                    key("intra_threads", PositiveInt),
+                ];
+                K
+            }
+            StageKind::Splade => {
+                const K: &[ConfigKey] = &[
+                    key("model", Text),
+                    key("tokenizer", Text),
+                    key("device", OneOf(DEVICES)),
+                    key("max_seq_len", PositiveInt),
+                    key("max_batch_tokens", PositiveInt),
+                    key("intra_threads", PositiveInt),
+                    key("top_k", PositiveInt),
+                    key("threshold", NonNegFloat),
+                ];
+                K
+            }
+            StageKind::Index => {
+                const K: &[ConfigKey] = &[
+                    key("backends", ListOf(INDEX_BACKENDS)),
+                    key("commit_interval", Duration),
+                    key("writer_memory_mb", PositiveInt),
+                ];
+                K
+            }
+            StageKind::Extract => {
+                const K: &[ConfigKey] = &[key("model", Text), key("min_confidence", NonNegFloat)];
+                K
+            }
+            StageKind::Kg => {
+                const K: &[ConfigKey] = &[key("backend", Text), key("uri", Text)];
+                K
+            }
+        }
+    }
+
+    /// Checks relations between keys once each key is valid on its own.
+    pub(crate) fn check_config(
+        self,
+        config: &serde_json::Map<String, Value>,
+    ) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self == StageKind::Chunk {
+            let length = config.get("split_length").and_then(Value::as_u64);
+            let overlap = config.get("split_overlap").and_then(Value::as_u64);
+            let (length, overlap) = (length.unwrap_or(200), overlap.unwrap_or(0));
+            if overlap >= length {
+                problems.push((
+                    "split_overlap",
+                    format!(
+                        "split_overlap ({overlap}) must be smaller than split_length ({length})"
+                    ),
+                ));
+            }
+        }
+        if self == StageKind::Index {
+            if let Some(Value::Array(items)) = config.get("backends") {
+                if items.is_empty() {
+                    problems.push(("backends", "backends must name at least one backend".into()));
+                }
+            }
+        }
+        problems
+    }
+}

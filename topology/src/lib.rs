@@ -1,0 +1,69 @@
+//! Pipeline topologies: the YAML a user writes, its validation, and the
+//! compiled [`Plan`] the dataflow crate turns into a timely graph.
+//!
+//! A topology is a DAG of typed *stages* (`parse`, `chunk`, `index`, ...)
+//! wired by `depends_on`, plus optional *gates* that hold a document until an
+//! external condition holds. Validation is exhaustive: every problem of a
+//! file is reported, each with the file, line and column and the offending
+//! name, so a user fixes a file in one pass.
+//!
+//! ```
+//! use medkg_topology::{Plan, Policies};
+//!
+//! let yaml = "
+//! name: lexical
+//! version: 1
+//! stages:
+//!   - name: parse
+//!     type: parse
+//!   - name: chunk
+//!     type: chunk
+//!     depends_on: [parse]
+//!     config: { split_by: sentence, split_length: 4, split_overlap: 1 }
+//!   - name: index
+//!     type: index
+//!     depends_on: [chunk]
+//! ";
+//! let plan = Plan::from_yaml_str("lexical.yaml", yaml, &Policies::builtin()).unwrap();
+//! assert_eq!(plan.stages.len(), 3);
+//! assert_eq!(plan.stages[2].inputs, vec![1]);
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod kinds;
+mod plan;
+mod policy;
+mod raw;
+
+pub use error::{Location, TopologyError, ValidationErrors};
+pub use kinds::{ConfigKey, StageKind, StreamKind, ValueKind};
+pub use plan::{Gate, Plan, PlannedStage, RuntimeSettings};
+pub use policy::{Backoff, Policies, Policy};
+
+/// Parses a human duration such as `500ms`, `30s`, `5m`, `1h` or `2d`.
+///
+/// ```
+/// assert_eq!(medkg_topology::parse_duration("1.5s"), Some(std::time::Duration::from_millis(1500)));
+/// assert_eq!(medkg_topology::parse_duration("soon"), None);
+/// ```
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "s" | "" => number,
+        "m" | "min" => number * 60.0,
+        "h" => number * 3600.0,
+        "d" => number * 86400.0,
+        _ => return None,
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return None;
+    }
+    Some(std::time::Duration::from_secs_f64(seconds))
+}

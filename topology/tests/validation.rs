@@ -1,0 +1,195 @@
+//! Topology validation: every shipped pipeline is valid, every kind of
+//! mistake is reported with its file, line, column and name, and (proptest)
+//! random DAGs compile while random cycles are rejected at the right line.
+
+use medkg_topology::{Plan, Policies, StageKind};
+use proptest::prelude::*;
+
+fn plan(text: &str) -> Result<Plan, medkg_topology::ValidationErrors> {
+    Plan::from_yaml_str("t.yaml", text, &Policies::builtin())
+}
+
+#[test]
+fn shipped_pipelines_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/pipelines");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let plan = Plan::from_path(&path, &Policies::builtin())
+            .unwrap_or_else(|e| panic!("{} is invalid:\n{e}", path.display()));
+        assert!(!plan.stages.is_empty());
+        seen += 1;
+    }
+    assert!(seen >= 5, "expected the five seed pipelines, found {seen}");
+    let auto = Plan::from_path(
+        std::path::Path::new(&format!("{dir}/auto.yaml")),
+        &Policies::builtin(),
+    )
+    .unwrap();
+    let kinds: Vec<_> = auto.stages.iter().map(|s| s.kind.name()).collect();
+    assert_eq!(
+        kinds,
+        ["ingest", "parse", "chunk", "embed", "splade", "index", "extract", "kg"]
+    );
+    let pdf = Plan::from_path(
+        std::path::Path::new(&format!("{dir}/pdf-two-phase.yaml")),
+        &Policies::builtin(),
+    )
+    .unwrap();
+    assert_eq!(pdf.gates.len(), 1);
+    assert_eq!(pdf.stages[pdf.gates[0].after].kind, StageKind::Download);
+}
+
+#[test]
+fn every_error_of_a_file_is_reported_with_location_and_name() {
+    let text = "\
+name: broken
+version: 1
+stages:
+  - name: parse
+    type: parser
+  - name: chunk
+    type: chunk
+    policy: reckless
+    depends_on: [parse, nowhere]
+    config: { split_by: paragraph, split_length: 0, colour: blue }
+  - name: chunk
+    type: index
+    depends_on: [chunk]
+gates:
+  - name: g
+    after: ghost
+    condition: moon_phase
+    timeout: forever
+";
+    let errors = plan(text).unwrap_err().0;
+    let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let has = |line: u64, name: &str, words: &str| {
+        errors.iter().any(|e| {
+            e.location.line == line
+                && e.location.column > 0
+                && e.location.file == "t.yaml"
+                && e.name.as_deref() == Some(name)
+                && e.message.contains(words)
+        })
+    };
+    assert!(has(5, "parse", "unknown stage type `parser`"), "{shown:#?}");
+    assert!(has(8, "reckless", "unknown policy"), "{shown:#?}");
+    assert!(has(9, "nowhere", "not a stage"), "{shown:#?}");
+    assert!(has(10, "split_by", "paragraph"), "{shown:#?}");
+    assert!(has(10, "split_length", "≥ 1"), "{shown:#?}");
+    assert!(has(10, "colour", "unknown config key"), "{shown:#?}");
+    assert!(has(11, "chunk", "duplicate stage name"), "{shown:#?}");
+    assert!(has(16, "ghost", "not a stage"), "{shown:#?}");
+    assert!(has(17, "moon_phase", "unknown condition"), "{shown:#?}");
+    assert!(has(18, "g", "not a duration"), "{shown:#?}");
+    assert!(shown[0].starts_with("t.yaml:5:"), "{shown:#?}");
+}
+
+#[test]
+fn stream_types_must_match_along_edges() {
+    let text = "name: x\nversion: 1\nstages:\n  - name: chunk\n    type: chunk\n  - name: parse\n    type: parse\n  - name: index\n    type: index\n    depends_on: [parse]\n";
+    let errors = plan(text).unwrap_err().0;
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].message.contains("no depends_on"), "{errors:#?}");
+    assert_eq!(errors[1].location.line, 10);
+    assert!(errors[1]
+        .message
+        .contains("consumes chunks but `parse` (parse) produces documents"));
+}
+
+#[test]
+fn overlap_must_be_smaller_than_length() {
+    let text = "name: x\nversion: 1\nstages:\n  - name: parse\n    type: parse\n  - name: chunk\n    type: chunk\n    depends_on: [parse]\n    config:\n      split_length: 10\n      split_overlap: 10\n";
+    let errors = plan(text).unwrap_err().0;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].location.line, errors[0].name.as_deref()),
+        (11, Some("split_overlap"))
+    );
+}
+
+#[test]
+fn yaml_syntax_and_shape_errors_have_locations() {
+    let errors = plan("name: x\nversion: 1\nstages:\n  - name: [unclosed\n")
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].location.line >= 4, "{errors:?}");
+    let errors =
+        plan("name: x\nversion: 1\nstages:\n  - name: a\n    type: parse\n    colour: red\n")
+            .unwrap_err()
+            .0;
+    assert_eq!(errors[0].location.line, 6, "{errors:?}");
+    assert!(errors[0].message.contains("colour"), "{errors:?}");
+}
+
+/// A pipeline of `n` parse-free `ingest` stages with the given edges
+/// (`(i, j)`: stage i depends on stage j). ingest consumes and produces raw
+/// payloads, so any graph of them is well typed.
+fn graph_yaml(n: usize, edges: &[(usize, usize)]) -> String {
+    let mut text = String::from("name: g\nversion: 1\nstages:\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "  - name: s{i}\n    type: ingest\n    depends_on: ["
+        ));
+        let deps: Vec<String> = edges
+            .iter()
+            .filter(|(a, _)| *a == i)
+            .map(|(_, b)| format!("s{b}"))
+            .collect();
+        text.push_str(&deps.join(", "));
+        text.push_str("]\n");
+    }
+    text
+}
+
+fn line_of_stage(i: usize) -> u64 {
+    // "  - name: s{i}" sits on line 4 + 3i; its depends_on two lines below.
+    4 + 3 * i as u64 + 2
+}
+
+proptest! {
+    #[test]
+    fn random_dags_compile_in_dependency_order(n in 1usize..12, raw_edges in proptest::collection::vec((0usize..12, 0usize..12), 0..30)) {
+        // Only edges from a later stage to an earlier one: always acyclic.
+        let mut edges: Vec<(usize, usize)> = raw_edges.into_iter()
+            .map(|(a, b)| (a % n, b % n))
+            .filter(|(a, b)| a > b)
+            .collect();
+        edges.sort();
+        edges.dedup();
+        let plan = plan(&graph_yaml(n, &edges)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(plan.stages.len(), n);
+        for (position, stage) in plan.stages.iter().enumerate() {
+            for &input in &stage.inputs {
+                prop_assert!(input < position, "input {} of stage {} is not before it", input, position);
+            }
+        }
+        let total: usize = plan.stages.iter().map(|s| s.inputs.len()).sum();
+        prop_assert_eq!(total, edges.len());
+    }
+
+    #[test]
+    fn random_cycles_are_rejected_with_a_line(n in 2usize..10, cycle_len in 1usize..6, start in 0usize..10, extra in proptest::collection::vec((0usize..10, 0usize..10), 0..10)) {
+        let cycle_len = cycle_len.min(n);
+        let start = start % (n - cycle_len + 1);
+        let members: Vec<usize> = (start..start + cycle_len).collect();
+        // s_k depends on s_{k+1}, the last on the first: a cycle.
+        let mut edges: Vec<(usize, usize)> = members.windows(2).map(|w| (w[0], w[1])).collect();
+        edges.push((members[cycle_len - 1], members[0]));
+        // Plus acyclic noise outside the cycle.
+        edges.extend(extra.into_iter().map(|(a, b)| (a % n, b % n)).filter(|(a, b)| a > b && !members.contains(a)));
+        edges.sort();
+        edges.dedup();
+        let errors = plan(&graph_yaml(n, &edges)).unwrap_err().0;
+        let cycles: Vec<_> = errors.iter().filter(|e| e.message.contains("dependency cycle")).collect();
+        prop_assert_eq!(cycles.len(), 1, "{:?}", errors);
+        let lines: Vec<u64> = members.iter().map(|&i| line_of_stage(i)).collect();
+        prop_assert!(lines.contains(&cycles[0].location.line), "line {} not a depends_on of the cycle {:?}", cycles[0].location.line, members);
+        for m in &members {
+            let name = format!("s{m}");
+            prop_assert!(cycles[0].message.contains(&name), "{} missing in {}", name, cycles[0].message);
+        }
+    }
+}
