@@ -1,1 +1,24 @@
+//! Stage contracts and implementations, free of any dataflow: a stage here is
+//! a plain function or struct you can call from a test.
+//!
+//! - [`parse`]: payload bytes → [`Document`] IR (PubMed JSONL and XML, PMC
+//!   JATS, ClinicalTrials.gov v2 JSON, GROBID TEI).
+//! - [`chunk`]: document → [`Chunk`]s with exact spans into the source text.
+//! - [`index`]: BM25 shards in tantivy (idempotent upserts keyed by chunk id)
+//!   and search across shards with global BM25 statistics.
+//!
+//! Every failure is a [`StageError`] whose [`ErrorClass`] says what to do
+//! with it: retry, dead-letter, or fail fast.
+#![warn(missing_docs)]
 
+pub mod chunk;
+mod document;
+mod error;
+pub mod index;
+pub mod parse;
+
+pub use chunk::{ChunkConfig, Chunker, SplitBy};
+pub use document::{
+    stable_hash, Chunk, ChunkedDocument, Document, Section, SourceKind, IR_VERSION,
+};
+pub use error::{ErrorClass, StageError};

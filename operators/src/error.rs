@@ -1,0 +1,68 @@
+use std::fmt;
+
+/// What to do with a failure: the class drives retry, dead-letter and fail-fast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// May succeed if tried again (timeouts, 503s): retry under the stage's policy.
+    Transient,
+    /// The input itself is bad and will never succeed: dead-letter it, go on.
+    Permanent,
+    /// A dependency is down or misconfigured (no GPU, no disk): stop, loudly.
+    Unavailable,
+}
+
+impl ErrorClass {
+    /// The class as written in dead-letter records and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A stage failure: its class, a short machine-readable kind
+/// (`bad_json`, `missing_id`, ...) and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub struct StageError {
+    /// What to do about it.
+    pub class: ErrorClass,
+    /// A stable identifier of the failure (`bad_json`, `too_large`, ...).
+    pub kind: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl StageError {
+    /// A permanent failure of the input.
+    pub fn permanent(kind: &str, message: impl Into<String>) -> Self {
+        StageError {
+            class: ErrorClass::Permanent,
+            kind: kind.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A failure of a dependency that makes going on pointless.
+    pub fn unavailable(kind: &str, message: impl Into<String>) -> Self {
+        StageError {
+            class: ErrorClass::Unavailable,
+            kind: kind.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.kind,
+            self.class.as_str(),
+            self.message
+        )
+    }
+}

@@ -1,0 +1,92 @@
+//! The data directory's shard layout, fixed at creation.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::io_error;
+use crate::{stable_hash, StageError};
+
+const LAYOUT_FILE: &str = "medkg-layout.json";
+const LAYOUT_VERSION: u32 = 1;
+
+/// How many shards a data directory has, and where they live.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Format version of the directory.
+    pub version: u32,
+    /// Number of shards.
+    pub shards: u32,
+    #[serde(skip)]
+    root: PathBuf,
+}
+
+impl Layout {
+    /// Opens the layout of `root`, creating it with `shards` shards when the
+    /// directory is new.
+    pub fn open_or_create(root: &Path, shards: u32) -> Result<Layout, StageError> {
+        let file = root.join(LAYOUT_FILE);
+        if file.exists() {
+            return Layout::open(root);
+        }
+        std::fs::create_dir_all(root)
+            .map_err(|e| io_error(&format!("cannot create {}", root.display()), e))?;
+        let layout = Layout {
+            version: LAYOUT_VERSION,
+            shards: shards.max(1),
+            root: root.to_path_buf(),
+        };
+        let text = serde_json::to_string_pretty(&layout).map_err(|e| io_error("layout", e))?;
+        let tmp = root.join(format!("{LAYOUT_FILE}.tmp"));
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &file))
+            .map_err(|e| io_error("cannot write the layout", e))?;
+        Ok(layout)
+    }
+
+    /// Opens an existing data directory.
+    pub fn open(root: &Path) -> Result<Layout, StageError> {
+        let file = root.join(LAYOUT_FILE);
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            StageError::unavailable(
+                "no_index",
+                format!(
+                    "{} is not a medkg data directory ({}: {e})",
+                    root.display(),
+                    file.display()
+                ),
+            )
+        })?;
+        let mut layout: Layout = serde_json::from_str(&text).map_err(|e| {
+            StageError::unavailable("bad_layout", format!("{} is damaged: {e}", file.display()))
+        })?;
+        if layout.version != LAYOUT_VERSION || layout.shards == 0 {
+            return Err(StageError::unavailable(
+                "bad_layout",
+                format!(
+                    "{}: layout version {} with {} shards is not supported by this build",
+                    file.display(),
+                    layout.version,
+                    layout.shards
+                ),
+            ));
+        }
+        layout.root = root.to_path_buf();
+        Ok(layout)
+    }
+
+    /// The shard that owns `doc_id`.
+    pub fn shard_of(&self, doc_id: &str) -> u32 {
+        (stable_hash(doc_id) % u64::from(self.shards)) as u32
+    }
+
+    /// The directory of shard `n`.
+    pub fn shard_dir(&self, n: u32) -> PathBuf {
+        self.root.join(format!("shard-{n}"))
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}

@@ -1,0 +1,257 @@
+//! Payload bytes → [`Document`] IR.
+//!
+//! One payload may hold several documents (a `PubmedArticleSet`, a page of
+//! ClinicalTrials.gov `studies`), and one bad document among them must not
+//! take the others down, so [`parse`] returns one `Result` per document.
+//!
+//! ```
+//! use medkg_operators::parse::{parse, Format, ParseOptions};
+//!
+//! let line = br#"{"pmid": "399296", "title": "Carcase surface growth.", "abstract": "Beef was examined.", "mesh": ["Cattle"]}"#;
+//! let docs = parse(&ParseOptions::default(), line, None);
+//! let doc = docs[0].as_ref().unwrap();
+//! assert_eq!(doc.id, "pmid:399296");
+//! assert_eq!(doc.sections[0].text, "Beef was examined.");
+//!
+//! let bad = parse(&ParseOptions { format: Format::PubmedJsonl, ..Default::default() }, b"{oops", None);
+//! assert_eq!(bad[0].as_ref().unwrap_err().kind, "bad_json");
+//! ```
+
+mod ctgov;
+mod jats;
+mod pubmed;
+mod tei;
+mod xml;
+
+use std::str::FromStr;
+
+use crate::{Document, StageError};
+
+/// A payload format; [`Format::Auto`] sniffs each payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Decide per payload from its name and first bytes.
+    Auto,
+    /// One PubMed record as JSON (`pmid`, `title`, `abstract`, `mesh`, ...).
+    PubmedJsonl,
+    /// `PubmedArticleSet` / `PubmedArticle` XML.
+    PubmedXml,
+    /// PMC JATS (`.nxml`).
+    Jats,
+    /// ClinicalTrials.gov API v2 study JSON (or a `{"studies": [...]}` page).
+    Ctgov,
+    /// GROBID TEI XML.
+    Tei,
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => Format::Auto,
+            "pubmed-jsonl" => Format::PubmedJsonl,
+            "pubmed-xml" => Format::PubmedXml,
+            "jats" => Format::Jats,
+            "ctgov" => Format::Ctgov,
+            "tei" => Format::Tei,
+            other => return Err(format!("unknown format `{other}`")),
+        })
+    }
+}
+
+/// How to parse.
+#[derive(Clone, Debug)]
+pub struct ParseOptions {
+    /// Which format (default: auto).
+    pub format: Format,
+    /// Documents larger than this are refused (`too_large`).
+    pub max_doc_bytes: usize,
+    /// Tenant for records that carry no `tenant_id` of their own.
+    pub default_tenant: String,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            format: Format::Auto,
+            max_doc_bytes: 8 << 20,
+            default_tenant: "default".into(),
+        }
+    }
+}
+
+/// Parses one payload; `name` (a file name, when there is one) helps sniffing.
+pub fn parse(
+    options: &ParseOptions,
+    bytes: &[u8],
+    name: Option<&str>,
+) -> Vec<Result<Document, StageError>> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
+        Err(e) => {
+            return vec![Err(StageError::permanent(
+                "invalid_utf8",
+                format!(
+                    "payload is not valid UTF-8 (first bad byte at offset {})",
+                    e.valid_up_to()
+                ),
+            ))]
+        }
+    };
+    let format = match options.format {
+        Format::Auto => match sniff(text, name) {
+            Some(format) => format,
+            None => {
+                return vec![Err(StageError::permanent(
+                    "unknown_format",
+                    format!(
+                        "cannot tell the format of {}: neither a known JSON record nor a PubMed, JATS or TEI XML document",
+                        name.unwrap_or("the payload")
+                    ),
+                ))]
+            }
+        },
+        format => format,
+    };
+    // Sets of documents are capped per document, everything else as a whole.
+    if !matches!(format, Format::PubmedXml | Format::Ctgov) && text.len() > options.max_doc_bytes {
+        return vec![Err(too_large(text.len(), options.max_doc_bytes))];
+    }
+    match format {
+        Format::PubmedJsonl => vec![pubmed::parse_json(text, options)],
+        Format::PubmedXml => pubmed::parse_set(text, options),
+        Format::Jats => vec![jats::parse(text, options)],
+        Format::Ctgov => ctgov::parse(text, options),
+        Format::Tei => vec![tei::parse(text, options)],
+        Format::Auto => unreachable!("auto was resolved above"),
+    }
+}
+
+pub(crate) fn too_large(size: usize, cap: usize) -> StageError {
+    StageError::permanent(
+        "too_large",
+        format!("document of {size} bytes exceeds the cap of {cap} bytes (max_doc_bytes)"),
+    )
+}
+
+/// Decides the format from the name and the first meaningful bytes.
+fn sniff(text: &str, name: Option<&str>) -> Option<Format> {
+    let name = name.unwrap_or("").to_ascii_lowercase();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    if name.ends_with(".nxml") {
+        return Some(Format::Jats);
+    }
+    if name.ends_with(".tei.xml") {
+        return Some(Format::Tei);
+    }
+    let start = text.trim_start();
+    if start.starts_with('{') {
+        // Peek at the top-level keys without trusting the rest.
+        let value: serde_json::Value = serde_json::from_str(start).ok()?;
+        let object = value.as_object()?;
+        if let Some(source) = object.get("source").and_then(|s| s.as_str()) {
+            match source {
+                "ctgov" | "clinicaltrials" | "clinical_trials" => return Some(Format::Ctgov),
+                "pubmed" => return Some(Format::PubmedJsonl),
+                _ => {}
+            }
+        }
+        if object.contains_key("protocolSection") || object.contains_key("studies") {
+            return Some(Format::Ctgov);
+        }
+        if object.contains_key("pmid") {
+            return Some(Format::PubmedJsonl);
+        }
+        return None;
+    }
+    if start.starts_with('<') {
+        return match xml::root_name(start)? {
+            "PubmedArticleSet" | "PubmedArticle" => Some(Format::PubmedXml),
+            "article" => Some(Format::Jats),
+            "TEI" => Some(Format::Tei),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// The tenant a JSON record asks for, else the default.
+pub(crate) fn tenant_of<'a>(record: &'a serde_json::Value, options: &'a ParseOptions) -> &'a str {
+    record
+        .get("tenant_id")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or(&options.default_tenant)
+}
+
+/// Collapses runs of whitespace to one space and trims.
+pub(crate) fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+/// A JSON field as a string (strings and numbers accepted), whitespace-normalised.
+pub(crate) fn json_str(value: &serde_json::Value, key: &str) -> Option<String> {
+    match value.get(key)? {
+        serde_json::Value::String(s) => Some(normalize(s)),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+    .filter(|s| !s.is_empty())
+}
+
+/// A JSON field as a list of strings (a single string becomes a list of one).
+pub(crate) fn json_list(value: &serde_json::Value, key: &str) -> Vec<String> {
+    match value.get(key) {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(normalize))
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => vec![normalize(s)],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_every_format() {
+        assert_eq!(sniff(r#"{"pmid": "1"}"#, None), Some(Format::PubmedJsonl));
+        assert_eq!(
+            sniff(r#"{"protocolSection": {}}"#, None),
+            Some(Format::Ctgov)
+        );
+        assert_eq!(
+            sniff(r#"{"source": "ctgov", "x": 1}"#, None),
+            Some(Format::Ctgov)
+        );
+        assert_eq!(
+            sniff(
+                "<?xml version=\"1.0\"?>\n<!DOCTYPE x>\n<PubmedArticleSet>",
+                None
+            ),
+            Some(Format::PubmedXml)
+        );
+        assert_eq!(
+            sniff("<article><front/></article>", None),
+            Some(Format::Jats)
+        );
+        assert_eq!(
+            sniff("<TEI xmlns=\"http://www.tei-c.org/ns/1.0\">", None),
+            Some(Format::Tei)
+        );
+        assert_eq!(sniff("anything", Some("a.nxml")), Some(Format::Jats));
+        assert_eq!(sniff("<html>", None), None);
+        assert_eq!(sniff("{\"title\": 1}", None), None);
+        assert_eq!(sniff("plain text", None), None);
+    }
+}
