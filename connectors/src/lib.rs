@@ -1,1 +1,50 @@
+//! Sources and sinks, free of any dataflow.
+//!
+//! - [`file`]: JSONL (plain or gzip) and directories of document files,
+//!   split across workers by record number, with a durable [`Checkpoint`].
+//! - [`dead_letter`]: the dead-letter sink every failed record goes to.
+#![warn(missing_docs)]
 
+pub mod dead_letter;
+pub mod file;
+
+pub use dead_letter::{DeadLetter, DeadLetterSink};
+pub use file::{Checkpoint, FileSource, SourceError};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a record came from: what a source commits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// Record number within the source, from 0, in source order (files
+    /// sorted by path, lines in order): the same on every worker.
+    pub ordinal: u64,
+    /// The file.
+    pub file: String,
+    /// 1-based line within a JSONL file.
+    pub line: Option<u64>,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}", self.file),
+            None => write!(f, "{}", self.file),
+        }
+    }
+}
+
+/// A record as a connector delivers it: bytes plus where they came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawPayload {
+    /// The source (`file:PATH`).
+    pub source: String,
+    /// The record's key, when the source has one (Kafka); files have none.
+    pub key: Option<String>,
+    /// The record itself.
+    pub bytes: Vec<u8>,
+    /// A name that helps sniff the format (the file name).
+    pub name: Option<String>,
+    /// Where it came from.
+    pub position: Position,
+}
