@@ -175,6 +175,12 @@ pub struct Records<'a> {
 pub type Record = Result<RawPayload, (Position, SourceError)>;
 
 impl Records<'_> {
+    /// How many records of the source were seen so far (by every worker
+    /// alike): after the last item, the number of records in the source.
+    pub fn ordinal(&self) -> u64 {
+        self.ordinal
+    }
+
     fn mine(&self, ordinal: u64) -> bool {
         ordinal >= self.start && ordinal % self.peers == self.worker
     }

@@ -247,7 +247,9 @@ fn malformed_inputs_give_clear_permanent_errors() {
         (Format::PubmedJsonl, b"{\"title\": \"no id\"}", "missing_id"),
         (Format::PubmedJsonl, b"{\"pmid\": \"12ab\"}", "bad_id"),
         (Format::Auto, b"\xff\xfe{\"pmid\": \"1\"}", "invalid_utf8"),
-        (Format::Auto, b"{\"title\": \"whose?\"}", "unknown_format"),
+        (Format::Auto, b"{\"title\": \"whose?\"}", "missing_id"),
+        (Format::Auto, b"{\"colour\": \"blue\"}", "unknown_format"),
+        (Format::Auto, b"{\"pmid\": \"1\", ", "bad_json"),
         (Format::Auto, b"", "unknown_format"),
         (Format::PubmedXml, b"<PubmedArticleSet><PubmedArticle><MedlineCitation>", "bad_xml"),
         (Format::PubmedXml, b"<PubmedArticleSet></PubmedArticleSet>", "no_documents"),
@@ -259,6 +261,7 @@ fn malformed_inputs_give_clear_permanent_errors() {
         (Format::Ctgov, b"{\"protocolSection\": {}}", "missing_id"),
         (Format::Ctgov, b"{\"studies\": 3}", "bad_record"),
         (Format::Ctgov, b"{}", "bad_record"),
+        (Format::PubmedJsonl, b"{\"pmid\": \"5\", \"title\": \" \", \"abstract\": \"\"}", "empty_document"),
     ];
     for (format, bytes, kind) in cases {
         let results = parse(&options(*format), bytes, None);

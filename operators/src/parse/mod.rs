@@ -117,14 +117,26 @@ pub fn parse(
     if !matches!(format, Format::PubmedXml | Format::Ctgov) && text.len() > options.max_doc_bytes {
         return vec![Err(too_large(text.len(), options.max_doc_bytes))];
     }
-    match format {
+    let results = match format {
         Format::PubmedJsonl => vec![pubmed::parse_json(text, options)],
         Format::PubmedXml => pubmed::parse_set(text, options),
         Format::Jats => vec![jats::parse(text, options)],
         Format::Ctgov => ctgov::parse(text, options),
         Format::Tei => vec![tei::parse(text, options)],
         Format::Auto => unreachable!("auto was resolved above"),
-    }
+    };
+    // A document with no text at all could never be found: refuse it here,
+    // where the original bytes still go to the dead letter.
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(doc) if doc.sections.is_empty() => Err(StageError::permanent(
+                "empty_document",
+                format!("document {} has no title and no text", doc.id),
+            )),
+            other => other,
+        })
+        .collect()
 }
 
 pub(crate) fn too_large(size: usize, cap: usize) -> StageError {
@@ -146,8 +158,11 @@ fn sniff(text: &str, name: Option<&str>) -> Option<Format> {
     }
     let start = text.trim_start();
     if start.starts_with('{') {
-        // Peek at the top-level keys without trusting the rest.
-        let value: serde_json::Value = serde_json::from_str(start).ok()?;
+        // Peek at the top-level keys; JSON that does not parse is left to the
+        // JSON record parser, which says why.
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(start) else {
+            return Some(Format::PubmedJsonl);
+        };
         let object = value.as_object()?;
         if let Some(source) = object.get("source").and_then(|s| s.as_str()) {
             match source {
@@ -159,7 +174,11 @@ fn sniff(text: &str, name: Option<&str>) -> Option<Format> {
         if object.contains_key("protocolSection") || object.contains_key("studies") {
             return Some(Format::Ctgov);
         }
-        if object.contains_key("pmid") {
+        // A PubMed record, even one that lost its pmid (then: missing_id).
+        if ["pmid", "title", "abstract", "mesh"]
+            .iter()
+            .any(|k| object.contains_key(*k))
+        {
             return Some(Format::PubmedJsonl);
         }
         return None;
@@ -251,7 +270,9 @@ mod tests {
         );
         assert_eq!(sniff("anything", Some("a.nxml")), Some(Format::Jats));
         assert_eq!(sniff("<html>", None), None);
-        assert_eq!(sniff("{\"title\": 1}", None), None);
+        assert_eq!(sniff("{\"title\": 1}", None), Some(Format::PubmedJsonl));
+        assert_eq!(sniff("{\"broken", None), Some(Format::PubmedJsonl));
+        assert_eq!(sniff("{\"colour\": 1}", None), None);
         assert_eq!(sniff("plain text", None), None);
     }
 }

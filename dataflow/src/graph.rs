@@ -1,0 +1,439 @@
+//! The plan, compiled: one timely operator per stage, wired as the plan's DAG.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use medkg_connectors::{DeadLetterSink, Position, RawPayload};
+use medkg_operators::index::Bm25Shard;
+use medkg_operators::{parse, ChunkedDocument, Document, StageError};
+use medkg_topology::StageKind;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::{Capability, Concatenate, Operator, Probe};
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+
+use crate::stages::{dead_letter, StageConfig};
+use crate::Shared;
+
+/// A record on its way through the graph, with where it came from (for
+/// dead letters downstream of the source).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Envelope<T> {
+    pub source: String,
+    pub position: Position,
+    pub item: T,
+}
+
+/// The stream out of a stage, by what flows in it.
+#[derive(Clone)]
+enum Flow<'s> {
+    Raw(StreamVec<'s, u64, RawPayload>),
+    Docs(StreamVec<'s, u64, Envelope<Document>>),
+    Chunks(StreamVec<'s, u64, Envelope<ChunkedDocument>>),
+}
+
+type Letters = Rc<RefCell<DeadLetterSink>>;
+
+/// Builds the plan's operators on `raw`; probes `flow` on what enters the
+/// sinks and `committed` on what the sinks have made durable.
+pub(crate) fn build<'s>(
+    scope: Scope<'s, u64>,
+    raw: StreamVec<'s, u64, RawPayload>,
+    shared: &Arc<Shared>,
+    letters: &Letters,
+    flow: &ProbeHandle<u64>,
+    committed: &ProbeHandle<u64>,
+) {
+    let plan = &shared.options.plan;
+    let mut outputs: Vec<Flow<'s>> = Vec::with_capacity(plan.stages.len());
+    for (i, stage) in plan.stages.iter().enumerate() {
+        let inputs: Vec<Flow<'s>> = if stage.inputs.is_empty() {
+            vec![Flow::Raw(raw.clone())]
+        } else {
+            stage.inputs.iter().map(|&j| outputs[j].clone()).collect()
+        };
+        let is_sink = plan.consumers_of(i).is_empty();
+        let config = &shared.settings.stages[i];
+        let name = stage.name.as_str();
+        let output = match (stage.kind, config) {
+            (StageKind::Ingest, StageConfig::Ingest { max_record_bytes }) => Flow::Raw(ingest(
+                scope,
+                raws(scope, inputs),
+                name,
+                *max_record_bytes,
+                shared,
+                letters,
+            )),
+            (StageKind::Parse, StageConfig::Parse(options)) => {
+                let mut options = options.clone();
+                options.default_tenant = shared.options.tenant.clone();
+                Flow::Docs(parse_stage(
+                    raws(scope, inputs),
+                    name,
+                    options,
+                    shared,
+                    letters,
+                    is_sink,
+                ))
+            }
+            (StageKind::Chunk, StageConfig::Chunk(chunker)) => Flow::Chunks(chunk_stage(
+                docs(scope, inputs),
+                name,
+                chunker.clone(),
+                shared,
+                letters,
+                is_sink,
+            )),
+            (
+                StageKind::Index,
+                StageConfig::Index {
+                    commit_interval,
+                    writer_memory_bytes,
+                },
+            ) => {
+                let input = chunks(scope, inputs).probe_with(flow);
+                let out = index_stage(
+                    scope,
+                    input,
+                    name,
+                    *commit_interval,
+                    *writer_memory_bytes,
+                    shared,
+                    is_sink,
+                );
+                Flow::Chunks(out.probe_with(committed))
+            }
+            (kind, _) => unreachable!(
+                "stage {} ({}) passed check_implemented but has no operator",
+                name,
+                kind.name()
+            ),
+        };
+        if is_sink && stage.kind != StageKind::Index {
+            // A sink that is not an index is durable as soon as it has run.
+            let probe_on = |f: &Flow<'s>| match f {
+                Flow::Raw(s) => {
+                    s.clone().probe_with(flow).probe_with(committed);
+                }
+                Flow::Docs(s) => {
+                    s.clone().probe_with(flow).probe_with(committed);
+                }
+                Flow::Chunks(s) => {
+                    s.clone().probe_with(flow).probe_with(committed);
+                }
+            };
+            probe_on(&output);
+        }
+        outputs.push(output);
+    }
+}
+
+fn raws<'s>(scope: Scope<'s, u64>, inputs: Vec<Flow<'s>>) -> StreamVec<'s, u64, RawPayload> {
+    let streams = inputs.into_iter().map(|f| match f {
+        Flow::Raw(s) => s,
+        _ => unreachable!("the topology checked stream types"),
+    });
+    scope.concatenate(streams.collect::<Vec<_>>())
+}
+
+fn docs<'s>(
+    scope: Scope<'s, u64>,
+    inputs: Vec<Flow<'s>>,
+) -> StreamVec<'s, u64, Envelope<Document>> {
+    let streams = inputs.into_iter().map(|f| match f {
+        Flow::Docs(s) => s,
+        _ => unreachable!("the topology checked stream types"),
+    });
+    scope.concatenate(streams.collect::<Vec<_>>())
+}
+
+fn chunks<'s>(
+    scope: Scope<'s, u64>,
+    inputs: Vec<Flow<'s>>,
+) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
+    let streams = inputs.into_iter().map(|f| match f {
+        Flow::Chunks(s) => s,
+        _ => unreachable!("the topology checked stream types"),
+    });
+    scope.concatenate(streams.collect::<Vec<_>>())
+}
+
+/// Records a failed record; an unwritable dead letter stops the run.
+fn fail(
+    shared: &Shared,
+    letters: &Letters,
+    stage: &str,
+    payload: &RawPayload,
+    doc_id: Option<String>,
+    error: &StageError,
+) {
+    shared.progress.failed.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = dead_letter(&mut letters.borrow_mut(), stage, payload, doc_id, error) {
+        shared.fail(e);
+    }
+}
+
+/// `ingest`: enforces the record size cap and passes payloads on.
+fn ingest<'s>(
+    _scope: Scope<'s, u64>,
+    input: StreamVec<'s, u64, RawPayload>,
+    name: &str,
+    max_record_bytes: usize,
+    shared: &Arc<Shared>,
+    letters: &Letters,
+) -> StreamVec<'s, u64, RawPayload> {
+    let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
+    input.unary::<CapacityContainerBuilder<Vec<RawPayload>>, _, _, _>(Pipeline, name, move |_, _| {
+        move |input, output| {
+            input.for_each_stamp(|cap, data| {
+                let mut session = output.session(&cap);
+                for batch in data {
+                    for payload in batch.drain(..) {
+                        if payload.bytes.len() > max_record_bytes {
+                            let error = StageError::permanent(
+                                "too_large",
+                                format!("record of {} bytes exceeds max_record_bytes ({max_record_bytes})", payload.bytes.len()),
+                            );
+                            fail(&shared, &letters, &stage, &payload, None, &error);
+                        } else {
+                            session.give(payload);
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// `parse`: payload → documents; failures are dead-lettered one by one.
+fn parse_stage<'s>(
+    input: StreamVec<'s, u64, RawPayload>,
+    name: &str,
+    options: parse::ParseOptions,
+    shared: &Arc<Shared>,
+    letters: &Letters,
+    is_sink: bool,
+) -> StreamVec<'s, u64, Envelope<Document>> {
+    let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
+    input.unary::<CapacityContainerBuilder<Vec<Envelope<Document>>>, _, _, _>(
+        Pipeline,
+        name,
+        move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let mut session = output.session(&cap);
+                    for batch in data {
+                        for payload in batch.drain(..) {
+                            for result in
+                                parse::parse(&options, &payload.bytes, payload.name.as_deref())
+                            {
+                                match result {
+                                    Ok(doc) => {
+                                        if is_sink {
+                                            shared.progress.docs.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                        session.give(Envelope {
+                                            source: payload.source.clone(),
+                                            position: payload.position.clone(),
+                                            item: doc,
+                                        });
+                                    }
+                                    Err(error) => fail(
+                                        &shared,
+                                        &letters,
+                                        &stage,
+                                        &payload,
+                                        payload.key.clone(),
+                                        &error,
+                                    ),
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        },
+    )
+}
+
+/// `chunk`: document → its chunks, travelling together.
+fn chunk_stage<'s>(
+    input: StreamVec<'s, u64, Envelope<Document>>,
+    name: &str,
+    chunker: medkg_operators::Chunker,
+    shared: &Arc<Shared>,
+    letters: &Letters,
+    is_sink: bool,
+) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
+    let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
+    input.unary::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(
+        Pipeline,
+        name,
+        move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let mut session = output.session(&cap);
+                    for batch in data {
+                        for envelope in batch.drain(..) {
+                            let chunked = chunker.chunk(&envelope.item);
+                            if chunked.chunks.is_empty() {
+                                // Nothing to index would mean silently losing the document.
+                                let error = StageError::permanent(
+                                    "empty_document",
+                                    format!("document {} has no text to chunk", chunked.doc_id),
+                                );
+                                let payload = RawPayload {
+                                    source: envelope.source.clone(),
+                                    key: Some(chunked.doc_id.clone()),
+                                    bytes: serde_json::to_vec(&envelope.item).unwrap_or_default(),
+                                    name: None,
+                                    position: envelope.position.clone(),
+                                };
+                                fail(
+                                    &shared,
+                                    &letters,
+                                    &stage,
+                                    &payload,
+                                    Some(chunked.doc_id),
+                                    &error,
+                                );
+                                continue;
+                            }
+                            if is_sink {
+                                shared.progress.docs.fetch_add(1, Ordering::Relaxed);
+                                shared
+                                    .progress
+                                    .chunks
+                                    .fetch_add(chunked.chunks.len() as u64, Ordering::Relaxed);
+                            }
+                            session.give(Envelope {
+                                source: envelope.source,
+                                position: envelope.position,
+                                item: chunked,
+                            });
+                        }
+                    }
+                });
+            }
+        },
+    )
+}
+
+/// `index`: upserts each document into its shard as it arrives, holds a
+/// capability for every epoch written but not committed, and commits when
+/// the input frontier has passed such epochs (at most once per
+/// `commit_interval`, and always when the input ends). What it emits, at
+/// the time of its epoch, are the documents it has made durable.
+fn index_stage<'s>(
+    scope: Scope<'s, u64>,
+    input: StreamVec<'s, u64, Envelope<ChunkedDocument>>,
+    name: &str,
+    commit_interval: Duration,
+    writer_memory_bytes: usize,
+    shared: &Arc<Shared>,
+    forward: bool,
+) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
+    let shared = shared.clone();
+    let layout = shared.layout.clone();
+    let route = layout.clone();
+    let exchange = Exchange::new(move |e: &Envelope<ChunkedDocument>| {
+        u64::from(route.shard_of(&e.item.doc_id))
+    });
+    input.unary_frontier::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(
+        exchange,
+        name,
+        move |_, info| {
+            let activator = scope.activator_for(info.address.clone());
+            let mut shards: BTreeMap<u32, Bm25Shard> = BTreeMap::new();
+            // Epochs written and not yet committed, with a capability for each.
+            let mut pending: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            // What was written per epoch: (documents, chunks) and, if forwarding, the documents.
+            let mut written: BTreeMap<u64, (u64, u64, Vec<Envelope<ChunkedDocument>>)> =
+                BTreeMap::new();
+            let mut dirty = false;
+            let mut last_commit = Instant::now();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(&time) = cap.least() else { return };
+                    if let Some(held) = cap.retain_least(0) {
+                        pending.entry(time).or_insert(held);
+                    }
+                    let entry = written.entry(time).or_default();
+                    for batch in data {
+                        for envelope in batch.drain(..) {
+                            let shard_no = layout.shard_of(&envelope.item.doc_id);
+                            let shard = match shards.entry(shard_no) {
+                                std::collections::btree_map::Entry::Occupied(s) => s.into_mut(),
+                                std::collections::btree_map::Entry::Vacant(slot) => {
+                                    match Bm25Shard::open(
+                                        &layout.shard_dir(shard_no).join("bm25"),
+                                        writer_memory_bytes,
+                                    ) {
+                                        Ok(s) => slot.insert(s),
+                                        Err(e) => {
+                                            shared.fail(format!("shard {shard_no}: {e}"));
+                                            return;
+                                        }
+                                    }
+                                }
+                            };
+                            if let Err(e) = shard.upsert(&envelope.item) {
+                                shared.fail(format!("shard {shard_no}: {e}"));
+                                return;
+                            }
+                            dirty = true;
+                            entry.0 += 1;
+                            entry.1 += envelope.item.chunks.len() as u64;
+                            if forward {
+                                entry.2.push(envelope);
+                            }
+                        }
+                    }
+                });
+
+                let passed: BTreeSet<u64> = pending
+                    .keys()
+                    .copied()
+                    .filter(|t| !frontier.less_equal(t))
+                    .collect();
+                if passed.is_empty() {
+                    return;
+                }
+                let waited = last_commit.elapsed();
+                if dirty && waited < commit_interval && !frontier.is_empty() {
+                    activator.activate_after(commit_interval - waited);
+                    return;
+                }
+                if dirty {
+                    for (n, shard) in shards.iter_mut() {
+                        if let Err(e) = shard.commit() {
+                            shared.fail(format!("shard {n}: {e}"));
+                            return;
+                        }
+                    }
+                    dirty = false;
+                    last_commit = Instant::now();
+                }
+                // Everything written so far is durable: release what the frontier passed.
+                for time in passed {
+                    let cap = pending.remove(&time).expect("time came from pending");
+                    if let Some((docs, chunk_count, done)) = written.remove(&time) {
+                        shared.progress.docs.fetch_add(docs, Ordering::Relaxed);
+                        shared
+                            .progress
+                            .chunks
+                            .fetch_add(chunk_count, Ordering::Relaxed);
+                        if !done.is_empty() {
+                            output.session(&cap).give_iterator(done.into_iter());
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
