@@ -7,16 +7,12 @@ use serde_json::Value;
 use super::{json_list, json_str, normalize, tenant_of, too_large, ParseOptions};
 use crate::{Document, SourceKind, StageError};
 
-pub(crate) fn parse(text: &str, options: &ParseOptions) -> Vec<Result<Document, StageError>> {
-    let value: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            return vec![Err(StageError::permanent(
-                "bad_json",
-                format!("study is not valid JSON: {e}"),
-            ))]
-        }
-    };
+/// A study, or a page of studies; `size` is the payload's length in bytes.
+pub(crate) fn from_json(
+    value: &Value,
+    size: usize,
+    options: &ParseOptions,
+) -> Vec<Result<Document, StageError>> {
     match value.get("studies") {
         Some(Value::Array(studies)) => studies
             .iter()
@@ -26,7 +22,7 @@ pub(crate) fn parse(text: &str, options: &ParseOptions) -> Vec<Result<Document, 
                 if size > options.max_doc_bytes {
                     return Err(too_large(size, options.max_doc_bytes));
                 }
-                parse_study(study, tenant_of(&value, options)).map_err(|mut e| {
+                parse_study(study, tenant_of(value, options)).map_err(|mut e| {
                     e.message = format!("study {i}: {}", e.message);
                     e
                 })
@@ -36,10 +32,10 @@ pub(crate) fn parse(text: &str, options: &ParseOptions) -> Vec<Result<Document, 
             "bad_record",
             "`studies` must be a list",
         ))],
-        None if text.len() > options.max_doc_bytes => {
-            vec![Err(too_large(text.len(), options.max_doc_bytes))]
+        None if size > options.max_doc_bytes => {
+            vec![Err(too_large(size, options.max_doc_bytes))]
         }
-        None => vec![parse_study(&value, tenant_of(&value, options))],
+        None => vec![parse_study(value, tenant_of(value, options))],
     }
 }
 

@@ -98,8 +98,39 @@ pub fn parse(
             ))]
         }
     };
+    // JSON is parsed once, here: sniffing reads its keys, the parser its values.
+    let trimmed = text.trim_start();
+    let is_json = match options.format {
+        Format::PubmedJsonl | Format::Ctgov => true,
+        Format::Auto => trimmed.starts_with('{'),
+        _ => false,
+    };
+    // Sets of documents are capped per document, everything else as a whole
+    // (and before any parsing, so a giant payload costs nothing).
+    let may_be_set = match options.format {
+        Format::PubmedXml | Format::Ctgov => true,
+        Format::Auto if is_json => trimmed[..trimmed.len().min(4096)].contains("\"studies\""),
+        Format::Auto => true, // XML: decided once the root element is known
+        _ => false,
+    };
+    if !may_be_set && text.len() > options.max_doc_bytes {
+        return vec![Err(too_large(text.len(), options.max_doc_bytes))];
+    }
+    let json = if is_json {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                return vec![Err(StageError::permanent(
+                    "bad_json",
+                    format!("payload is not valid JSON: {e}"),
+                ))]
+            }
+        }
+    } else {
+        None
+    };
     let format = match options.format {
-        Format::Auto => match sniff(text, name) {
+        Format::Auto => match sniff(text, name, json.as_ref()) {
             Some(format) => format,
             None => {
                 return vec![Err(StageError::permanent(
@@ -113,17 +144,19 @@ pub fn parse(
         },
         format => format,
     };
-    // Sets of documents are capped per document, everything else as a whole.
-    if !matches!(format, Format::PubmedXml | Format::Ctgov) && text.len() > options.max_doc_bytes {
+    if matches!(format, Format::Jats | Format::Tei) && text.len() > options.max_doc_bytes {
         return vec![Err(too_large(text.len(), options.max_doc_bytes))];
     }
-    let results = match format {
-        Format::PubmedJsonl => vec![pubmed::parse_json(text, options)],
-        Format::PubmedXml => pubmed::parse_set(text, options),
-        Format::Jats => vec![jats::parse(text, options)],
-        Format::Ctgov => ctgov::parse(text, options),
-        Format::Tei => vec![tei::parse(text, options)],
-        Format::Auto => unreachable!("auto was resolved above"),
+    let results = match (format, &json) {
+        (Format::PubmedJsonl, Some(value)) => vec![pubmed::from_json(value, options)],
+        (Format::Ctgov, Some(value)) => ctgov::from_json(value, text.len(), options),
+        (Format::PubmedXml, _) => pubmed::parse_set(text, options),
+        (Format::Jats, _) => vec![jats::parse(text, options)],
+        (Format::Tei, _) => vec![tei::parse(text, options)],
+        (Format::PubmedJsonl | Format::Ctgov, None) => {
+            unreachable!("JSON formats were parsed above")
+        }
+        (Format::Auto, _) => unreachable!("auto was resolved above"),
     };
     // A document with no text at all could never be found: refuse it here,
     // where the original bytes still go to the dead letter.
@@ -146,8 +179,9 @@ pub(crate) fn too_large(size: usize, cap: usize) -> StageError {
     )
 }
 
-/// Decides the format from the name and the first meaningful bytes.
-fn sniff(text: &str, name: Option<&str>) -> Option<Format> {
+/// Decides the format from the name, the parsed JSON (if the payload is
+/// JSON) or the XML root element.
+fn sniff(text: &str, name: Option<&str>, json: Option<&serde_json::Value>) -> Option<Format> {
     let name = name.unwrap_or("").to_ascii_lowercase();
     let name = name.strip_suffix(".gz").unwrap_or(&name);
     if name.ends_with(".nxml") {
@@ -156,13 +190,7 @@ fn sniff(text: &str, name: Option<&str>) -> Option<Format> {
     if name.ends_with(".tei.xml") {
         return Some(Format::Tei);
     }
-    let start = text.trim_start();
-    if start.starts_with('{') {
-        // Peek at the top-level keys; JSON that does not parse is left to the
-        // JSON record parser, which says why.
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(start) else {
-            return Some(Format::PubmedJsonl);
-        };
+    if let Some(value) = json {
         let object = value.as_object()?;
         if let Some(source) = object.get("source").and_then(|s| s.as_str()) {
             match source {
@@ -183,6 +211,7 @@ fn sniff(text: &str, name: Option<&str>) -> Option<Format> {
         }
         return None;
     }
+    let start = text.trim_start();
     if start.starts_with('<') {
         return match xml::root_name(start)? {
             "PubmedArticleSet" | "PubmedArticle" => Some(Format::PubmedXml),
@@ -244,35 +273,50 @@ mod tests {
 
     #[test]
     fn sniffs_every_format() {
-        assert_eq!(sniff(r#"{"pmid": "1"}"#, None), Some(Format::PubmedJsonl));
+        let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
         assert_eq!(
-            sniff(r#"{"protocolSection": {}}"#, None),
+            sniff("", None, Some(&json(r#"{"pmid": "1"}"#))),
+            Some(Format::PubmedJsonl)
+        );
+        assert_eq!(
+            sniff("", None, Some(&json(r#"{"title": 1}"#))),
+            Some(Format::PubmedJsonl)
+        );
+        assert_eq!(
+            sniff("", None, Some(&json(r#"{"protocolSection": {}}"#))),
             Some(Format::Ctgov)
         );
         assert_eq!(
-            sniff(r#"{"source": "ctgov", "x": 1}"#, None),
+            sniff("", None, Some(&json(r#"{"source": "ctgov", "x": 1}"#))),
             Some(Format::Ctgov)
         );
+        assert_eq!(sniff("", None, Some(&json(r#"{"colour": 1}"#))), None);
+        assert_eq!(sniff("", None, Some(&json("[1]"))), None);
         assert_eq!(
             sniff(
                 "<?xml version=\"1.0\"?>\n<!DOCTYPE x>\n<PubmedArticleSet>",
+                None,
                 None
             ),
             Some(Format::PubmedXml)
         );
         assert_eq!(
-            sniff("<article><front/></article>", None),
+            sniff("<!-- c --><article><front/></article>", None, None),
             Some(Format::Jats)
         );
         assert_eq!(
-            sniff("<TEI xmlns=\"http://www.tei-c.org/ns/1.0\">", None),
+            sniff(
+                "<tei:TEI xmlns:tei=\"http://www.tei-c.org/ns/1.0\">",
+                None,
+                None
+            ),
             Some(Format::Tei)
         );
-        assert_eq!(sniff("anything", Some("a.nxml")), Some(Format::Jats));
-        assert_eq!(sniff("<html>", None), None);
-        assert_eq!(sniff("{\"title\": 1}", None), Some(Format::PubmedJsonl));
-        assert_eq!(sniff("{\"broken", None), Some(Format::PubmedJsonl));
-        assert_eq!(sniff("{\"colour\": 1}", None), None);
-        assert_eq!(sniff("plain text", None), None);
+        assert_eq!(
+            sniff("anything", Some("a.nxml.gz"), None),
+            Some(Format::Jats)
+        );
+        assert_eq!(sniff("<html>", None, None), None);
+        assert_eq!(sniff("plain text", None, None), None);
     }
 }

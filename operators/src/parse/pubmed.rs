@@ -10,33 +10,34 @@ use crate::{Document, SourceKind, StageError};
 
 /// One JSON record: `pmid`, `title`, `abstract`, `journal`, `year`, `mesh`,
 /// optional `tenant_id`.
-pub(crate) fn parse_json(text: &str, options: &ParseOptions) -> Result<Document, StageError> {
-    let record: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| StageError::permanent("bad_json", format!("record is not valid JSON: {e}")))?;
+pub(crate) fn from_json(
+    record: &serde_json::Value,
+    options: &ParseOptions,
+) -> Result<Document, StageError> {
     if !record.is_object() {
         return Err(StageError::permanent(
             "bad_record",
             "a PubMed record must be a JSON object",
         ));
     }
-    let pmid = json_str(&record, "pmid")
+    let pmid = json_str(record, "pmid")
         .ok_or_else(|| StageError::permanent("missing_id", "record has no `pmid`"))?;
     check_pmid(&pmid)?;
-    let title = json_str(&record, "title").unwrap_or_default();
-    let abstract_text = json_str(&record, "abstract").unwrap_or_default();
+    let title = json_str(record, "title").unwrap_or_default();
+    let abstract_text = json_str(record, "abstract").unwrap_or_default();
     let mut metadata = BTreeMap::new();
     for key in ["journal", "year"] {
-        if let Some(value) = json_str(&record, key) {
+        if let Some(value) = json_str(record, key) {
             metadata.insert(key.to_string(), vec![value]);
         }
     }
-    let mesh = json_list(&record, "mesh");
+    let mesh = json_list(record, "mesh");
     if !mesh.is_empty() {
         metadata.insert("mesh".to_string(), mesh);
     }
     Ok(build(
         pmid,
-        tenant_of(&record, options),
+        tenant_of(record, options),
         title,
         abstract_text,
         metadata,
