@@ -23,7 +23,7 @@ mod graph;
 mod stages;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -180,6 +180,7 @@ pub fn run(
             .unwrap_or(0)
     };
 
+    let (finished_tx, finished_rx) = std::sync::mpsc::channel();
     let shared = Arc::new(Shared {
         options: options.clone(),
         settings,
@@ -188,7 +189,7 @@ pub fn run(
         start,
         progress: progress.clone(),
         fatal: Mutex::new(None),
-        finished: AtomicUsize::new(0),
+        finished: Mutex::new(finished_tx),
     });
     let began = Instant::now();
     let worker_shared = shared.clone();
@@ -198,15 +199,26 @@ pub fn run(
         if let Err(e) = &result {
             shared.fail(e.to_string());
         }
-        shared.finished.fetch_add(1, Ordering::SeqCst);
+        if let Ok(finished) = shared.finished.lock() {
+            let _ = finished.send(());
+        }
         result
     })
     .map_err(|e| anyhow!("cannot start the workers: {e}"))?;
 
-    while shared.finished.load(Ordering::SeqCst) < workers {
-        std::thread::sleep(Duration::from_millis(200));
-        on_progress(&progress, began.elapsed());
+    // Report progress while the workers run; `finished` wakes us the moment
+    // the last one is done, so the measured time is the workers' own.
+    let mut done = 0;
+    while done < workers {
+        match finished_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(()) => done += 1,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                on_progress(&progress, began.elapsed())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
     }
+    let seconds = began.elapsed().as_secs_f64();
     let mut first_error = None;
     for result in guards.join() {
         match result {
@@ -222,7 +234,6 @@ pub fn run(
         bail!("{e}");
     }
     on_progress(&progress, began.elapsed());
-    let seconds = began.elapsed().as_secs_f64();
     let docs = progress.docs.load(Ordering::SeqCst);
     Ok(RunSummary {
         docs,
@@ -248,7 +259,8 @@ pub(crate) struct Shared {
     pub progress: Arc<Progress>,
     /// The first unrecoverable error (disk full, index locked...): every worker stops.
     pub fatal: Mutex<Option<String>>,
-    finished: AtomicUsize,
+    /// Each worker says here when it is done.
+    finished: Mutex<std::sync::mpsc::Sender<()>>,
 }
 
 impl Shared {
