@@ -37,6 +37,17 @@ enum Flow<'s> {
     Chunks(StreamVec<'s, u64, Envelope<ChunkedDocument>>),
 }
 
+impl Flow<'_> {
+    /// Attaches a probe to the stream.
+    fn probe(&self, handle: &ProbeHandle<u64>) {
+        match self {
+            Flow::Raw(s) => drop(s.clone().probe_with(handle)),
+            Flow::Docs(s) => drop(s.clone().probe_with(handle)),
+            Flow::Chunks(s) => drop(s.clone().probe_with(handle)),
+        }
+    }
+}
+
 type Letters = Rc<RefCell<DeadLetterSink>>;
 
 /// Builds the plan's operators on `raw`; probes `flow` on what enters the
@@ -116,51 +127,51 @@ pub(crate) fn build<'s>(
         };
         if is_sink && stage.kind != StageKind::Index {
             // A sink that is not an index is durable as soon as it has run.
-            let probe_on = |f: &Flow<'s>| match f {
-                Flow::Raw(s) => {
-                    s.clone().probe_with(flow).probe_with(committed);
-                }
-                Flow::Docs(s) => {
-                    s.clone().probe_with(flow).probe_with(committed);
-                }
-                Flow::Chunks(s) => {
-                    s.clone().probe_with(flow).probe_with(committed);
-                }
-            };
-            probe_on(&output);
+            output.probe(flow);
+            output.probe(committed);
         }
         outputs.push(output);
     }
 }
 
+/// Concatenates a stage's inputs, all of one kind (the topology checked it).
+fn concat<'s, D: Clone + 'static>(
+    scope: Scope<'s, u64>,
+    inputs: Vec<Flow<'s>>,
+    pick: fn(Flow<'s>) -> Option<StreamVec<'s, u64, D>>,
+) -> StreamVec<'s, u64, D> {
+    let streams: Vec<_> = inputs
+        .into_iter()
+        .map(|f| pick(f).expect("the topology checked stream types"))
+        .collect();
+    scope.concatenate(streams)
+}
+
 fn raws<'s>(scope: Scope<'s, u64>, inputs: Vec<Flow<'s>>) -> StreamVec<'s, u64, RawPayload> {
-    let streams = inputs.into_iter().map(|f| match f {
-        Flow::Raw(s) => s,
-        _ => unreachable!("the topology checked stream types"),
-    });
-    scope.concatenate(streams.collect::<Vec<_>>())
+    concat(scope, inputs, |f| match f {
+        Flow::Raw(s) => Some(s),
+        _ => None,
+    })
 }
 
 fn docs<'s>(
     scope: Scope<'s, u64>,
     inputs: Vec<Flow<'s>>,
 ) -> StreamVec<'s, u64, Envelope<Document>> {
-    let streams = inputs.into_iter().map(|f| match f {
-        Flow::Docs(s) => s,
-        _ => unreachable!("the topology checked stream types"),
-    });
-    scope.concatenate(streams.collect::<Vec<_>>())
+    concat(scope, inputs, |f| match f {
+        Flow::Docs(s) => Some(s),
+        _ => None,
+    })
 }
 
 fn chunks<'s>(
     scope: Scope<'s, u64>,
     inputs: Vec<Flow<'s>>,
 ) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
-    let streams = inputs.into_iter().map(|f| match f {
-        Flow::Chunks(s) => s,
-        _ => unreachable!("the topology checked stream types"),
-    });
-    scope.concatenate(streams.collect::<Vec<_>>())
+    concat(scope, inputs, |f| match f {
+        Flow::Chunks(s) => Some(s),
+        _ => None,
+    })
 }
 
 /// Records a failed record; an unwritable dead letter stops the run.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use roxmltree::Node;
 
-use super::xml::{child, children, descendant, parse_xml, path, text_of};
+use super::xml::{child, children, descendant, parse_xml, path, root, text_of};
 use super::ParseOptions;
 use crate::{Document, SourceKind, StageError};
 
@@ -23,16 +23,7 @@ const SKIP: &[&str] = &[
 
 pub(crate) fn parse(text: &str, options: &ParseOptions) -> Result<Document, StageError> {
     let xml = parse_xml(text)?;
-    let article = xml.root_element();
-    if article.tag_name().name() != "article" {
-        return Err(StageError::permanent(
-            "bad_record",
-            format!(
-                "root element is <{}>, expected a JATS <article>",
-                article.tag_name().name()
-            ),
-        ));
-    }
+    let article = root(&xml, "article", "a JATS <article>")?;
     let meta = path(article, &["front", "article-meta"]).ok_or_else(|| {
         StageError::permanent("bad_record", "<article> has no <front><article-meta>")
     })?;

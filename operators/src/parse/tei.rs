@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::xml::{child, children, descendant, parse_xml, path, text_of};
+use super::xml::{child, children, descendant, parse_xml, path, root, text_of};
 use super::ParseOptions;
 use crate::{Document, SourceKind, StageError};
 
@@ -10,16 +10,7 @@ const SKIP: &[&str] = &["formula", "figure", "table", "note"];
 
 pub(crate) fn parse(text: &str, options: &ParseOptions) -> Result<Document, StageError> {
     let xml = parse_xml(text)?;
-    let tei = xml.root_element();
-    if tei.tag_name().name() != "TEI" {
-        return Err(StageError::permanent(
-            "bad_record",
-            format!(
-                "root element is <{}>, expected <TEI>",
-                tei.tag_name().name()
-            ),
-        ));
-    }
+    let tei = root(&xml, "TEI", "<TEI>")?;
     let header = child(tei, "teiHeader")
         .ok_or_else(|| StageError::permanent("bad_record", "<TEI> has no <teiHeader>"))?;
     let idno = |kind: &str| {

@@ -14,6 +14,26 @@ pub(crate) fn parse_xml(text: &str) -> Result<XmlDocument<'_>, StageError> {
         .map_err(|e| StageError::permanent("bad_xml", format!("XML does not parse: {e}")))
 }
 
+/// The root element, which must be called `name` (`what` describes it).
+pub(crate) fn root<'a, 'i>(
+    xml: &'a XmlDocument<'i>,
+    name: &str,
+    what: &str,
+) -> Result<Node<'a, 'i>, StageError> {
+    let root = xml.root_element();
+    if root.tag_name().name() == name {
+        Ok(root)
+    } else {
+        Err(StageError::permanent(
+            "bad_record",
+            format!(
+                "root element is <{}>, expected {what}",
+                root.tag_name().name()
+            ),
+        ))
+    }
+}
+
 /// The name of the root element, read without parsing the whole document.
 pub(crate) fn root_name(text: &str) -> Option<&str> {
     let mut rest = text;
