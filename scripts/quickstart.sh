@@ -14,6 +14,7 @@ DATA=${MEDKG_DATA:-data/quickstart}
 QUERY=${QUERY:-aspirin platelet aggregation}
 medkg() { cargo run --release --quiet --bin medkg -- "$@"; }
 
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}
 cargo build --release --quiet --bin medkg
 medkg run --pipeline config/pipelines/lexical.yaml \
   --source "file:$SHARED/data/pubmed_sample.jsonl.gz" --data-dir "$DATA" -w 2 --from-start

@@ -15,6 +15,7 @@ pub mod chunk;
 mod document;
 mod error;
 pub mod index;
+pub mod models;
 pub mod parse;
 
 pub use chunk::{ChunkConfig, Chunker, SplitBy};

@@ -1,0 +1,105 @@
+//! Dense sentence embeddings.
+
+use std::sync::Mutex;
+
+use ort::session::Session;
+use ort::value::TensorRef;
+use tokenizers::Tokenizer;
+
+use super::runtime::{session, Device, ModelFiles};
+use super::tokenize::{self, Tokenized};
+use crate::StageError;
+
+/// A sentence encoder whose graph outputs a pooled `sentence_embedding
+/// [batch, dim]` (all-MiniLM-L6-v2 as exported in ../shared/models).
+/// Vectors come back L2-normalised.
+pub struct DenseEncoder {
+    session: Mutex<Session>,
+    tokenizer: Tokenizer,
+    dim: usize,
+}
+
+impl DenseEncoder {
+    /// Loads the model on `device`, truncating inputs at `max_seq_len` tokens.
+    pub fn load(
+        files: &ModelFiles,
+        device: Device,
+        max_seq_len: usize,
+        intra_threads: usize,
+    ) -> Result<DenseEncoder, StageError> {
+        let tokenizer = tokenize::load(&files.tokenizer, max_seq_len)?;
+        let session = session(&files.model, device, intra_threads)?;
+        let mut encoder = DenseEncoder {
+            session: Mutex::new(session),
+            tokenizer,
+            dim: 0,
+        };
+        encoder.dim = encoder
+            .encode(&["dimension probe"])?
+            .first()
+            .map(Vec::len)
+            .unwrap_or(0);
+        Ok(encoder)
+    }
+
+    /// The embedding width.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Token counts of texts (for batching by token budget).
+    pub fn token_lengths(&self, texts: &[&str]) -> Result<Vec<usize>, StageError> {
+        tokenize::lengths(&self.tokenizer, texts)
+    }
+
+    /// Tokenizes one batch (callers may do this on another thread than [`Self::run`]).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Tokenized, StageError> {
+        tokenize::batch(&self.tokenizer, texts)
+    }
+
+    /// Encodes texts as one batch.
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, StageError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(&self.tokenize(texts)?)
+    }
+
+    /// Runs the model on a tokenized batch.
+    pub fn run(&self, batch: &Tokenized) -> Result<Vec<Vec<f32>>, StageError> {
+        let fail =
+            |e: ort::Error| StageError::unavailable("inference", format!("dense model: {e}"));
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| StageError::unavailable("inference", "a dense model session panicked"))?;
+        let outputs = session
+            .run(ort::inputs![
+                "input_ids" => TensorRef::from_array_view(batch.input_ids.view()).map_err(fail)?,
+                "attention_mask" => TensorRef::from_array_view(batch.attention_mask.view()).map_err(fail)?,
+                "token_type_ids" => TensorRef::from_array_view(batch.token_type_ids.view()).map_err(fail)?,
+            ])
+            .map_err(fail)?;
+        let embeddings = outputs
+            .get("sentence_embedding")
+            .ok_or_else(|| {
+                StageError::unavailable(
+                    "inference",
+                    "the dense model has no `sentence_embedding` output",
+                )
+            })?
+            .try_extract_array::<f32>()
+            .map_err(fail)?;
+        Ok(embeddings
+            .outer_iter()
+            .map(|row| {
+                let mut v: Vec<f32> = row.iter().copied().collect();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+                v
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,165 @@
+//! Loading ONNX Runtime and building sessions.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+
+use crate::StageError;
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// ONNX Runtime's CPU execution provider.
+    Cpu,
+    /// The CUDA execution provider, or an error (never the CPU instead).
+    Cuda,
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda),
+            other => Err(format!("unknown device `{other}` (cpu | cuda)")),
+        }
+    }
+}
+
+/// The ONNX Runtime version whose library `scripts/fetch-onnxruntime.sh` caches.
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// The ONNX Runtime library to load: `ORT_DYLIB_PATH`, else the copy cached
+/// by `scripts/fetch-onnxruntime.sh`.
+pub fn ort_library() -> Result<PathBuf, StageError> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Ok(PathBuf::from(path));
+    }
+    let cache = std::env::var_os("MEDKG_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medkg")));
+    if let Some(cache) = cache {
+        let lib = cache.join(format!(
+            "onnxruntime-{ORT_VERSION}/libonnxruntime.so.{ORT_VERSION}"
+        ));
+        if lib.is_file() {
+            return Ok(lib);
+        }
+    }
+    Err(StageError::unavailable(
+        "no_onnxruntime",
+        "ONNX Runtime was not found: set ORT_DYLIB_PATH to libonnxruntime.so (≥ 1.31), or run scripts/fetch-onnxruntime.sh",
+    ))
+}
+
+/// The process's one ONNX Runtime environment (ONNX Runtime allows one).
+fn environment() -> Result<Environment, StageError> {
+    static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let lib = ort_library().map_err(|e| e.message)?;
+        let builder = ort::init_from(&lib)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?;
+        builder
+            .with_name("medkg")
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+    })
+    .clone()
+    .map_err(|message| StageError::unavailable("onnxruntime", message))
+}
+
+/// A model's ONNX graph and tokenizer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// The `.onnx` file.
+    pub model: PathBuf,
+    /// Its `tokenizer.json`.
+    pub tokenizer: PathBuf,
+}
+
+impl ModelFiles {
+    /// `name` is a path to an `.onnx` file, or a model name looked up in
+    /// `dir` as `{name}.onnx` + `{name}.tokenizer.json`; `tokenizer`
+    /// overrides the tokenizer's path.
+    pub fn resolve(
+        dir: &Path,
+        name: &str,
+        tokenizer: Option<&str>,
+    ) -> Result<ModelFiles, StageError> {
+        let model = if name.ends_with(".onnx") {
+            PathBuf::from(name)
+        } else {
+            dir.join(format!("{name}.onnx"))
+        };
+        let tokenizer = match tokenizer {
+            Some(t) => PathBuf::from(t),
+            None => {
+                let stem = model
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                model.with_file_name(format!("{stem}.tokenizer.json"))
+            }
+        };
+        for file in [&model, &tokenizer] {
+            if !file.is_file() {
+                return Err(StageError::unavailable(
+                    "model_missing",
+                    format!("{} not found (models come from --models, MEDKG_MODELS or ../shared/models; see ../shared/models/MODELS.md)", file.display()),
+                ));
+            }
+        }
+        Ok(ModelFiles { model, tokenizer })
+    }
+}
+
+/// The models directory: `explicit`, else `MEDKG_MODELS`, else
+/// `../shared/models` when it exists.
+pub fn models_dir(explicit: Option<&Path>) -> Result<PathBuf, StageError> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    if let Some(dir) = std::env::var_os("MEDKG_MODELS") {
+        return Ok(PathBuf::from(dir));
+    }
+    let shared = PathBuf::from("../shared/models");
+    if shared.is_dir() {
+        return Ok(shared);
+    }
+    Err(StageError::unavailable(
+        "no_models",
+        "no models directory: pass --models DIR or set MEDKG_MODELS (../shared/models/MODELS.md says how to build the models)",
+    ))
+}
+
+/// A session for `model` on `device` with `intra_threads` CPU threads.
+pub(crate) fn session(
+    model: &Path,
+    device: Device,
+    intra_threads: usize,
+) -> Result<Session, StageError> {
+    let env = environment()?;
+    // Builder errors carry the builder and are not Send: keep only their text.
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        StageError::unavailable("onnxruntime", format!("{what}: {e}"))
+    };
+    let mut builder = Session::builder(&env).map_err(|e| fail("cannot create a session", &e))?;
+    builder = builder
+        .with_intra_threads(intra_threads.max(1))
+        .map_err(|e| fail("intra_threads", &e))?;
+    if device == Device::Cuda {
+        let cuda = ort::ep::CUDA::default().build().error_on_failure();
+        builder = builder.with_execution_providers([cuda]).map_err(|e| {
+            StageError::unavailable(
+                "cuda_unavailable",
+                format!("device cuda was asked for, but the CUDA execution provider cannot be registered ({e}); medkg does not fall back to the CPU: use device: cpu, or run where ONNX Runtime CUDA is installed"),
+            )
+        })?;
+    }
+    builder
+        .commit_from_file(model)
+        .map_err(|e| fail(&format!("cannot load {}", model.display()), &e))
+}
