@@ -112,7 +112,7 @@ impl Document {
 }
 
 /// One piece of a document, the unit that is indexed and retrieved.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Chunk {
     /// `{doc_id}#{n}`.
     pub id: String,
@@ -128,11 +128,29 @@ pub struct Chunk {
     pub char_start: usize,
     /// End (exclusive), in chars, within the section's text.
     pub char_end: usize,
+    /// Dense embedding (L2-normalised), once an `embed` stage has run.
+    #[serde(default)]
+    pub dense: Option<Vec<f32>>,
+    /// SPLADE expansion, once a `splade` stage has run.
+    #[serde(default)]
+    pub sparse: Option<crate::models::SparseVector>,
+}
+
+impl Chunk {
+    /// What the models encode: the document title, then the chunk's text
+    /// (a chunk of an abstract rarely names its subject; the title does).
+    pub fn model_text(&self, title: &str) -> String {
+        if title.is_empty() {
+            self.text.clone()
+        } else {
+            format!("{title}\n{}", self.text)
+        }
+    }
 }
 
 /// A document's chunks travelling together, so an index replaces all of a
 /// document's chunks at once.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChunkedDocument {
     /// The document id.
     pub doc_id: String,

@@ -17,6 +17,7 @@ mod error;
 pub mod index;
 pub mod models;
 pub mod parse;
+pub mod retrieve;
 
 pub use chunk::{ChunkConfig, Chunker, SplitBy};
 pub use document::{

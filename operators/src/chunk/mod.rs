@@ -150,6 +150,8 @@ impl Chunker {
                     text: text[start..end].to_string(),
                     char_start,
                     char_end,
+                    dense: None,
+                    sparse: None,
                 });
             }
         }

@@ -6,16 +6,22 @@
 //! document keyed by its chunk id and carrying its document id and tenant, so
 //! re-ingesting a document deletes all its old chunks before adding the new.
 
+mod dense;
 mod layout;
 mod search;
 mod shard;
+mod splade;
 
+pub use dense::DenseMeta;
+pub use dense::DenseShard;
 pub use layout::Layout;
-pub use search::{Hit, SearchIndex, Stats};
+pub use search::{Hit, SearchIndex, Stats, Weights};
 pub use shard::Bm25Shard;
+pub use splade::{decode_sparse, encode_sparse, QUANT_SCALE};
 
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, INDEXED, STORED, STRING,
+    BytesOptions, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, INDEXED,
+    STORED, STRING,
 };
 
 /// The tokenizer of the searchable text fields (lower-cased, English stemming).
@@ -34,6 +40,10 @@ pub(crate) struct Fields {
     pub section: Field,
     pub char_start: Field,
     pub char_end: Field,
+    /// SPLADE term ids of the chunk (candidate generation).
+    pub splade_terms: Field,
+    /// The chunk's quantised SPLADE vector (scoring).
+    pub splade_vec: Field,
 }
 
 pub(crate) fn schema() -> (Schema, Fields) {
@@ -56,6 +66,15 @@ pub(crate) fn schema() -> (Schema, Fields) {
         section: builder.add_text_field("section", STORED),
         char_start: builder.add_u64_field("char_start", STORED),
         char_end: builder.add_u64_field("char_end", STORED),
+        splade_terms: builder.add_text_field(
+            "splade_terms",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer("whitespace")
+                    .set_index_option(IndexRecordOption::Basic),
+            ),
+        ),
+        splade_vec: builder.add_bytes_field("splade_vec", BytesOptions::default().set_fast()),
     };
     (builder.build(), fields)
 }
@@ -82,6 +101,8 @@ pub(crate) fn fields_of(schema: &Schema) -> Result<Fields, crate::StageError> {
         section: get("section")?,
         char_start: get("char_start")?,
         char_end: get("char_end")?,
+        splade_terms: get("splade_terms")?,
+        splade_vec: get("splade_vec")?,
     })
 }
 

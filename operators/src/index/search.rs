@@ -2,12 +2,17 @@
 //! summed over all shards (so a score means the same in every shard and the
 //! per-shard top-k lists merge exactly).
 
-use tantivy::collector::{Count, TopDocs};
+use std::collections::BinaryHeap;
+
+use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
 use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Value};
-use tantivy::{DocAddress, Index, Searcher, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, DocId, Index, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
+};
 
-use super::{fields_of, io_error, Fields, Layout};
+use super::{decode_sparse, fields_of, io_error, DenseShard, Fields, Layout};
+use crate::models::SparseVector;
 use crate::StageError;
 
 /// Weight of a title match relative to a text match.
@@ -36,6 +41,27 @@ pub struct Hit {
     pub char_end: u64,
 }
 
+/// Per-list weights of hybrid fusion.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Weights {
+    /// BM25.
+    pub bm25: f32,
+    /// Dense.
+    pub dense: f32,
+    /// SPLADE.
+    pub splade: f32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            bm25: 1.0,
+            dense: 1.0,
+            splade: 1.0,
+        }
+    }
+}
+
 /// Counts in a data directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
@@ -48,6 +74,7 @@ pub struct Stats {
 /// Every shard of a data directory, open for reading at its last commit.
 pub struct SearchIndex {
     shards: Vec<(Index, Searcher)>,
+    dense: Vec<DenseShard>,
     fields: Fields,
 }
 
@@ -56,8 +83,12 @@ impl SearchIndex {
     pub fn open(data_dir: &std::path::Path) -> Result<SearchIndex, StageError> {
         let layout = Layout::open(data_dir)?;
         let mut shards = Vec::new();
+        let mut dense = Vec::new();
         let mut fields = None;
         for n in 0..layout.shards {
+            if layout.shard_dir(n).join("dense.faiss").exists() {
+                dense.push(DenseShard::open(&layout.shard_dir(n), 0)?);
+            }
             let dir = layout.shard_dir(n).join("bm25");
             if !dir.join("meta.json").exists() {
                 continue; // never committed: nothing to read
@@ -74,7 +105,159 @@ impl SearchIndex {
             Some(f) => f,
             None => super::schema().1,
         };
-        Ok(SearchIndex { shards, fields })
+        Ok(SearchIndex {
+            shards,
+            dense,
+            fields,
+        })
+    }
+
+    /// Reciprocal-rank fusion of the BM25, SPLADE and dense lists (each
+    /// `depth` deep, each already restricted to the tenant); a list whose
+    /// query is `None` or whose weight is 0 is left out.
+    pub fn search_hybrid(
+        &mut self,
+        text: &str,
+        sparse: Option<&SparseVector>,
+        dense: Option<&[f32]>,
+        tenant: &str,
+        k: usize,
+        weights: &Weights,
+        depth: usize,
+    ) -> Result<Vec<Hit>, StageError> {
+        let depth = depth.max(k);
+        let mut lists: Vec<(f32, Vec<Hit>)> = Vec::new();
+        if weights.bm25 > 0.0 {
+            lists.push((weights.bm25, self.search(text, tenant, depth)?));
+        }
+        if let (Some(q), true) = (sparse, weights.splade > 0.0) {
+            lists.push((weights.splade, self.search_splade(q, tenant, depth)?));
+        }
+        if let (Some(q), true) = (dense, weights.dense > 0.0) {
+            lists.push((weights.dense, self.search_dense(q, tenant, depth)?));
+        }
+        let ranked: Vec<(f32, Vec<String>)> = lists
+            .iter()
+            .map(|(w, hits)| (*w, hits.iter().map(|h| h.chunk_id.clone()).collect()))
+            .collect();
+        let mut by_id: std::collections::HashMap<String, Hit> = std::collections::HashMap::new();
+        for (_, hits) in lists {
+            for hit in hits {
+                by_id.entry(hit.chunk_id.clone()).or_insert(hit);
+            }
+        }
+        Ok(crate::retrieve::rrf(&ranked, k)
+            .into_iter()
+            .filter_map(|(id, score)| {
+                let mut hit = by_id.remove(&id)?;
+                hit.score = score;
+                Some(hit)
+            })
+            .collect())
+    }
+
+    /// Whether the directory holds dense vectors.
+    pub fn has_dense(&self) -> bool {
+        !self.dense.is_empty()
+    }
+
+    /// The `k` chunks of `tenant` with the largest SPLADE dot product with `query`.
+    pub fn search_splade(
+        &self,
+        query: &SparseVector,
+        tenant: &str,
+        k: usize,
+    ) -> Result<Vec<Hit>, StageError> {
+        if query.indices.is_empty() || k == 0 {
+            return Ok(Vec::new());
+        }
+        let terms: Vec<(Occur, Box<dyn Query>)> = query
+            .indices
+            .iter()
+            .map(|id| {
+                let term = Term::from_field_text(self.fields.splade_terms, &id.to_string());
+                (
+                    Occur::Should,
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)) as Box<dyn Query>,
+                )
+            })
+            .collect();
+        let candidates = BooleanQuery::new(vec![
+            (Occur::Must, Box::new(BooleanQuery::new(terms))),
+            (Occur::Must, self.tenant_filter(tenant)),
+        ]);
+        let collector = SpladeTopK {
+            query: std::sync::Arc::new(query.clone()),
+            k,
+        };
+        let mut scored = Vec::new();
+        for (shard, (_, searcher)) in self.shards.iter().enumerate() {
+            let top = searcher
+                .search(&candidates, &collector)
+                .map_err(|e| io_error("SPLADE search failed", e))?;
+            scored.extend(
+                top.into_iter()
+                    .map(|(score, address)| (score, shard, address)),
+            );
+        }
+        self.best(scored, k)
+    }
+
+    /// The `k` chunks of `tenant` nearest to `query` in the dense indexes.
+    pub fn search_dense(
+        &mut self,
+        query: &[f32],
+        tenant: &str,
+        k: usize,
+    ) -> Result<Vec<Hit>, StageError> {
+        let mut found = Vec::new();
+        for dense in &mut self.dense {
+            found.extend(dense.search(query, tenant, k)?);
+        }
+        found.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| a.1.chunk_id.cmp(&b.1.chunk_id))
+        });
+        found.truncate(k);
+        let mut hits = Vec::with_capacity(found.len());
+        for (score, meta) in found {
+            if let Some(mut hit) = self.chunk(&meta.chunk_id)? {
+                hit.score = score;
+                hits.push(hit);
+            }
+        }
+        Ok(hits)
+    }
+
+    /// A chunk by id, from whichever shard holds it.
+    fn chunk(&self, chunk_id: &str) -> Result<Option<Hit>, StageError> {
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.chunk_id, chunk_id),
+            IndexRecordOption::Basic,
+        );
+        for (shard, (_, searcher)) in self.shards.iter().enumerate() {
+            let top = searcher
+                .search(&query, &TopDocs::with_limit(1).order_by_score())
+                .map_err(|e| io_error("lookup failed", e))?;
+            if let Some((_, address)) = top.first() {
+                return self.hit(shard, *address, 0.0).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Best `k` of per-shard results, stable on ties.
+    fn best(
+        &self,
+        mut scored: Vec<(f32, usize, DocAddress)>,
+        k: usize,
+    ) -> Result<Vec<Hit>, StageError> {
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        scored.truncate(k);
+        scored
+            .into_iter()
+            .map(|(score, shard, address)| self.hit(shard, address, score))
+            .collect()
     }
 
     /// The `k` best chunks for a free-text query within one tenant.
@@ -215,6 +398,101 @@ impl SearchIndex {
             char_start: number(f.char_start),
             char_end: number(f.char_end),
         })
+    }
+}
+
+/// Scores candidate chunks by the dot product of the query with each
+/// chunk's stored SPLADE vector; keeps the best `k` per segment.
+struct SpladeTopK {
+    query: std::sync::Arc<SparseVector>,
+    k: usize,
+}
+
+/// Min-heap entry: the worst of the best `k` on top.
+#[derive(PartialEq)]
+struct Scored(f32, DocId);
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
+    }
+}
+
+struct SpladeSegment {
+    query: std::sync::Arc<SparseVector>,
+    k: usize,
+    segment: SegmentOrdinal,
+    vectors: Option<tantivy::columnar::BytesColumn>,
+    heap: BinaryHeap<Scored>,
+    buffer: Vec<u8>,
+}
+
+impl Collector for SpladeTopK {
+    type Fruit = Vec<(f32, DocAddress)>;
+    type Child = SpladeSegment;
+
+    fn for_segment(
+        &self,
+        segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<SpladeSegment> {
+        Ok(SpladeSegment {
+            query: self.query.clone(),
+            k: self.k,
+            segment,
+            vectors: reader.fast_fields().bytes("splade_vec")?,
+            heap: BinaryHeap::new(),
+            buffer: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<(f32, DocAddress)>>) -> tantivy::Result<Self::Fruit> {
+        let mut all: Vec<(f32, DocAddress)> = fruits.into_iter().flatten().collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        all.truncate(self.k);
+        Ok(all)
+    }
+}
+
+impl SegmentCollector for SpladeSegment {
+    type Fruit = Vec<(f32, DocAddress)>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        let Some(vectors) = &self.vectors else { return };
+        let Some(ord) = vectors.term_ords(doc).next() else {
+            return;
+        };
+        self.buffer.clear();
+        if !matches!(vectors.ord_to_bytes(ord, &mut self.buffer), Ok(true)) {
+            return;
+        }
+        let score = self.query.dot(&decode_sparse(&self.buffer));
+        if self.heap.len() < self.k {
+            self.heap.push(Scored(score, doc));
+        } else if self.heap.peek().is_some_and(|worst| score > worst.0) {
+            self.heap.pop();
+            self.heap.push(Scored(score, doc));
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        let segment = self.segment;
+        self.heap
+            .into_iter()
+            .map(|Scored(score, doc)| (score, DocAddress::new(segment, doc)))
+            .collect()
     }
 }
 

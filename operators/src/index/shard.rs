@@ -5,7 +5,7 @@ use std::path::Path;
 use tantivy::directory::MmapDirectory;
 use tantivy::{doc, Index, IndexWriter, Term};
 
-use super::{fields_of, io_error, schema, Fields};
+use super::{encode_sparse, fields_of, io_error, schema, Fields};
 use crate::{ChunkedDocument, StageError};
 
 /// A tantivy index open for writing. Writes become visible (and durable)
@@ -47,8 +47,7 @@ impl Bm25Shard {
         self.writer
             .delete_term(Term::from_field_text(f.doc_id, &doc.doc_id));
         for chunk in &doc.chunks {
-            self.writer
-                .add_document(doc!(
+            let mut document = doc!(
                     f.chunk_id => chunk.id.as_str(),
                     f.doc_id => doc.doc_id.as_str(),
                     f.tenant_id => doc.tenant_id.as_str(),
@@ -59,7 +58,14 @@ impl Bm25Shard {
                     f.section => chunk.section_name.as_str(),
                     f.char_start => chunk.char_start as u64,
                     f.char_end => chunk.char_end as u64,
-                ))
+            );
+            if let Some(sparse) = &chunk.sparse {
+                let terms: Vec<String> = sparse.indices.iter().map(u32::to_string).collect();
+                document.add_text(f.splade_terms, terms.join(" "));
+                document.add_bytes(f.splade_vec, &encode_sparse(sparse));
+            }
+            self.writer
+                .add_document(document)
                 .map_err(|e| io_error("cannot add a chunk", e))?;
         }
         Ok(())
