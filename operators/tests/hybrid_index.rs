@@ -3,7 +3,7 @@
 //! (proptest), re-ingestion that leaves no old vector or posting behind,
 //! and dense/SPLADE scores that are the exact dot products.
 
-use medkg_operators::index::{Bm25Shard, DenseShard, Layout, SearchIndex, Weights};
+use medkg_operators::index::{Bm25Shard, DenseShard, EncodedQuery, Layout, SearchIndex, Weights};
 use medkg_operators::models::SparseVector;
 use medkg_operators::{Chunk, ChunkedDocument, SourceKind};
 use proptest::prelude::*;
@@ -157,7 +157,7 @@ proptest! {
             index.search("shared words", tenant, 100).unwrap(),
             index.search_splade(&sparse, tenant, 100).unwrap(),
             index.search_dense(&query, tenant, 100).unwrap(),
-            index.search_hybrid("shared words", Some(&sparse), Some(&query), tenant, 100, &Weights::default(), 100).unwrap(),
+            index.search_hybrid(&EncodedQuery { text: "shared words", sparse: Some(&sparse), dense: Some(&query) }, tenant, 100, &Weights::default(), 100).unwrap(),
         ];
         for (mode, hits) in ["bm25", "splade", "dense", "hybrid"].iter().zip(&lists) {
             prop_assert_eq!(hits.len(), owned * 2, "{} returned {} of the tenant's {} chunks", mode, hits.len(), owned * 2);

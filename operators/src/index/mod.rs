@@ -15,7 +15,7 @@ mod splade;
 pub use dense::DenseMeta;
 pub use dense::DenseShard;
 pub use layout::Layout;
-pub use search::{Hit, SearchIndex, Stats, Weights};
+pub use search::{EncodedQuery, Hit, SearchIndex, Stats, Weights};
 pub use shard::Bm25Shard;
 pub use splade::{decode_sparse, encode_sparse, QUANT_SCALE};
 

@@ -41,6 +41,18 @@ pub struct Hit {
     pub char_end: u64,
 }
 
+/// A query as each list wants it: words for BM25, the encoded vectors for
+/// SPLADE and dense (`None` leaves that list out).
+#[derive(Clone, Copy, Debug)]
+pub struct EncodedQuery<'a> {
+    /// The words.
+    pub text: &'a str,
+    /// SPLADE expansion of the words.
+    pub sparse: Option<&'a SparseVector>,
+    /// Dense embedding of the words.
+    pub dense: Option<&'a [f32]>,
+}
+
 /// Per-list weights of hybrid fusion.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Weights {
@@ -117,14 +129,17 @@ impl SearchIndex {
     /// query is `None` or whose weight is 0 is left out.
     pub fn search_hybrid(
         &mut self,
-        text: &str,
-        sparse: Option<&SparseVector>,
-        dense: Option<&[f32]>,
+        query: &EncodedQuery<'_>,
         tenant: &str,
         k: usize,
         weights: &Weights,
         depth: usize,
     ) -> Result<Vec<Hit>, StageError> {
+        let EncodedQuery {
+            text,
+            sparse,
+            dense,
+        } = *query;
         let depth = depth.max(k);
         let mut lists: Vec<(f32, Vec<Hit>)> = Vec::new();
         if weights.bm25 > 0.0 {
