@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use medkg_dataflow::{Progress, RunOptions};
-use medkg_operators::index::SearchIndex;
+use medkg_dataflow::{Mode, Progress, Retriever, RunOptions};
+use medkg_operators::index::{SearchIndex, Weights};
+use medkg_operators::models::Device;
 use medkg_topology::{Plan, Policies, ValidationErrors};
 
 #[derive(Parser)]
@@ -49,8 +50,10 @@ enum Command {
         /// Resilience policies (default: ../resilience.yaml next to the pipeline, else the built-in ones).
         #[arg(long)]
         resilience: Option<PathBuf>,
+        #[command(flatten)]
+        models: ModelArgs,
     },
-    /// Search the BM25 index of a data directory.
+    /// Search a data directory: BM25, dense, SPLADE, or their fusion.
     Search {
         /// The data directory a run wrote.
         #[arg(long, default_value = "data")]
@@ -64,6 +67,12 @@ enum Command {
         /// Print a JSON array.
         #[arg(long)]
         json: bool,
+        /// bm25 | dense | splade | hybrid (reciprocal-rank fusion of every list the index has).
+        #[arg(long, default_value = "hybrid")]
+        mode: String,
+        /// Hybrid list weights, e.g. `bm25=1,dense=1,splade=0.5`.
+        #[arg(long, default_value = "bm25=1,dense=1,splade=1")]
+        weights: String,
         /// The query, in plain words.
         #[arg(required = true)]
         query: Vec<String>,
@@ -80,6 +89,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Throughput of the models alone against the whole pipeline, and search latency.
+    Bench {
+        /// The pipeline to bench (with --source).
+        #[arg(long, requires = "source")]
+        pipeline: Option<PathBuf>,
+        /// `file:PATH` for the pipeline bench.
+        #[arg(long)]
+        source: Option<String>,
+        /// Queries to time, one a line (against --data-dir, after the pipeline bench if there is one).
+        #[arg(long)]
+        queries: Option<PathBuf>,
+        /// Where the bench's run writes (and the queries read).
+        #[arg(long, default_value = "data/bench")]
+        data_dir: PathBuf,
+        /// Worker threads.
+        #[arg(short = 'w', long, default_value_t = 1)]
+        workers: usize,
+        /// Search mode of the query bench.
+        #[arg(long, default_value = "hybrid")]
+        mode: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        models: ModelArgs,
+    },
     /// Validate pipeline files; exit 0 when all are valid, 1 otherwise.
     Validate {
         /// Pipeline files.
@@ -89,6 +124,26 @@ enum Command {
         #[arg(long)]
         resilience: Option<PathBuf>,
     },
+}
+
+/// Where models come from and where they run.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Models directory (default: MEDKG_MODELS, else ../shared/models).
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// cpu | cuda for every model stage (default: each stage's `device`). cuda never falls back to the CPU.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl ModelArgs {
+    fn device(&self) -> anyhow::Result<Option<Device>> {
+        self.device
+            .as_deref()
+            .map(|d| d.parse::<Device>().map_err(|e| anyhow!(e)))
+            .transpose()
+    }
 }
 
 fn main() -> ExitCode {
@@ -102,7 +157,8 @@ fn main() -> ExitCode {
             tenant,
             from_start,
             resilience,
-        } => run(
+            models,
+        } => run_options(
             &pipeline,
             &source,
             data_dir,
@@ -110,14 +166,45 @@ fn main() -> ExitCode {
             tenant,
             from_start,
             resilience.as_deref(),
-        ),
+            &models,
+        )
+        .and_then(run),
         Command::Search {
             data_dir,
             tenant,
             k,
             json,
+            mode,
+            weights,
             query,
-        } => search(&data_dir, &tenant, k, json, &query.join(" ")),
+        } => search(
+            &data_dir,
+            &tenant,
+            k,
+            json,
+            &mode,
+            &weights,
+            &query.join(" "),
+        ),
+        Command::Bench {
+            pipeline,
+            source,
+            queries,
+            data_dir,
+            workers,
+            mode,
+            json,
+            models,
+        } => bench(
+            pipeline.as_deref(),
+            source.as_deref(),
+            queries.as_deref(),
+            data_dir,
+            workers,
+            &mode,
+            json,
+            &models,
+        ),
         Command::Stats {
             data_dir,
             tenant,
@@ -185,7 +272,8 @@ fn validate(files: &[PathBuf], resilience: Option<&Path>) -> ExitCode {
     }
 }
 
-fn run(
+#[allow(clippy::too_many_arguments)]
+fn run_options(
     pipeline: &Path,
     source: &str,
     data_dir: PathBuf,
@@ -193,7 +281,8 @@ fn run(
     tenant: String,
     from_start: bool,
     resilience: Option<&Path>,
-) -> anyhow::Result<()> {
+    models: &ModelArgs,
+) -> anyhow::Result<RunOptions> {
     let plan = load_plan(pipeline, resilience).map_err(|e| anyhow!("{e}"))?;
     let Some(path) = source.strip_prefix("file:") else {
         bail!("unsupported source `{source}`: this build reads `file:PATH`");
@@ -201,14 +290,19 @@ fn run(
     if workers == 0 {
         bail!("-w must be at least 1");
     }
-    let options = RunOptions {
+    Ok(RunOptions {
         plan,
         source: PathBuf::from(path),
         data_dir,
         workers,
         tenant,
         from_start,
-    };
+        models: models.models.clone(),
+        device: models.device()?,
+    })
+}
+
+fn run(options: RunOptions) -> anyhow::Result<()> {
     let progress = Arc::new(Progress::default());
     let tty = std::io::stderr().is_terminal();
     let summary = medkg_dataflow::run(options, progress, |p, elapsed| {
@@ -234,9 +328,68 @@ fn run(
     Ok(())
 }
 
-fn search(data_dir: &Path, tenant: &str, k: usize, json: bool, query: &str) -> anyhow::Result<()> {
-    let index = SearchIndex::open(data_dir).map_err(|e| anyhow!("{e}"))?;
-    let hits = index.search(query, tenant, k).map_err(|e| anyhow!("{e}"))?;
+#[allow(clippy::too_many_arguments)]
+fn bench(
+    pipeline: Option<&Path>,
+    source: Option<&str>,
+    queries: Option<&Path>,
+    data_dir: PathBuf,
+    workers: usize,
+    mode: &str,
+    json: bool,
+    models: &ModelArgs,
+) -> anyhow::Result<()> {
+    let mut report = serde_json::Map::new();
+    if let (Some(pipeline), Some(source)) = (pipeline, source) {
+        let options = run_options(
+            pipeline,
+            source,
+            data_dir.clone(),
+            workers,
+            "default".into(),
+            true,
+            None,
+            models,
+        )?;
+        let result = medkg_dataflow::bench::pipeline(&options)?;
+        if let serde_json::Value::Object(fields) = serde_json::to_value(&result)? {
+            report.extend(fields);
+        }
+    }
+    if let Some(queries) = queries {
+        let mode: Mode = mode.parse().map_err(|e: String| anyhow!(e))?;
+        let result =
+            medkg_dataflow::bench::queries(&data_dir, &queries.to_path_buf(), mode, "default", 10)?;
+        report.insert("search".into(), serde_json::to_value(&result)?);
+    }
+    if report.is_empty() {
+        bail!("nothing to bench: give --pipeline and --source, or --queries");
+    }
+    if json {
+        println!("{}", serde_json::Value::Object(report));
+    } else {
+        for (key, value) in &report {
+            println!("{key}: {value}");
+        }
+    }
+    Ok(())
+}
+
+fn search(
+    data_dir: &Path,
+    tenant: &str,
+    k: usize,
+    json: bool,
+    mode: &str,
+    weights: &str,
+    query: &str,
+) -> anyhow::Result<()> {
+    let mode: Mode = mode.parse().map_err(|e: String| anyhow!(e))?;
+    let mut retriever = Retriever::open(data_dir, mode).map_err(|e| anyhow!("{e}"))?;
+    retriever.weights = parse_weights(weights)?;
+    let hits = retriever
+        .search(query, mode, tenant, k)
+        .map_err(|e| anyhow!("{e}"))?;
     if json {
         let rows: Vec<serde_json::Value> = hits
             .iter()
@@ -249,7 +402,7 @@ fn search(data_dir: &Path, tenant: &str, k: usize, json: bool, query: &str) -> a
         for (rank, hit) in hits.iter().enumerate() {
             let preview: String = hit.text.chars().take(200).collect();
             println!(
-                "{:>2}. {:.3}  {}  {}\n    {}\n",
+                "{:>2}. {:.4}  {}  {}\n    {}\n",
                 rank + 1,
                 hit.score,
                 hit.chunk_id,
@@ -259,6 +412,30 @@ fn search(data_dir: &Path, tenant: &str, k: usize, json: bool, query: &str) -> a
         }
     }
     Ok(())
+}
+
+/// `bm25=1,dense=0.5,splade=1` (lists not named keep weight 1).
+fn parse_weights(text: &str) -> anyhow::Result<Weights> {
+    let mut weights = Weights::default();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow!("weight `{part}` is not name=number"))?;
+        let value: f32 = value
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("weight `{part}`: `{value}` is not a number"))?;
+        if !(value.is_finite() && value >= 0.0) {
+            bail!("weight `{part}` must be ≥ 0");
+        }
+        match name.trim() {
+            "bm25" => weights.bm25 = value,
+            "dense" => weights.dense = value,
+            "splade" => weights.splade = value,
+            other => bail!("unknown list `{other}` in --weights (bm25 | dense | splade)"),
+        }
+    }
+    Ok(weights)
 }
 
 fn stats(data_dir: &Path, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use medkg_connectors::{DeadLetterSink, Position, RawPayload};
-use medkg_operators::index::Bm25Shard;
+use medkg_operators::index::{Backends, ShardWriter};
 use medkg_operators::{parse, ChunkedDocument, Document, StageError};
 use medkg_topology::StageKind;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::{Capability, Concatenate, Operator, Probe};
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
+use crate::models::StageEncoders;
 use crate::stages::{dead_letter, StageConfig};
 use crate::Shared;
 
@@ -100,20 +101,47 @@ pub(crate) fn build<'s>(
                 letters,
                 is_sink,
             )),
+            (StageKind::Embed, StageConfig::Embed(spec)) => Flow::Chunks(encode_stage(
+                scope,
+                chunks(scope, inputs),
+                name,
+                i,
+                spec.max_batch_tokens,
+                shared,
+                letters,
+                is_sink,
+            )),
+            (StageKind::Splade, StageConfig::Splade(spec)) => Flow::Chunks(encode_stage(
+                scope,
+                chunks(scope, inputs),
+                name,
+                i,
+                spec.max_batch_tokens,
+                shared,
+                letters,
+                is_sink,
+            )),
             (
                 StageKind::Index,
                 StageConfig::Index {
                     commit_interval,
                     writer_memory_bytes,
+                    splade,
+                    dense,
                 },
             ) => {
                 let input = chunks(scope, inputs).probe_with(flow);
+                let backends = Backends {
+                    splade: *splade,
+                    dense: *dense,
+                };
                 let out = index_stage(
                     scope,
                     input,
                     name,
                     *commit_interval,
                     *writer_memory_bytes,
+                    backends,
                     shared,
                     is_sink,
                 );
@@ -335,17 +363,197 @@ fn chunk_stage<'s>(
     )
 }
 
+/// A model stage (`embed`, `splade`): stashes chunked documents per epoch
+/// and encodes them in token-budget batches when the input frontier has
+/// passed the epoch (no chunk waits for a timer behind a closed epoch) or
+/// when the stash holds several batches' worth of tokens already.
+#[allow(clippy::too_many_arguments)]
+fn encode_stage<'s>(
+    scope: Scope<'s, u64>,
+    input: StreamVec<'s, u64, Envelope<ChunkedDocument>>,
+    name: &str,
+    stage: usize,
+    max_batch_tokens: usize,
+    shared: &Arc<Shared>,
+    letters: &Letters,
+    is_sink: bool,
+) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
+    /// Encode early once a stash holds this many batches' worth of tokens.
+    const FLUSH_BATCHES: usize = 4;
+    let (shared, letters, name_owned) = (shared.clone(), letters.clone(), name.to_string());
+    let worker = scope.index();
+    input.unary_frontier::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(
+        Pipeline,
+        name,
+        move |_, _| {
+            let mut stash: BTreeMap<u64, Stash> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(&time) = cap.least() else { return };
+                    let Some(held) = cap.retain_least(0) else {
+                        return;
+                    };
+                    let entry = stash.entry(time).or_insert_with(|| (held, Vec::new(), 0));
+                    for batch in data {
+                        for envelope in batch.drain(..) {
+                            // About four characters a token, plus [CLS] and [SEP].
+                            entry.2 += envelope
+                                .item
+                                .chunks
+                                .iter()
+                                .map(|c| (c.text.len() + envelope.item.title.len()) / 4 + 2)
+                                .sum::<usize>();
+                            entry.1.push(envelope);
+                        }
+                    }
+                });
+                let ready: Vec<u64> = stash
+                    .iter()
+                    .filter(|(t, (_, _, tokens))| {
+                        !frontier.less_equal(t) || *tokens >= FLUSH_BATCHES * max_batch_tokens
+                    })
+                    .map(|(t, _)| *t)
+                    .collect();
+                for time in ready {
+                    let Some((cap, docs, _)) = stash.remove(&time) else {
+                        continue;
+                    };
+                    let encoded = match encode_docs(&shared, stage, worker, docs, max_batch_tokens)
+                    {
+                        Ok(encoded) => encoded,
+                        Err(e) => {
+                            shared.fail(format!("stage `{name_owned}`: {e}"));
+                            return;
+                        }
+                    };
+                    let mut session = output.session(&cap);
+                    for result in encoded {
+                        match result {
+                            Ok(envelope) => {
+                                if is_sink {
+                                    shared.progress.docs.fetch_add(1, Ordering::Relaxed);
+                                    shared.progress.chunks.fetch_add(
+                                        envelope.item.chunks.len() as u64,
+                                        Ordering::Relaxed,
+                                    );
+                                }
+                                session.give(envelope);
+                            }
+                            Err(failed) => {
+                                let (envelope, error) = *failed;
+                                let payload = RawPayload {
+                                    source: envelope.source.clone(),
+                                    key: Some(envelope.item.doc_id.clone()),
+                                    bytes: serde_json::to_vec(&envelope.item).unwrap_or_default(),
+                                    name: None,
+                                    position: envelope.position.clone(),
+                                };
+                                fail(
+                                    &shared,
+                                    &letters,
+                                    &name_owned,
+                                    &payload,
+                                    Some(envelope.item.doc_id.clone()),
+                                    &error,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// An epoch's documents waiting for a model: its capability, the
+/// documents, and an estimate of their tokens.
+type Stash = (Capability<u64>, Vec<Envelope<ChunkedDocument>>, usize);
+
+/// A document with its vectors, or the document and why the model refused it.
+type Encoded = Result<Envelope<ChunkedDocument>, Box<(Envelope<ChunkedDocument>, StageError)>>;
+
+/// Encodes every chunk of `docs` with the stage's model (worker's own
+/// session). A document whose text the model refuses (a permanent error)
+/// fails alone; an unavailable model fails the run.
+fn encode_docs(
+    shared: &Shared,
+    stage: usize,
+    worker: usize,
+    mut docs: Vec<Envelope<ChunkedDocument>>,
+    max_batch_tokens: usize,
+) -> Result<Vec<Encoded>, StageError> {
+    let texts: Vec<String> = docs
+        .iter()
+        .flat_map(|d| d.item.chunks.iter().map(|c| c.model_text(&d.item.title)))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let attempt = match &shared.encoders[stage] {
+        StageEncoders::Dense(sessions) => sessions[worker]
+            .encode_many(&refs, max_batch_tokens)
+            .map(|v| v.into_iter().map(Vector::Dense).collect::<Vec<_>>()),
+        StageEncoders::Splade(sessions) => sessions[worker]
+            .encode_many(&refs, max_batch_tokens)
+            .map(|v| v.into_iter().map(Vector::Sparse).collect::<Vec<_>>()),
+        StageEncoders::None => unreachable!("stage {stage} is a model stage without sessions"),
+    };
+    match attempt {
+        Ok(vectors) => {
+            let mut vectors = vectors.into_iter();
+            for doc in &mut docs {
+                for chunk in &mut doc.item.chunks {
+                    if let Some(v) = vectors.next() {
+                        v.assign(chunk);
+                    }
+                }
+            }
+            Ok(docs.into_iter().map(Ok).collect())
+        }
+        // One bad text must not cost the whole batch: retry document by document.
+        Err(e) if e.class == medkg_operators::ErrorClass::Permanent && docs.len() > 1 => Ok(docs
+            .into_iter()
+            .flat_map(|doc| {
+                match encode_docs(shared, stage, worker, vec![doc.clone()], max_batch_tokens) {
+                    Ok(results) => results,
+                    Err(e) => vec![Err(Box::new((doc, e)))],
+                }
+            })
+            .collect()),
+        Err(e) if e.class == medkg_operators::ErrorClass::Permanent => Ok(docs
+            .into_iter()
+            .map(|d| Err(Box::new((d, e.clone()))))
+            .collect()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A model's output for one chunk.
+enum Vector {
+    Dense(Vec<f32>),
+    Sparse(medkg_operators::models::SparseVector),
+}
+
+impl Vector {
+    fn assign(self, chunk: &mut medkg_operators::Chunk) {
+        match self {
+            Vector::Dense(v) => chunk.dense = Some(v),
+            Vector::Sparse(v) => chunk.sparse = Some(v),
+        }
+    }
+}
+
 /// `index`: upserts each document into its shard as it arrives, holds a
 /// capability for every epoch written but not committed, and commits when
 /// the input frontier has passed such epochs (at most once per
 /// `commit_interval`, and always when the input ends). What it emits, at
 /// the time of its epoch, are the documents it has made durable.
+#[allow(clippy::too_many_arguments)]
 fn index_stage<'s>(
     scope: Scope<'s, u64>,
     input: StreamVec<'s, u64, Envelope<ChunkedDocument>>,
     name: &str,
     commit_interval: Duration,
     writer_memory_bytes: usize,
+    backends: Backends,
     shared: &Arc<Shared>,
     forward: bool,
 ) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
@@ -360,7 +568,7 @@ fn index_stage<'s>(
         name,
         move |_, info| {
             let activator = scope.activator_for(info.address.clone());
-            let mut shards: BTreeMap<u32, Bm25Shard> = BTreeMap::new();
+            let mut shards: BTreeMap<u32, ShardWriter> = BTreeMap::new();
             // Epochs written and not yet committed, with a capability for each.
             let mut pending: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             // What was written per epoch: (documents, chunks) and, if forwarding, the documents.
@@ -381,9 +589,11 @@ fn index_stage<'s>(
                             let shard = match shards.entry(shard_no) {
                                 std::collections::btree_map::Entry::Occupied(s) => s.into_mut(),
                                 std::collections::btree_map::Entry::Vacant(slot) => {
-                                    match Bm25Shard::open(
-                                        &layout.shard_dir(shard_no).join("bm25"),
+                                    match ShardWriter::open(
+                                        &layout,
+                                        shard_no,
                                         writer_memory_bytes,
+                                        backends,
                                     ) {
                                         Ok(s) => slot.insert(s),
                                         Err(e) => {

@@ -19,7 +19,10 @@
 //! idempotent upserts keyed by chunk id: nothing lost, nothing doubled.
 #![warn(missing_docs)]
 
+pub mod bench;
 mod graph;
+mod models;
+mod retriever;
 mod stages;
 
 use std::path::PathBuf;
@@ -30,10 +33,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use medkg_connectors::{Checkpoint, DeadLetter, DeadLetterSink, FileSource};
 use medkg_operators::index::Layout;
+use medkg_operators::models::Device;
 use medkg_topology::{Plan, StageKind};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
-pub use stages::StageSettings;
+pub use models::{ModelRecord, RecordedModel};
+pub use retriever::{Mode, Retriever, FUSION_DEPTH};
+pub use stages::{EncoderSpec, ModelOptions, StageConfig, StageSettings};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -50,6 +56,10 @@ pub struct RunOptions {
     pub tenant: String,
     /// Ignore the checkpoint and read the source from its start.
     pub from_start: bool,
+    /// Models directory (`--models`; else `MEDKG_MODELS`, else ../shared/models).
+    pub models: Option<PathBuf>,
+    /// Device for every model stage (`--device`), overriding the pipeline.
+    pub device: Option<Device>,
 }
 
 /// Live counters of a run, shared with whoever shows progress.
@@ -85,29 +95,12 @@ pub fn check_implemented(plan: &Plan) -> Result<(), String> {
     let mut missing = Vec::new();
     for stage in &plan.stages {
         match stage.kind {
-            StageKind::Ingest | StageKind::Parse | StageKind::Chunk => {}
-            StageKind::Index => {
-                let backends: Vec<&str> = stage
-                    .config
-                    .get("backends")
-                    .and_then(|b| b.as_array())
-                    .map(|items| {
-                        items
-                            .iter()
-                            .filter_map(|i| i.as_str())
-                            .filter(|b| *b != "bm25")
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if !backends.is_empty() {
-                    missing.push(format!(
-                        "index backend{} {} (stage `{}`)",
-                        if backends.len() > 1 { "s" } else { "" },
-                        backends.join(", "),
-                        stage.name
-                    ));
-                }
-            }
+            StageKind::Ingest
+            | StageKind::Parse
+            | StageKind::Chunk
+            | StageKind::Embed
+            | StageKind::Splade
+            | StageKind::Index => {}
             other => missing.push(format!("{} (stage `{}`)", other.name(), stage.name)),
         }
     }
@@ -133,7 +126,7 @@ pub fn check_implemented(plan: &Plan) -> Result<(), String> {
         ));
     }
     if missing.is_empty() {
-        Ok(())
+        stages::check_backends(plan)
     } else {
         Err(format!(
             "pipeline `{}` ({}) uses what this build does not implement yet: {}",
@@ -154,8 +147,17 @@ pub fn run(
     mut on_progress: impl FnMut(&Progress, Duration),
 ) -> anyhow::Result<RunSummary> {
     check_implemented(&options.plan).map_err(|e| anyhow!(e))?;
-    let settings = StageSettings::from_plan(&options.plan).map_err(|e| anyhow!(e))?;
     let workers = options.workers.max(1);
+    let model_options = ModelOptions {
+        models: options.models.clone(),
+        device: options.device,
+        workers,
+    };
+    let settings =
+        StageSettings::from_plan(&options.plan, &model_options).map_err(|e| anyhow!(e))?;
+    // Models load before any worker starts: a missing model or an absent
+    // GPU stops the run here, with nothing half-written.
+    let encoders = models::load_encoders(&settings, workers).map_err(|e| anyhow!("{e}"))?;
     let source =
         FileSource::open(&options.source).map_err(|e| anyhow!("cannot read the source: {e}"))?;
     for skipped in source.skipped() {
@@ -166,6 +168,9 @@ pub fn run(
     }
     let layout =
         Layout::open_or_create(&options.data_dir, workers as u32).map_err(|e| anyhow!("{e}"))?;
+    ModelRecord::from_settings(&settings)
+        .reconcile(&options.data_dir)
+        .map_err(|e| anyhow!(e))?;
     let start = if options.from_start {
         0
     } else {
@@ -188,6 +193,7 @@ pub fn run(
         layout,
         start,
         progress: progress.clone(),
+        encoders,
         fatal: Mutex::new(None),
         finished: Mutex::new(finished_tx),
     });
@@ -257,6 +263,8 @@ pub(crate) struct Shared {
     /// First ordinal to read (from the checkpoint).
     pub start: u64,
     pub progress: Arc<Progress>,
+    /// Per stage (plan order): its model sessions, one per worker.
+    pub encoders: Vec<models::StageEncoders>,
     /// The first unrecoverable error (disk full, index locked...): every worker stops.
     pub fatal: Mutex<Option<String>>,
     /// Each worker says here when it is done.

@@ -1,9 +1,11 @@
 //! Stage settings read from the plan, and the per-record work of each stage
 //! (kept free of timely so the operators in `graph` stay thin).
 
+use std::path::Path;
 use std::time::Duration;
 
 use medkg_connectors::{DeadLetter, DeadLetterSink, RawPayload};
+use medkg_operators::models::{Device, ModelFiles};
 use medkg_operators::parse::{Format, ParseOptions};
 use medkg_operators::{ChunkConfig, Chunker, StageError};
 use medkg_topology::{Plan, PlannedStage, StageKind};
@@ -33,18 +35,106 @@ pub enum StageConfig {
     Parse(ParseOptions),
     /// `chunk`
     Chunk(Chunker),
+    /// `embed`
+    Embed(EncoderSpec),
+    /// `splade`
+    Splade(EncoderSpec),
     /// `index`
     Index {
         /// Least time between two commits.
         commit_interval: Duration,
         /// Indexing memory per shard.
         writer_memory_bytes: usize,
+        /// Write SPLADE terms (needs a `splade` stage upstream).
+        splade: bool,
+        /// Write dense vectors to FAISS (needs an `embed` stage upstream).
+        dense: bool,
     },
+}
+
+/// A model stage's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderSpec {
+    /// The model and its tokenizer.
+    pub files: ModelFiles,
+    /// Where it runs.
+    pub device: Device,
+    /// Truncation.
+    pub max_seq_len: usize,
+    /// Padded tokens per batch.
+    pub max_batch_tokens: usize,
+    /// ONNX Runtime intra-op threads per worker.
+    pub intra_threads: usize,
+    /// SPLADE: terms kept per chunk.
+    pub top_k: usize,
+    /// SPLADE: least weight kept.
+    pub threshold: f32,
+}
+
+/// Options of a run that reach into stage settings.
+#[derive(Clone, Debug, Default)]
+pub struct ModelOptions {
+    /// `--models DIR`.
+    pub models: Option<std::path::PathBuf>,
+    /// `--device`, overriding every model stage's `device`.
+    pub device: Option<Device>,
+    /// Worker threads (to share the cores among sessions).
+    pub workers: usize,
+}
+
+impl EncoderSpec {
+    fn from_stage(
+        stage: &PlannedStage,
+        default_model: &str,
+        default_batch: usize,
+        options: &ModelOptions,
+    ) -> Result<EncoderSpec, String> {
+        let str_of = |key: &str| stage.config.get(key).and_then(Value::as_str);
+        let u64_of = |key: &str| stage.config.get(key).and_then(Value::as_u64);
+        let device = match options.device {
+            Some(device) => device,
+            None => str_of("device")
+                .unwrap_or("cpu")
+                .parse()
+                .map_err(|e| in_stage(stage, e))?,
+        };
+        let needs_dir = !str_of("model").unwrap_or(default_model).ends_with(".onnx");
+        let dir = if needs_dir {
+            medkg_operators::models::models_dir(options.models.as_deref())
+                .map_err(|e| in_stage(stage, e.message))?
+        } else {
+            Path::new(".").to_path_buf()
+        };
+        let files = ModelFiles::resolve(
+            &dir,
+            str_of("model").unwrap_or(default_model),
+            str_of("tokenizer"),
+        )
+        .map_err(|e| in_stage(stage, e.message))?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Ok(EncoderSpec {
+            files,
+            device,
+            max_seq_len: u64_of("max_seq_len").unwrap_or(256) as usize,
+            max_batch_tokens: u64_of("max_batch_tokens").unwrap_or(default_batch as u64) as usize,
+            intra_threads: u64_of("intra_threads")
+                .map(|n| n as usize)
+                .unwrap_or((cores / options.workers.max(1)).max(1)),
+            top_k: u64_of("top_k").unwrap_or(128) as usize,
+            threshold: stage
+                .config
+                .get("threshold")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0) as f32,
+        })
+    }
 }
 
 impl StageSettings {
     /// Reads every stage's `config` (already validated by the topology).
-    pub fn from_plan(plan: &Plan) -> Result<StageSettings, String> {
+    pub fn from_plan(plan: &Plan, options: &ModelOptions) -> Result<StageSettings, String> {
         let mut max_record_bytes = DEFAULT_MAX_RECORD_BYTES;
         let mut stages = Vec::new();
         for stage in &plan.stages {
@@ -75,7 +165,21 @@ impl StageSettings {
                         ChunkConfig::from_config(&stage.config).map_err(|e| in_stage(stage, e))?;
                     StageConfig::Chunk(Chunker::new(config).map_err(|e| in_stage(stage, e))?)
                 }
+                StageKind::Embed => StageConfig::Embed(EncoderSpec::from_stage(
+                    stage,
+                    "all-MiniLM-L6-v2",
+                    8192,
+                    options,
+                )?),
+                StageKind::Splade => StageConfig::Splade(EncoderSpec::from_stage(
+                    stage,
+                    "splade-tiny",
+                    4096,
+                    options,
+                )?),
                 StageKind::Index => StageConfig::Index {
+                    splade: backend(stage, "splade"),
+                    dense: backend(stage, "dense"),
                     commit_interval: stage
                         .config
                         .get("commit_interval")
@@ -102,6 +206,40 @@ impl StageSettings {
             stages,
         })
     }
+}
+
+fn backend(stage: &PlannedStage, name: &str) -> bool {
+    stage
+        .config
+        .get("backends")
+        .and_then(Value::as_array)
+        .is_some_and(|b| b.iter().any(|x| x.as_str() == Some(name)))
+}
+
+/// Checks that an index backend has the stage that feeds it upstream.
+pub(crate) fn check_backends(plan: &Plan) -> Result<(), String> {
+    for (i, stage) in plan.stages.iter().enumerate() {
+        if stage.kind != StageKind::Index {
+            continue;
+        }
+        let mut upstream = Vec::new();
+        let mut stack = stage.inputs.clone();
+        while let Some(j) = stack.pop() {
+            upstream.push(plan.stages[j].kind);
+            stack.extend(plan.stages[j].inputs.iter().copied());
+        }
+        for (backend_name, kind) in [("dense", StageKind::Embed), ("splade", StageKind::Splade)] {
+            if backend(stage, backend_name) && !upstream.contains(&kind) {
+                return Err(format!(
+                    "{}: stage `{}` indexes {backend_name} but no {} stage feeds it",
+                    stage.location,
+                    plan.stages[i].name,
+                    kind.name()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn in_stage(stage: &PlannedStage, error: String) -> String {

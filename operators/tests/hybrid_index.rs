@@ -3,16 +3,14 @@
 //! (proptest), re-ingestion that leaves no old vector or posting behind,
 //! and dense/SPLADE scores that are the exact dot products.
 
-use medkg_operators::index::{Bm25Shard, DenseShard, EncodedQuery, Layout, SearchIndex, Weights};
+use medkg_operators::index::{Backends, EncodedQuery, Layout, SearchIndex, ShardWriter, Weights};
 use medkg_operators::models::SparseVector;
 use medkg_operators::{Chunk, ChunkedDocument, SourceKind};
 use proptest::prelude::*;
 
-const DIM: usize = 8;
-
 fn unit(seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v: Vec<f32> = (0..DIM)
+    let mut v: Vec<f32> = (0..8)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -56,20 +54,20 @@ fn doc(id: &str, tenant: &str, texts: &[&str], terms: &[(u32, f32)], seed: u64) 
 /// Writes documents as the index stage does: each into the shard that owns it.
 fn write(dir: &std::path::Path, docs: &[ChunkedDocument]) {
     let layout = Layout::open_or_create(dir, 2).unwrap();
-    let mut bm25: Vec<Bm25Shard> = (0..2)
-        .map(|n| Bm25Shard::open(&layout.shard_dir(n).join("bm25"), 15_000_000).unwrap())
-        .collect();
-    let mut dense: Vec<DenseShard> = (0..2)
-        .map(|n| DenseShard::open(&layout.shard_dir(n), DIM as u32).unwrap())
+    let backends = Backends {
+        splade: true,
+        dense: true,
+    };
+    let mut shards: Vec<ShardWriter> = (0..2)
+        .map(|n| ShardWriter::open(&layout, n, 15_000_000, backends).unwrap())
         .collect();
     for d in docs {
-        let s = layout.shard_of(&d.doc_id) as usize;
-        bm25[s].upsert(d).unwrap();
-        dense[s].upsert(d).unwrap();
+        shards[layout.shard_of(&d.doc_id) as usize]
+            .upsert(d)
+            .unwrap();
     }
-    for s in 0..2 {
-        bm25[s].commit().unwrap();
-        dense[s].commit().unwrap();
+    for shard in &mut shards {
+        shard.commit().unwrap();
     }
 }
 

@@ -151,6 +151,10 @@ fn token_budget_batches_give_the_same_vectors() {
     let lengths = encoder.token_lengths(&texts).unwrap();
     assert_eq!(lengths[0], 3, "[CLS] short [SEP]");
     let whole = encoder.encode(&texts).unwrap();
+    let many = encoder.encode_many(&texts, 24).unwrap();
+    for (a, b) in many.iter().zip(&whole) {
+        assert!(cosine(a, b) > 0.99999, "encode_many keeps input order");
+    }
     for batch in token_budget_batches(&lengths, 24) {
         let part: Vec<&str> = batch.iter().map(|&i| texts[i]).collect();
         for (vector, &i) in encoder.encode(&part).unwrap().iter().zip(&batch) {

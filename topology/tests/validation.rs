@@ -20,7 +20,10 @@ fn shipped_pipelines_are_valid() {
         assert!(!plan.stages.is_empty());
         seen += 1;
     }
-    assert!(seen >= 5, "expected the five seed pipelines, found {seen}");
+    assert!(
+        seen >= 6,
+        "expected the five seed pipelines and hybrid.yaml, found {seen}"
+    );
     let auto = Plan::from_path(
         std::path::Path::new(&format!("{dir}/auto.yaml")),
         &Policies::builtin(),

@@ -11,6 +11,7 @@ mod layout;
 mod search;
 mod shard;
 mod splade;
+mod writer;
 
 pub use dense::DenseMeta;
 pub use dense::DenseShard;
@@ -18,6 +19,7 @@ pub use layout::Layout;
 pub use search::{EncodedQuery, Hit, SearchIndex, Stats, Weights};
 pub use shard::Bm25Shard;
 pub use splade::{decode_sparse, encode_sparse, QUANT_SCALE};
+pub use writer::{Backends, ShardWriter};
 
 use tantivy::schema::{
     BytesOptions, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, INDEXED,

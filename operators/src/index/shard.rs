@@ -41,8 +41,9 @@ impl Bm25Shard {
         Ok(Bm25Shard { writer, fields })
     }
 
-    /// Replaces every chunk of the document with `doc`'s chunks.
-    pub fn upsert(&mut self, doc: &ChunkedDocument) -> Result<(), StageError> {
+    /// Replaces every chunk of the document with `doc`'s chunks (with their
+    /// SPLADE terms when `splade`).
+    pub fn upsert(&mut self, doc: &ChunkedDocument, splade: bool) -> Result<(), StageError> {
         let f = self.fields;
         self.writer
             .delete_term(Term::from_field_text(f.doc_id, &doc.doc_id));
@@ -59,7 +60,7 @@ impl Bm25Shard {
                     f.char_start => chunk.char_start as u64,
                     f.char_end => chunk.char_end as u64,
             );
-            if let Some(sparse) = &chunk.sparse {
+            if let Some(sparse) = chunk.sparse.as_ref().filter(|_| splade) {
                 let terms: Vec<String> = sparse.indices.iter().map(u32::to_string).collect();
                 document.add_text(f.splade_terms, terms.join(" "));
                 document.add_bytes(f.splade_vec, &encode_sparse(sparse));

@@ -65,6 +65,18 @@ impl DenseEncoder {
         self.run(&self.tokenize(texts)?)
     }
 
+    /// Encodes any number of texts in batches of at most `max_batch_tokens`
+    /// padded tokens, length-sorted; outputs in input order.
+    pub fn encode_many(
+        &self,
+        texts: &[&str],
+        max_batch_tokens: usize,
+    ) -> Result<Vec<Vec<f32>>, StageError> {
+        tokenize::in_batches(&self.tokenizer, texts, max_batch_tokens, |batch| {
+            self.run(batch)
+        })
+    }
+
     /// Runs the model on a tokenized batch.
     pub fn run(&self, batch: &Tokenized) -> Result<Vec<Vec<f32>>, StageError> {
         let fail =

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use ndarray::Array2;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 use crate::StageError;
 
@@ -51,20 +51,33 @@ pub(crate) fn lengths(tokenizer: &Tokenizer, texts: &[&str]) -> Result<Vec<usize
     Ok(encodings.iter().map(|e| e.get_ids().len()).collect())
 }
 
+/// Tokenizes texts (special tokens added, truncation applied).
+pub(crate) fn encode_all(
+    tokenizer: &Tokenizer,
+    texts: &[&str],
+) -> Result<Vec<Encoding>, StageError> {
+    tokenizer
+        .encode_batch(texts.to_vec(), true)
+        .map_err(|e| StageError::permanent("tokenize", e.to_string()))
+}
+
 /// Tokenizes texts into one padded batch.
 pub(crate) fn batch(tokenizer: &Tokenizer, texts: &[&str]) -> Result<Tokenized, StageError> {
-    let encodings = tokenizer
-        .encode_batch(texts.to_vec(), true)
-        .map_err(|e| StageError::permanent("tokenize", e.to_string()))?;
+    let encodings = encode_all(tokenizer, texts)?;
+    Ok(pad(&encodings.iter().collect::<Vec<_>>()))
+}
+
+/// Pads encodings into one batch as wide as the longest.
+pub(crate) fn pad(encodings: &[&Encoding]) -> Tokenized {
     let width = encodings
         .iter()
         .map(|e| e.get_ids().len())
         .max()
         .unwrap_or(0)
         .max(1);
-    let mut input_ids = Array2::<i64>::zeros((texts.len(), width));
-    let mut attention_mask = Array2::<i64>::zeros((texts.len(), width));
-    let mut token_type_ids = Array2::<i64>::zeros((texts.len(), width));
+    let mut input_ids = Array2::<i64>::zeros((encodings.len(), width));
+    let mut attention_mask = Array2::<i64>::zeros((encodings.len(), width));
+    let mut token_type_ids = Array2::<i64>::zeros((encodings.len(), width));
     for (row, encoding) in encodings.iter().enumerate() {
         for (col, ((&id, &mask), &kind)) in encoding
             .get_ids()
@@ -78,9 +91,35 @@ pub(crate) fn batch(tokenizer: &Tokenizer, texts: &[&str]) -> Result<Tokenized, 
             token_type_ids[[row, col]] = i64::from(kind);
         }
     }
-    Ok(Tokenized {
+    Tokenized {
         input_ids,
         attention_mask,
         token_type_ids,
-    })
+    }
+}
+
+/// Runs `run` over `texts` in token-budget batches (each text tokenized
+/// once), returning one output per text, in order.
+pub(crate) fn in_batches<T>(
+    tokenizer: &Tokenizer,
+    texts: &[&str],
+    max_batch_tokens: usize,
+    mut run: impl FnMut(&Tokenized) -> Result<Vec<T>, StageError>,
+) -> Result<Vec<T>, StageError> {
+    let encodings = encode_all(tokenizer, texts)?;
+    let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+    let mut out: Vec<Option<T>> = (0..texts.len()).map(|_| None).collect();
+    for batch in super::token_budget_batches(&lengths, max_batch_tokens) {
+        let members: Vec<&Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
+        for (&i, result) in batch.iter().zip(run(&pad(&members))?) {
+            out[i] = Some(result);
+        }
+    }
+    out.into_iter()
+        .map(|r| {
+            r.ok_or_else(|| {
+                StageError::unavailable("inference", "the model returned fewer rows than inputs")
+            })
+        })
+        .collect()
 }

@@ -1,0 +1,160 @@
+//! Model sessions for the model stages, and the record of which models
+//! built a data directory (search must encode queries with the same ones).
+
+use std::path::{Path, PathBuf};
+
+use medkg_operators::models::{DenseEncoder, SpladeEncoder};
+use medkg_operators::StageError;
+use serde::{Deserialize, Serialize};
+
+use crate::stages::{EncoderSpec, StageConfig, StageSettings};
+
+/// The sessions of one stage: one per worker (an ONNX Runtime session runs
+/// one batch at a time; workers must not queue behind each other).
+pub(crate) enum StageEncoders {
+    None,
+    Dense(Vec<DenseEncoder>),
+    Splade(Vec<SpladeEncoder>),
+}
+
+/// Loads every model stage's sessions, `workers` of each.
+pub(crate) fn load_encoders(
+    settings: &StageSettings,
+    workers: usize,
+) -> Result<Vec<StageEncoders>, StageError> {
+    settings
+        .stages
+        .iter()
+        .map(|stage| {
+            Ok(match stage {
+                StageConfig::Embed(spec) => StageEncoders::Dense(
+                    (0..workers)
+                        .map(|_| dense(spec))
+                        .collect::<Result<_, _>>()?,
+                ),
+                StageConfig::Splade(spec) => StageEncoders::Splade(
+                    (0..workers)
+                        .map(|_| splade(spec))
+                        .collect::<Result<_, _>>()?,
+                ),
+                _ => StageEncoders::None,
+            })
+        })
+        .collect()
+}
+
+/// Loads a dense encoder as specified.
+pub fn dense(spec: &EncoderSpec) -> Result<DenseEncoder, StageError> {
+    DenseEncoder::load(
+        &spec.files,
+        spec.device,
+        spec.max_seq_len,
+        spec.intra_threads,
+    )
+}
+
+/// Loads a SPLADE encoder as specified.
+pub fn splade(spec: &EncoderSpec) -> Result<SpladeEncoder, StageError> {
+    SpladeEncoder::load(
+        &spec.files,
+        spec.device,
+        spec.max_seq_len,
+        spec.intra_threads,
+        spec.top_k,
+        spec.threshold,
+    )
+}
+
+/// One model as recorded in a data directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordedModel {
+    /// The `.onnx` file (absolute).
+    pub model: PathBuf,
+    /// Its tokenizer (absolute).
+    pub tokenizer: PathBuf,
+    /// Truncation.
+    pub max_seq_len: usize,
+    /// SPLADE terms kept.
+    pub top_k: usize,
+    /// SPLADE least weight.
+    pub threshold: f32,
+}
+
+/// Which models wrote a data directory (`medkg-models.json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// The embed stage's model.
+    pub dense: Option<RecordedModel>,
+    /// The splade stage's model.
+    pub splade: Option<RecordedModel>,
+}
+
+const RECORD_FILE: &str = "medkg-models.json";
+
+fn recorded(spec: &EncoderSpec) -> RecordedModel {
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    RecordedModel {
+        model: absolute(&spec.files.model),
+        tokenizer: absolute(&spec.files.tokenizer),
+        max_seq_len: spec.max_seq_len,
+        top_k: spec.top_k,
+        threshold: spec.threshold,
+    }
+}
+
+impl ModelRecord {
+    /// The models a pipeline's settings use.
+    pub fn from_settings(settings: &StageSettings) -> ModelRecord {
+        let mut record = ModelRecord::default();
+        for stage in &settings.stages {
+            match stage {
+                StageConfig::Embed(spec) => record.dense = Some(recorded(spec)),
+                StageConfig::Splade(spec) => record.splade = Some(recorded(spec)),
+                _ => {}
+            }
+        }
+        record
+    }
+
+    /// The record of a data directory (empty when it has none).
+    pub fn load(data_dir: &Path) -> Result<ModelRecord, String> {
+        match std::fs::read_to_string(data_dir.join(RECORD_FILE)) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| format!("{}: {e}", data_dir.join(RECORD_FILE).display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelRecord::default()),
+            Err(e) => Err(format!("{}: {e}", data_dir.join(RECORD_FILE).display())),
+        }
+    }
+
+    /// Records these models in `data_dir`, refusing to mix vectors of other
+    /// models into an index already built with them.
+    pub fn reconcile(&self, data_dir: &Path) -> Result<(), String> {
+        let existing = ModelRecord::load(data_dir)?;
+        let clash = |ours: &Option<RecordedModel>, theirs: &Option<RecordedModel>, what: &str| {
+            match (ours, theirs) {
+            (Some(a), Some(b)) if a.model != b.model || a.max_seq_len != b.max_seq_len => Err(format!(
+                "{} holds {what} vectors of {} (max_seq_len {}), this pipeline makes them with {} (max_seq_len {}): use another data directory",
+                data_dir.display(),
+                b.model.display(),
+                b.max_seq_len,
+                a.model.display(),
+                a.max_seq_len
+            )),
+            _ => Ok(()),
+        }
+        };
+        clash(&self.dense, &existing.dense, "dense")?;
+        clash(&self.splade, &existing.splade, "SPLADE")?;
+        let merged = ModelRecord {
+            dense: self.dense.clone().or(existing.dense.clone()),
+            splade: self.splade.clone().or(existing.splade.clone()),
+        };
+        if merged != existing {
+            let text = serde_json::to_string_pretty(&merged).map_err(|e| e.to_string())?;
+            std::fs::write(data_dir.join(RECORD_FILE), text).map_err(|e| {
+                format!("cannot write {}: {e}", data_dir.join(RECORD_FILE).display())
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! `hybrid.yaml` end to end: real PubMed records through ONNX Runtime
+//! (all-MiniLM-L6-v2, SPLADE-tiny) into tantivy (BM25 + SPLADE) and FAISS,
+//! then known-item search in every mode; CUDA fail-fast; the bench.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use medkg_dataflow::{Mode, Retriever};
+use serde_json::Value;
+
+fn medkg() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_medkg"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shared() -> PathBuf {
+    std::env::var_os("MEDKG_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared"))
+}
+
+fn pubmed_slice(dir: &Path, n: usize) -> (PathBuf, Vec<Value>) {
+    use std::io::BufRead;
+    let file = std::fs::File::open(shared().join("data/pubmed_sample.jsonl.gz")).unwrap();
+    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
+    let lines: Vec<String> = reader.lines().take(n).map(|l| l.unwrap()).collect();
+    let path = dir.join(format!("pubmed-{n}.jsonl"));
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    (
+        path,
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    )
+}
+
+fn run_hybrid(source: &Path, data: &Path, extra: &[&str]) -> Output {
+    medkg()
+        .args(["run", "--pipeline"])
+        .arg(repo().join("config/pipelines/hybrid.yaml"))
+        .arg("--source")
+        .arg(format!("file:{}", source.display()))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--models")
+        .arg(shared().join("models"))
+        .args(["-w", "2"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn hybrid_pipeline_finds_known_items_in_every_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, records) = pubmed_slice(dir.path(), 300);
+    let data = dir.path().join("data");
+    let output = run_hybrid(&source, &data, &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["docs"], 300, "{summary}");
+    // Both dense shards were written, with one vector per chunk.
+    assert!(data.join("shard-0/dense.faiss").exists() && data.join("shard-1/dense.faiss").exists());
+
+    // 30 documents picked with a fixed seed, titles of three words or more.
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut picked = Vec::new();
+    while picked.len() < 30 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let r = &records[(seed % records.len() as u64) as usize];
+        let title = r["title"].as_str().unwrap().to_string();
+        let id = format!("pmid:{}", r["pmid"].as_str().unwrap());
+        if title.split_whitespace().count() >= 3 && !picked.iter().any(|(i, _)| *i == id) {
+            picked.push((id, title));
+        }
+    }
+    let mut report = Vec::new();
+    for mode in [Mode::Bm25, Mode::Dense, Mode::Splade, Mode::Hybrid] {
+        let mut retriever = Retriever::open(&data, mode).unwrap();
+        let mut found = 0;
+        for (id, title) in &picked {
+            let hits = retriever.search(title, mode, "default", 3).unwrap();
+            assert!(hits.len() <= 3);
+            if hits.iter().any(|h| &h.doc_id == id) {
+                found += 1;
+            } else {
+                eprintln!(
+                    "{mode:?}: {id} {title:?} not in the top 3: {:?}",
+                    hits.iter().map(|h| &h.doc_id).collect::<Vec<_>>()
+                );
+            }
+        }
+        report.push(format!("{mode:?} {found}/30"));
+        assert_eq!(found, 30, "{mode:?}: known items at rank ≤ 3");
+    }
+    eprintln!("known-item hits at rank ≤ 3: {}", report.join(", "));
+
+    // Another tenant sees nothing, in any mode.
+    for mode in [Mode::Bm25, Mode::Dense, Mode::Splade, Mode::Hybrid] {
+        let mut retriever = Retriever::open(&data, mode).unwrap();
+        assert!(
+            retriever
+                .search(&picked[0].1, mode, "someone-else", 10)
+                .unwrap()
+                .is_empty(),
+            "{mode:?}"
+        );
+    }
+
+    // The CLI: --mode and --json.
+    let output = medkg()
+        .args([
+            "search",
+            "--json",
+            "--mode",
+            "dense",
+            "-k",
+            "1",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg(&picked[1].1)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let hits: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(hits[0]["doc_id"].as_str(), Some(picked[1].0.as_str()));
+}
+
+#[test]
+fn device_cuda_fails_fast_naming_cuda() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, _) = pubmed_slice(dir.path(), 5);
+    let data = dir.path().join("data");
+    let output = run_hybrid(&source, &data, &["--device", "cuda"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CUDA"), "{stderr}");
+    assert!(stderr.contains("does not fall back to the CPU"), "{stderr}");
+    assert!(!data.join("shard-0").exists(), "nothing may have run");
+}
+
+#[test]
+fn bench_reports_models_only_and_end_to_end_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, records) = pubmed_slice(dir.path(), 40);
+    let queries = dir.path().join("queries.txt");
+    let titles: Vec<&str> = records
+        .iter()
+        .take(10)
+        .map(|r| r["title"].as_str().unwrap())
+        .collect();
+    std::fs::write(&queries, titles.join("\n")).unwrap();
+    let output = medkg()
+        .args(["bench", "--json", "-w", "2", "--pipeline"])
+        .arg(repo().join("config/pipelines/hybrid.yaml"))
+        .arg("--source")
+        .arg(format!("file:{}", source.display()))
+        .arg("--queries")
+        .arg(&queries)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--models")
+        .arg(shared().join("models"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    for key in [
+        "models_only_docs_per_sec",
+        "e2e_docs_per_sec",
+        "ratio",
+        "embed_docs_per_sec",
+        "splade_docs_per_sec",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key} in {report}");
+    }
+    assert_eq!(report["docs"], 40);
+    assert_eq!(report["search"]["queries"], 10);
+    assert!(
+        report["search"]["p95_ms"].as_f64().unwrap()
+            >= report["search"]["p50_ms"].as_f64().unwrap()
+    );
+}
