@@ -32,7 +32,7 @@ fn shipped_pipelines_are_valid() {
     let kinds: Vec<_> = auto.stages.iter().map(|s| s.kind.name()).collect();
     assert_eq!(
         kinds,
-        ["ingest", "parse", "chunk", "embed", "splade", "index", "extract", "kg"]
+        ["ingest", "parse", "chunk", "embed", "splade", "index"]
     );
     let pdf = Plan::from_path(
         std::path::Path::new(&format!("{dir}/pdf-two-phase.yaml")),
