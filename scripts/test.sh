@@ -9,7 +9,9 @@ if [ ! -f "$MEDKG_SHARED/data/pubmed_sample.jsonl.gz" ]; then
   echo "test.sh: $MEDKG_SHARED/data/pubmed_sample.jsonl.gz not found (set MEDKG_SHARED)" >&2
   exit 1
 fi
-# ONNX Runtime (the onnxruntime PyPI wheel's library), loaded at run time by ort.
+# cmake and OpenBLAS for FAISS; ONNX Runtime (the onnxruntime PyPI wheel's
+# library), loaded at run time by ort; the models of ../shared/models.
+scripts/setup-system.sh
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}
 export MEDKG_MODELS=${MEDKG_MODELS:-$MEDKG_SHARED/models}
 cargo test --workspace --all-targets

@@ -139,77 +139,24 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn device(&self) -> anyhow::Result<Option<Device>> {
-        self.device
-            .as_deref()
-            .map(|d| d.parse::<Device>().map_err(|e| anyhow!(e)))
-            .transpose()
+        self.device.as_deref().map(|d| d.parse::<Device>().map_err(|e| anyhow!(e))).transpose()
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run {
-            pipeline,
-            source,
-            data_dir,
-            workers,
-            tenant,
-            from_start,
-            resilience,
-            models,
-        } => run_options(
-            &pipeline,
-            &source,
-            data_dir,
-            workers,
-            tenant,
-            from_start,
-            resilience.as_deref(),
-            &models,
-        )
-        .and_then(run),
-        Command::Search {
-            data_dir,
-            tenant,
-            k,
-            json,
-            mode,
-            weights,
-            query,
-        } => search(
-            &data_dir,
-            &tenant,
-            k,
-            json,
-            &mode,
-            &weights,
-            &query.join(" "),
-        ),
-        Command::Bench {
-            pipeline,
-            source,
-            queries,
-            data_dir,
-            workers,
-            mode,
-            json,
-            models,
-        } => bench(
-            pipeline.as_deref(),
-            source.as_deref(),
-            queries.as_deref(),
-            data_dir,
-            workers,
-            &mode,
-            json,
-            &models,
-        ),
-        Command::Stats {
-            data_dir,
-            tenant,
-            json,
-        } => stats(&data_dir, tenant.as_deref(), json),
+        Command::Run { pipeline, source, data_dir, workers, tenant, from_start, resilience, models } => {
+            run_options(&pipeline, &source, data_dir, workers, tenant, from_start, resilience.as_deref(), &models)
+                .and_then(run)
+        }
+        Command::Search { data_dir, tenant, k, json, mode, weights, query } => {
+            search(&data_dir, &tenant, k, json, &mode, &weights, &query.join(" "))
+        }
+        Command::Bench { pipeline, source, queries, data_dir, workers, mode, json, models } => {
+            bench(pipeline.as_deref(), source.as_deref(), queries.as_deref(), data_dir, workers, &mode, json, &models)
+        }
+        Command::Stats { data_dir, tenant, json } => stats(&data_dir, tenant.as_deref(), json),
         Command::Validate { files, resilience } => return validate(&files, resilience.as_deref()),
     };
     match result {
@@ -227,10 +174,7 @@ fn policies_for(pipeline: &Path, explicit: Option<&Path>) -> Result<Policies, Va
     if let Some(path) = explicit {
         return Policies::from_path(path);
     }
-    let beside = pipeline
-        .parent()
-        .and_then(Path::parent)
-        .map(|config| config.join("resilience.yaml"));
+    let beside = pipeline.parent().and_then(Path::parent).map(|config| config.join("resilience.yaml"));
     match beside {
         Some(path) if path.is_file() => Policies::from_path(&path),
         _ => Ok(Policies::builtin()),
@@ -341,16 +285,7 @@ fn bench(
 ) -> anyhow::Result<()> {
     let mut report = serde_json::Map::new();
     if let (Some(pipeline), Some(source)) = (pipeline, source) {
-        let options = run_options(
-            pipeline,
-            source,
-            data_dir.clone(),
-            workers,
-            "default".into(),
-            true,
-            None,
-            models,
-        )?;
+        let options = run_options(pipeline, source, data_dir.clone(), workers, "default".into(), true, None, models)?;
         let result = medkg_dataflow::bench::pipeline(&options)?;
         if let serde_json::Value::Object(fields) = serde_json::to_value(&result)? {
             report.extend(fields);
@@ -358,8 +293,7 @@ fn bench(
     }
     if let Some(queries) = queries {
         let mode: Mode = mode.parse().map_err(|e: String| anyhow!(e))?;
-        let result =
-            medkg_dataflow::bench::queries(&data_dir, &queries.to_path_buf(), mode, "default", 10)?;
+        let result = medkg_dataflow::bench::queries(&data_dir, &queries.to_path_buf(), mode, "default", 10)?;
         report.insert("search".into(), serde_json::to_value(&result)?);
     }
     if report.is_empty() {
@@ -387,9 +321,7 @@ fn search(
     let mode: Mode = mode.parse().map_err(|e: String| anyhow!(e))?;
     let mut retriever = Retriever::open(data_dir, mode).map_err(|e| anyhow!("{e}"))?;
     retriever.weights = parse_weights(weights)?;
-    let hits = retriever
-        .search(query, mode, tenant, k)
-        .map_err(|e| anyhow!("{e}"))?;
+    let hits = retriever.search(query, mode, tenant, k).map_err(|e| anyhow!("{e}"))?;
     if json {
         let rows: Vec<serde_json::Value> = hits
             .iter()
@@ -401,14 +333,7 @@ fn search(
     } else {
         for (rank, hit) in hits.iter().enumerate() {
             let preview: String = hit.text.chars().take(200).collect();
-            println!(
-                "{:>2}. {:.4}  {}  {}\n    {}\n",
-                rank + 1,
-                hit.score,
-                hit.chunk_id,
-                hit.title,
-                preview
-            );
+            println!("{:>2}. {:.4}  {}  {}\n    {}\n", rank + 1, hit.score, hit.chunk_id, hit.title, preview);
         }
     }
     Ok(())
@@ -418,13 +343,8 @@ fn search(
 fn parse_weights(text: &str) -> anyhow::Result<Weights> {
     let mut weights = Weights::default();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, value) = part
-            .split_once('=')
-            .ok_or_else(|| anyhow!("weight `{part}` is not name=number"))?;
-        let value: f32 = value
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("weight `{part}`: `{value}` is not a number"))?;
+        let (name, value) = part.split_once('=').ok_or_else(|| anyhow!("weight `{part}` is not name=number"))?;
+        let value: f32 = value.trim().parse().map_err(|_| anyhow!("weight `{part}`: `{value}` is not a number"))?;
         if !(value.is_finite() && value >= 0.0) {
             bail!("weight `{part}` must be ≥ 0");
         }
@@ -441,20 +361,11 @@ fn parse_weights(text: &str) -> anyhow::Result<Weights> {
 fn stats(data_dir: &Path, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {
     let index = SearchIndex::open(data_dir).map_err(|e| anyhow!("{e}"))?;
     let stats = index.stats(tenant).map_err(|e| anyhow!("{e}"))?;
-    let letters = medkg_connectors::DeadLetterSink::read_all(data_dir)
-        .context("cannot read the dead letters")?;
+    let letters = medkg_connectors::DeadLetterSink::read_all(data_dir).context("cannot read the dead letters")?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"docs": stats.docs, "chunks": stats.chunks, "dead_letters": letters.len()})
-        );
+        println!("{}", serde_json::json!({"docs": stats.docs, "chunks": stats.chunks, "dead_letters": letters.len()}));
     } else {
-        println!(
-            "docs {}\nchunks {}\ndead letters {}",
-            stats.docs,
-            stats.chunks,
-            letters.len()
-        );
+        println!("docs {}\nchunks {}\ndead letters {}", stats.docs, stats.chunks, letters.len());
     }
     Ok(())
 }

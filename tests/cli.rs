@@ -19,9 +19,7 @@ fn repo() -> PathBuf {
 }
 
 fn shared() -> PathBuf {
-    std::env::var_os("MEDKG_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared"))
+    std::env::var_os("MEDKG_SHARED").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared"))
 }
 
 fn lexical() -> PathBuf {
@@ -37,13 +35,7 @@ fn pubmed_slice(dir: &Path, n: usize) -> (PathBuf, Vec<Value>) {
     let lines: Vec<String> = reader.lines().take(n).map(|l| l.unwrap()).collect();
     let path = dir.join(format!("pubmed-{n}.jsonl"));
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    (
-        path,
-        lines
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-    )
+    (path, lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
 fn check(output: Output) -> Output {
@@ -60,12 +52,8 @@ fn check(output: Output) -> Output {
 /// The JSON object on the last line of stdout.
 fn last_json(output: &Output) -> Value {
     let text = String::from_utf8_lossy(&output.stdout);
-    let line = text.lines().last().unwrap_or_else(|| {
-        panic!(
-            "no output; stderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
+    let line =
+        text.lines().last().unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&output.stderr)));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {line}"))
 }
 
@@ -87,38 +75,20 @@ fn run(pipeline: &Path, source: &Path, data: &Path, workers: usize, extra: &[&st
 }
 
 fn stats(data: &Path) -> (u64, u64) {
-    let v = last_json(&check(
-        medkg()
-            .args(["stats", "--json", "--data-dir"])
-            .arg(data)
-            .output()
-            .unwrap(),
-    ));
+    let v = last_json(&check(medkg().args(["stats", "--json", "--data-dir"]).arg(data).output().unwrap()));
     (v["docs"].as_u64().unwrap(), v["chunks"].as_u64().unwrap())
 }
 
 fn search(data: &Path, tenant: &str, k: usize, query: &str) -> Vec<Value> {
     let output = check(
         medkg()
-            .args([
-                "search",
-                "--json",
-                "--tenant",
-                tenant,
-                "-k",
-                &k.to_string(),
-                "--data-dir",
-            ])
+            .args(["search", "--json", "--tenant", tenant, "-k", &k.to_string(), "--data-dir"])
             .arg(data)
             .arg(query)
             .output()
             .unwrap(),
     );
-    serde_json::from_slice::<Value>(&output.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    serde_json::from_slice::<Value>(&output.stdout).unwrap().as_array().unwrap().clone()
 }
 
 #[test]
@@ -136,10 +106,7 @@ fn two_thousand_pubmed_docs_on_two_workers_are_searchable_by_title() {
     assert_eq!(chunks, summary["chunks"].as_u64().unwrap());
     assert!(chunks >= docs);
     // Two shards, one per worker, both written.
-    assert!(
-        data.join("shard-0/bm25/meta.json").exists()
-            && data.join("shard-1/bm25/meta.json").exists()
-    );
+    assert!(data.join("shard-0/bm25/meta.json").exists() && data.join("shard-1/bm25/meta.json").exists());
 
     // 50 documents picked at random (a fixed seed, so a failure reproduces).
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -163,20 +130,14 @@ fn two_thousand_pubmed_docs_on_two_workers_are_searchable_by_title() {
         }
         tried.push(want);
     }
-    assert_eq!(
-        found, 50,
-        "every exact title finds its document in the top 3"
-    );
+    assert_eq!(found, 50, "every exact title finds its document in the top 3");
 
     // Each hit has the documented shape.
     let hit = &search(&data, "default", 1, records[2]["title"].as_str().unwrap())[0];
     for key in ["doc_id", "chunk_id", "score", "title", "text"] {
         assert!(hit.get(key).is_some(), "{key} missing in {hit}");
     }
-    assert!(hit["chunk_id"]
-        .as_str()
-        .unwrap()
-        .starts_with(hit["doc_id"].as_str().unwrap()));
+    assert!(hit["chunk_id"].as_str().unwrap().starts_with(hit["doc_id"].as_str().unwrap()));
 
     // A second run resumes after the checkpoint: nothing re-read, nothing added.
     let again = run(&lexical(), &source, &data, 2, &[]);
@@ -221,17 +182,12 @@ fn a_run_killed_midway_and_rerun_ends_like_an_uninterrupted_run() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let committed = loop {
         assert!(Instant::now() < deadline, "no checkpoint within 120 s");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run finished before it could be killed midway"
-        );
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed midway");
         // Only the renamed file counts: a `.tmp` may be half-way to becoming it.
         let checkpoint = std::fs::read_dir(&checkpoints)
             .ok()
             .and_then(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .find(|p| p.extension().is_some_and(|x| x == "json"))
+                d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "json"))
             })
             .and_then(|p| std::fs::read_to_string(p).ok());
         if let Some(v) = checkpoint.and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
@@ -247,15 +203,8 @@ fn a_run_killed_midway_and_rerun_ends_like_an_uninterrupted_run() {
 
     let resumed = run(&pipeline, &source, &crashed, 2, &[]);
     let reread = resumed["docs"].as_u64().unwrap();
-    assert!(
-        reread < 30_000,
-        "the re-run should resume after the checkpoint, but re-read {reread} docs"
-    );
-    assert_eq!(
-        stats(&crashed),
-        expected,
-        "crashed + resumed must equal an uninterrupted run"
-    );
+    assert!(reread < 30_000, "the re-run should resume after the checkpoint, but re-read {reread} docs");
+    assert_eq!(stats(&crashed), expected, "crashed + resumed must equal an uninterrupted run");
 }
 
 #[test]
@@ -263,76 +212,48 @@ fn bad_records_are_dead_lettered_and_the_stream_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("mixed.jsonl");
     let mut file = std::fs::File::create(&source).unwrap();
-    writeln!(file, r#"{{"pmid": "1", "title": "Aspirin and stroke risk", "abstract": "Aspirin lowers the risk of stroke."}}"#).unwrap();
-    writeln!(file, r#"{{"pmid": "2", "title": "broken"#).unwrap(); // bad JSON
-    file.write_all(b"{\"pmid\": \"3\", \"title\": \"caf\xe9\"}\n")
-        .unwrap(); // invalid UTF-8
-    writeln!(file, r#"{{"title": "who am I"}}"#).unwrap(); // missing id
     writeln!(
         file,
-        r#"{{"pmid": "5", "title": "big", "abstract": "{}"}}"#,
-        "word ".repeat(4000)
+        r#"{{"pmid": "1", "title": "Aspirin and stroke risk", "abstract": "Aspirin lowers the risk of stroke."}}"#
     )
-    .unwrap(); // above the cap below
-    writeln!(file, r#"{{"pmid": "6", "title": "Statins after myocardial infarction", "abstract": "Statins reduce events."}}"#).unwrap();
+    .unwrap();
+    writeln!(file, r#"{{"pmid": "2", "title": "broken"#).unwrap(); // bad JSON
+    file.write_all(b"{\"pmid\": \"3\", \"title\": \"caf\xe9\"}\n").unwrap(); // invalid UTF-8
+    writeln!(file, r#"{{"title": "who am I"}}"#).unwrap(); // missing id
+    writeln!(file, r#"{{"pmid": "5", "title": "big", "abstract": "{}"}}"#, "word ".repeat(4000)).unwrap(); // above the cap below
+    writeln!(
+        file,
+        r#"{{"pmid": "6", "title": "Statins after myocardial infarction", "abstract": "Statins reduce events."}}"#
+    )
+    .unwrap();
     drop(file);
     let pipeline = dir.path().join("capped.yaml");
     std::fs::write(
         &pipeline,
-        std::fs::read_to_string(lexical())
-            .unwrap()
-            .replace("max_doc_bytes: 8388608", "max_doc_bytes: 10000"),
+        std::fs::read_to_string(lexical()).unwrap().replace("max_doc_bytes: 8388608", "max_doc_bytes: 10000"),
     )
     .unwrap();
     let data = dir.path().join("data");
     let summary = run(&pipeline, &source, &data, 2, &[]);
-    assert_eq!(
-        (summary["docs"].as_u64(), summary["failed"].as_u64()),
-        (Some(2), Some(4)),
-        "{summary}"
-    );
+    assert_eq!((summary["docs"].as_u64(), summary["failed"].as_u64()), (Some(2), Some(4)), "{summary}");
     assert_eq!(stats(&data).0, 2);
-    assert_eq!(
-        search(&data, "default", 1, "statins myocardial")[0]["doc_id"],
-        "pmid:6"
-    );
+    assert_eq!(search(&data, "default", 1, "statins myocardial")[0]["doc_id"], "pmid:6");
 
     let letters = medkg_connectors::DeadLetterSink::read_all(&data).unwrap();
-    let mut kinds: Vec<(u64, String)> = letters
-        .iter()
-        .map(|l| (l.ordinal, l.error_kind.clone()))
-        .collect();
+    let mut kinds: Vec<(u64, String)> = letters.iter().map(|l| (l.ordinal, l.error_kind.clone())).collect();
     kinds.sort();
     assert_eq!(
         kinds,
-        [
-            (1, "bad_json".to_string()),
-            (2, "invalid_utf8".into()),
-            (3, "missing_id".into()),
-            (4, "too_large".into())
-        ]
+        [(1, "bad_json".to_string()), (2, "invalid_utf8".into()), (3, "missing_id".into()), (4, "too_large".into())]
     );
     for letter in &letters {
         assert_eq!(letter.stage, "parse");
         assert_eq!(letter.error_class, "permanent");
-        assert!(
-            letter
-                .position
-                .ends_with(&format!(":{}", letter.ordinal + 1)),
-            "{}",
-            letter.position
-        );
+        assert!(letter.position.ends_with(&format!(":{}", letter.ordinal + 1)), "{}", letter.position);
         assert!(!letter.message.is_empty());
     }
-    let utf8 = letters
-        .iter()
-        .find(|l| l.error_kind == "invalid_utf8")
-        .unwrap();
-    assert_eq!(
-        utf8.bytes(),
-        b"{\"pmid\": \"3\", \"title\": \"caf\xe9\"}",
-        "the original bytes are kept"
-    );
+    let utf8 = letters.iter().find(|l| l.error_kind == "invalid_utf8").unwrap();
+    assert_eq!(utf8.bytes(), b"{\"pmid\": \"3\", \"title\": \"caf\xe9\"}", "the original bytes are kept");
 }
 
 #[test]
@@ -344,30 +265,13 @@ fn directories_of_jats_ctgov_and_broken_xml() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, input.join(path.file_name().unwrap())).unwrap();
     }
-    std::fs::copy(
-        repo().join("tests/fixtures/ctgov/NCT04280705.json"),
-        input.join("NCT04280705.json"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("tests/fixtures/pubmed21n1298-first3.xml"),
-        input.join("pubmed-set.xml"),
-    )
-    .unwrap();
+    std::fs::copy(repo().join("tests/fixtures/ctgov/NCT04280705.json"), input.join("NCT04280705.json")).unwrap();
+    std::fs::copy(repo().join("tests/fixtures/pubmed21n1298-first3.xml"), input.join("pubmed-set.xml")).unwrap();
     std::fs::write(input.join("broken.xml"), "<article><front><article-meta>").unwrap();
     let data = dir.path().join("data");
     let summary = run(&lexical(), &input, &data, 2, &[]);
-    assert_eq!(
-        (summary["docs"].as_u64(), summary["failed"].as_u64()),
-        (Some(8 + 1 + 3), Some(1)),
-        "{summary}"
-    );
-    let hits = search(
-        &data,
-        "default",
-        3,
-        "remdesivir hospitalized adults COVID-19",
-    );
+    assert_eq!((summary["docs"].as_u64(), summary["failed"].as_u64()), (Some(8 + 1 + 3), Some(1)), "{summary}");
+    let hits = search(&data, "default", 3, "remdesivir hospitalized adults COVID-19");
     assert_eq!(hits[0]["doc_id"], "nct:NCT04280705");
     let hits = search(
         &data,
@@ -387,11 +291,7 @@ fn tenants_only_see_their_own_documents() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.jsonl");
     let b = dir.path().join("b.jsonl");
-    std::fs::write(
-        &a,
-        "{\"pmid\": \"11\", \"title\": \"Heparin dosing in obesity\"}\n",
-    )
-    .unwrap();
+    std::fs::write(&a, "{\"pmid\": \"11\", \"title\": \"Heparin dosing in obesity\"}\n").unwrap();
     std::fs::write(&b, "{\"pmid\": \"22\", \"title\": \"Heparin induced thrombocytopenia\"}\n{\"pmid\": \"33\", \"title\": \"Heparin for tenant c\", \"tenant_id\": \"c\"}\n").unwrap();
     let data = dir.path().join("data");
     run(&lexical(), &a, &data, 1, &["--tenant", "a"]);
@@ -413,35 +313,18 @@ fn validate_reports_every_error_with_its_location() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "name: bad\nversion: 1\nstages:\n  - name: parse\n    type: parse\n    depends_on: [chunk]\n  - name: chunk\n    type: chunk\n    depends_on: [parse]\n    policy: nope\n").unwrap();
-    let output = medkg()
-        .arg("validate")
-        .arg(&bad)
-        .arg(lexical())
-        .output()
-        .unwrap();
+    let output = medkg().arg("validate").arg(&bad).arg(lexical()).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let file = bad.display().to_string();
-    assert!(
-        stderr.contains(&format!(
-            "{file}:10:13: error: stage `chunk`: unknown policy `nope`"
-        )),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("{file}:10:13: error: stage `chunk`: unknown policy `nope`")), "{stderr}");
     assert!(stderr.contains("dependency cycle"), "{stderr}");
     assert!(stderr.contains(&format!("{file}:")), "{stderr}");
 
-    let all: Vec<PathBuf> = std::fs::read_dir(repo().join("config/pipelines"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let all: Vec<PathBuf> =
+        std::fs::read_dir(repo().join("config/pipelines")).unwrap().map(|e| e.unwrap().path()).collect();
     let output = medkg().arg("validate").args(&all).output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]
@@ -449,14 +332,8 @@ fn a_pipeline_with_unimplemented_stages_fails_at_start_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     let (source, _) = pubmed_slice(dir.path(), 10);
     for (pipeline, missing) in [
-        (
-            "clinical-trials.yaml",
-            &["extract (stage `extract`)", "kg (stage `kg`)"][..],
-        ),
-        (
-            "pdf-two-phase.yaml",
-            &["download (stage `download`)", "gates (`ir-ready`)"][..],
-        ),
+        ("clinical-trials.yaml", &["extract (stage `extract`)", "kg (stage `kg`)"][..]),
+        ("pdf-two-phase.yaml", &["download (stage `download`)", "gates (`ir-ready`)"][..]),
     ] {
         let output = medkg()
             .args(["run", "--pipeline"])

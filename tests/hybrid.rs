@@ -17,9 +17,7 @@ fn repo() -> PathBuf {
 }
 
 fn shared() -> PathBuf {
-    std::env::var_os("MEDKG_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared"))
+    std::env::var_os("MEDKG_SHARED").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared"))
 }
 
 fn pubmed_slice(dir: &Path, n: usize) -> (PathBuf, Vec<Value>) {
@@ -29,13 +27,7 @@ fn pubmed_slice(dir: &Path, n: usize) -> (PathBuf, Vec<Value>) {
     let lines: Vec<String> = reader.lines().take(n).map(|l| l.unwrap()).collect();
     let path = dir.join(format!("pubmed-{n}.jsonl"));
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    (
-        path,
-        lines
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-    )
+    (path, lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
 fn run_hybrid(source: &Path, data: &Path, extra: &[&str]) -> Output {
@@ -60,18 +52,8 @@ fn hybrid_pipeline_finds_known_items_in_every_mode() {
     let (source, records) = pubmed_slice(dir.path(), 300);
     let data = dir.path().join("data");
     let output = run_hybrid(&source, &data, &[]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value = serde_json::from_str(
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(summary["docs"], 300, "{summary}");
     // Both dense shards were written, with one vector per chunk.
     assert!(data.join("shard-0/dense.faiss").exists() && data.join("shard-1/dense.faiss").exists());
@@ -114,35 +96,17 @@ fn hybrid_pipeline_finds_known_items_in_every_mode() {
     // Another tenant sees nothing, in any mode.
     for mode in [Mode::Bm25, Mode::Dense, Mode::Splade, Mode::Hybrid] {
         let mut retriever = Retriever::open(&data, mode).unwrap();
-        assert!(
-            retriever
-                .search(&picked[0].1, mode, "someone-else", 10)
-                .unwrap()
-                .is_empty(),
-            "{mode:?}"
-        );
+        assert!(retriever.search(&picked[0].1, mode, "someone-else", 10).unwrap().is_empty(), "{mode:?}");
     }
 
     // The CLI: --mode and --json.
     let output = medkg()
-        .args([
-            "search",
-            "--json",
-            "--mode",
-            "dense",
-            "-k",
-            "1",
-            "--data-dir",
-        ])
+        .args(["search", "--json", "--mode", "dense", "-k", "1", "--data-dir"])
         .arg(&data)
         .arg(&picked[1].1)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let hits: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(hits[0]["doc_id"].as_str(), Some(picked[1].0.as_str()));
 }
@@ -165,11 +129,7 @@ fn bench_reports_models_only_and_end_to_end_throughput() {
     let dir = tempfile::tempdir().unwrap();
     let (source, records) = pubmed_slice(dir.path(), 40);
     let queries = dir.path().join("queries.txt");
-    let titles: Vec<&str> = records
-        .iter()
-        .take(10)
-        .map(|r| r["title"].as_str().unwrap())
-        .collect();
+    let titles: Vec<&str> = records.iter().take(10).map(|r| r["title"].as_str().unwrap()).collect();
     std::fs::write(&queries, titles.join("\n")).unwrap();
     let output = medkg()
         .args(["bench", "--json", "-w", "2", "--pipeline"])
@@ -184,31 +144,12 @@ fn bench_reports_models_only_and_end_to_end_throughput() {
         .arg(shared().join("models"))
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
-    for key in [
-        "models_only_docs_per_sec",
-        "e2e_docs_per_sec",
-        "ratio",
-        "embed_docs_per_sec",
-        "splade_docs_per_sec",
-    ] {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+    for key in ["models_only_docs_per_sec", "e2e_docs_per_sec", "ratio", "embed_docs_per_sec", "splade_docs_per_sec"] {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key} in {report}");
     }
     assert_eq!(report["docs"], 40);
     assert_eq!(report["search"]["queries"], 10);
-    assert!(
-        report["search"]["p95_ms"].as_f64().unwrap()
-            >= report["search"]["p50_ms"].as_f64().unwrap()
-    );
+    assert!(report["search"]["p95_ms"].as_f64().unwrap() >= report["search"]["p50_ms"].as_f64().unwrap());
 }

@@ -53,10 +53,7 @@ impl DeadLetter {
     ) -> DeadLetter {
         let (bytes_utf8, bytes_base64) = match std::str::from_utf8(bytes) {
             Ok(text) => (Some(text.to_string()), None),
-            Err(_) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            ),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
         };
         let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -81,9 +78,7 @@ impl DeadLetter {
     pub fn bytes(&self) -> Vec<u8> {
         match (&self.bytes_utf8, &self.bytes_base64) {
             (Some(text), _) => text.as_bytes().to_vec(),
-            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap_or_default(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default(),
             (None, None) => Vec::new(),
         }
     }
@@ -100,11 +95,7 @@ pub struct DeadLetterSink {
 impl DeadLetterSink {
     /// A sink writing `data_dir/dead-letter/{name}.jsonl` (opened on first use).
     pub fn new(data_dir: &Path, name: &str) -> DeadLetterSink {
-        DeadLetterSink {
-            path: data_dir.join("dead-letter").join(format!("{name}.jsonl")),
-            out: None,
-            written: 0,
-        }
+        DeadLetterSink { path: data_dir.join("dead-letter").join(format!("{name}.jsonl")), out: None, written: 0 }
     }
 
     /// Writes one dead letter.
@@ -113,10 +104,7 @@ impl DeadLetterSink {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
             self.out = Some(BufWriter::new(file));
         }
         let out = self.out.as_mut().expect("opened above");
@@ -139,9 +127,7 @@ impl DeadLetterSink {
         if !dir.exists() {
             return Ok(letters);
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
         for file in files {
             for line in std::fs::read_to_string(&file)?.lines() {

@@ -28,10 +28,7 @@ pub struct SourceError {
 
 impl SourceError {
     fn new(kind: &str, message: impl Into<String>) -> Self {
-        SourceError {
-            kind: kind.into(),
-            message: message.into(),
-        }
+        SourceError { kind: kind.into(), message: message.into() }
     }
 }
 
@@ -75,21 +72,19 @@ fn classify(path: &Path) -> Option<(FileKind, bool)> {
 impl FileSource {
     /// Lists the files of `path` (a file or a directory, walked recursively).
     pub fn open(path: &Path) -> Result<FileSource, SourceError> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| SourceError::new("not_found", format!("{}: {e}", path.display())))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| SourceError::new("not_found", format!("{}: {e}", path.display())))?;
         let mut files = Vec::new();
         let mut skipped = Vec::new();
         if meta.is_dir() {
             let mut stack = vec![path.to_path_buf()];
             let mut all = Vec::new();
             while let Some(dir) = stack.pop() {
-                let entries = std::fs::read_dir(&dir).map_err(|e| {
-                    SourceError::new("read_failed", format!("{}: {e}", dir.display()))
-                })?;
+                let entries = std::fs::read_dir(&dir)
+                    .map_err(|e| SourceError::new("read_failed", format!("{}: {e}", dir.display())))?;
                 for entry in entries {
-                    let entry = entry.map_err(|e| {
-                        SourceError::new("read_failed", format!("{}: {e}", dir.display()))
-                    })?;
+                    let entry =
+                        entry.map_err(|e| SourceError::new("read_failed", format!("{}: {e}", dir.display())))?;
                     let p = entry.path();
                     if p.is_dir() {
                         stack.push(p);
@@ -101,29 +96,16 @@ impl FileSource {
             all.sort();
             for p in all {
                 match classify(&p) {
-                    Some((kind, gzip)) => files.push(SourceFile {
-                        path: p,
-                        kind,
-                        gzip,
-                    }),
+                    Some((kind, gzip)) => files.push(SourceFile { path: p, kind, gzip }),
                     None => skipped.push(p),
                 }
             }
         } else {
             // A named file is read whatever its name: JSONL unless it says otherwise.
-            let (kind, gzip) = classify(path)
-                .unwrap_or((FileKind::Lines, path.extension().is_some_and(|e| e == "gz")));
-            files.push(SourceFile {
-                path: path.to_path_buf(),
-                kind,
-                gzip,
-            });
+            let (kind, gzip) = classify(path).unwrap_or((FileKind::Lines, path.extension().is_some_and(|e| e == "gz")));
+            files.push(SourceFile { path: path.to_path_buf(), kind, gzip });
         }
-        Ok(FileSource {
-            root: path.to_path_buf(),
-            files,
-            skipped,
-        })
+        Ok(FileSource { root: path.to_path_buf(), files, skipped })
     }
 
     /// The source as named in positions and checkpoints (`file:PATH`).
@@ -139,13 +121,7 @@ impl FileSource {
     /// The records of worker `worker` of `peers`, from ordinal `start` on.
     /// Records larger than `max_record_bytes` come back as errors (once, from
     /// the worker that owns them), as do unreadable files.
-    pub fn records(
-        &self,
-        worker: usize,
-        peers: usize,
-        start: u64,
-        max_record_bytes: usize,
-    ) -> Records<'_> {
+    pub fn records(&self, worker: usize, peers: usize, start: u64, max_record_bytes: usize) -> Records<'_> {
         Records {
             source: self,
             worker: worker as u64,
@@ -186,11 +162,7 @@ impl Records<'_> {
     }
 
     fn position_of(&self, ordinal: u64, line: Option<u64>) -> Position {
-        Position {
-            ordinal,
-            file: self.source.files[self.file].path.display().to_string(),
-            line,
-        }
+        Position { ordinal, file: self.source.files[self.file].path.display().to_string(), line }
     }
 
     fn payload(&self, bytes: Vec<u8>, position: Position) -> RawPayload {
@@ -199,24 +171,16 @@ impl Records<'_> {
             source: self.source.name(),
             key: None,
             bytes,
-            name: file
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned()),
+            name: file.path.file_name().map(|n| n.to_string_lossy().into_owned()),
             position,
         }
     }
 
     fn open(&self) -> Result<Box<dyn Read>, SourceError> {
         let file = &self.source.files[self.file];
-        let handle = File::open(&file.path).map_err(|e| {
-            SourceError::new("read_failed", format!("{}: {e}", file.path.display()))
-        })?;
-        Ok(if file.gzip {
-            Box::new(MultiGzDecoder::new(handle))
-        } else {
-            Box::new(handle)
-        })
+        let handle = File::open(&file.path)
+            .map_err(|e| SourceError::new("read_failed", format!("{}: {e}", file.path.display())))?;
+        Ok(if file.gzip { Box::new(MultiGzDecoder::new(handle)) } else { Box::new(handle) })
     }
 
     /// The next line of the open JSONL file: `Ok(None)` at its end.
@@ -230,9 +194,7 @@ impl Records<'_> {
             let mut too_long = false;
             // Read the line in pieces so a giant line never sits in memory.
             loop {
-                let available = reader
-                    .fill_buf()
-                    .map_err(|e| SourceError::new("read_failed", e.to_string()))?;
+                let available = reader.fill_buf().map_err(|e| SourceError::new("read_failed", e.to_string()))?;
                 if available.is_empty() {
                     break;
                 }
@@ -288,22 +250,14 @@ impl Iterator for Records<'_> {
                         if !file.gzip && size > self.max as u64 {
                             return Err(SourceError::new(
                                 "too_large",
-                                format!(
-                                    "file of {size} bytes exceeds max_record_bytes ({})",
-                                    self.max
-                                ),
+                                format!("file of {size} bytes exceeds max_record_bytes ({})", self.max),
                             ));
                         }
                         let mut bytes = Vec::new();
                         self.open()?
                             .take(self.max as u64 + 1)
                             .read_to_end(&mut bytes)
-                            .map_err(|e| {
-                                SourceError::new(
-                                    "read_failed",
-                                    format!("{}: {e}", file.path.display()),
-                                )
-                            })?;
+                            .map_err(|e| SourceError::new("read_failed", format!("{}: {e}", file.path.display())))?;
                         if bytes.len() > self.max {
                             return Err(SourceError::new(
                                 "too_large",
@@ -322,21 +276,15 @@ impl Iterator for Records<'_> {
                 FileKind::Lines => {
                     if self.lines.is_none() {
                         match self.open() {
-                            Ok(read) => {
-                                self.lines =
-                                    Some((Box::new(BufReader::with_capacity(1 << 16, read)), 0))
-                            }
+                            Ok(read) => self.lines = Some((Box::new(BufReader::with_capacity(1 << 16, read)), 0)),
                             Err(e) => {
                                 // An unreadable file counts as one record, owned by one worker.
                                 let ordinal = self.ordinal;
                                 self.ordinal += 1;
                                 self.file += 1;
                                 if self.mine(ordinal) {
-                                    let position = Position {
-                                        ordinal,
-                                        file: file.path.display().to_string(),
-                                        line: None,
-                                    };
+                                    let position =
+                                        Position { ordinal, file: file.path.display().to_string(), line: None };
                                     return Some((ordinal, Err((position, e))));
                                 }
                                 continue;
@@ -397,37 +345,25 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     fn path(data_dir: &Path, source: &str) -> PathBuf {
-        let digest = source.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
+        let digest =
+            source.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         let tail: String = source
             .rsplit(['/', '\\'])
             .next()
             .unwrap_or("source")
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
             .collect();
-        data_dir
-            .join("checkpoints")
-            .join(format!("{tail}-{digest:016x}.json"))
+        data_dir.join("checkpoints").join(format!("{tail}-{digest:016x}.json"))
     }
 
     /// The checkpoint of `source` in `data_dir`, if one was written.
     pub fn load(data_dir: &Path, source: &str) -> std::io::Result<Option<Checkpoint>> {
         let path = Checkpoint::path(data_dir, source);
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            }),
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

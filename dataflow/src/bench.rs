@@ -47,21 +47,15 @@ pub struct PipelineBench {
 /// Runs the pipeline bench; `options.data_dir` receives the end-to-end run's index.
 pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
     let workers = options.workers.max(1);
-    let model_options = ModelOptions {
-        models: options.models.clone(),
-        device: options.device,
-        workers,
-    };
-    let settings =
-        StageSettings::from_plan(&options.plan, &model_options).map_err(|e| anyhow!(e))?;
+    let model_options = ModelOptions { models: options.models.clone(), device: options.device, workers };
+    let settings = StageSettings::from_plan(&options.plan, &model_options).map_err(|e| anyhow!(e))?;
     let docs = parse_and_chunk(&options.source, &settings, &options.tenant)?;
     let chunks = docs.iter().map(|d| d.chunks.len()).sum();
     let epoch = options.plan.runtime.epoch_records.max(1) as usize;
 
     // The same batching as the pipeline: each worker encodes its epochs'
     // documents with `encode_many` and the stage's token budget.
-    let groups: Vec<Vec<&ChunkedDocument>> =
-        docs.chunks(epoch).map(|g| g.iter().collect()).collect();
+    let groups: Vec<Vec<&ChunkedDocument>> = docs.chunks(epoch).map(|g| g.iter().collect()).collect();
     let mut per_model = Vec::new();
     let mut total = 0.0;
     let mut device = "cpu".to_string();
@@ -69,24 +63,16 @@ pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
         let (encode, budget): (Box<EncodeFn>, usize) = match stage {
             StageConfig::Embed(spec) => {
                 device = format!("{:?}", spec.device).to_lowercase();
-                let sessions: Vec<_> = (0..workers)
-                    .map(|_| models::dense(spec))
-                    .collect::<Result<_, _>>()?;
+                let sessions: Vec<_> = (0..workers).map(|_| models::dense(spec)).collect::<Result<_, _>>()?;
                 (
-                    Box::new(move |w: usize, t: &[&str], b| {
-                        sessions[w].encode_many(t, b).map(|v| v.len())
-                    }),
+                    Box::new(move |w: usize, t: &[&str], b| sessions[w].encode_many(t, b).map(|v| v.len())),
                     spec.max_batch_tokens,
                 )
             }
             StageConfig::Splade(spec) => {
-                let sessions: Vec<_> = (0..workers)
-                    .map(|_| models::splade(spec))
-                    .collect::<Result<_, _>>()?;
+                let sessions: Vec<_> = (0..workers).map(|_| models::splade(spec)).collect::<Result<_, _>>()?;
                 (
-                    Box::new(move |w: usize, t: &[&str], b| {
-                        sessions[w].encode_many(t, b).map(|v| v.len())
-                    }),
+                    Box::new(move |w: usize, t: &[&str], b| sessions[w].encode_many(t, b).map(|v| v.len())),
                     spec.max_batch_tokens,
                 )
             }
@@ -99,10 +85,8 @@ pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
                     let (groups, encode) = (&groups, &encode);
                     scope.spawn(move || -> Result<(), medkg_operators::StageError> {
                         for group in groups.iter().skip(w).step_by(workers) {
-                            let texts: Vec<String> = group
-                                .iter()
-                                .flat_map(|d| d.chunks.iter().map(|c| c.model_text(&d.title)))
-                                .collect();
+                            let texts: Vec<String> =
+                                group.iter().flat_map(|d| d.chunks.iter().map(|c| c.model_text(&d.title))).collect();
                             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                             encode(w, &refs, budget)?;
                         }
@@ -111,18 +95,12 @@ pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
                 })
                 .collect();
             for handle in handles {
-                handle
-                    .join()
-                    .map_err(|_| anyhow!("a bench thread panicked"))?
-                    .map_err(|e| anyhow!("{e}"))?;
+                handle.join().map_err(|_| anyhow!("a bench thread panicked"))?.map_err(|e| anyhow!("{e}"))?;
             }
             Ok(())
         })?;
         let seconds = started.elapsed().as_secs_f64();
-        per_model.push((
-            matches!(stage, StageConfig::Embed(_)),
-            docs.len() as f64 / seconds,
-        ));
+        per_model.push((matches!(stage, StageConfig::Embed(_)), docs.len() as f64 / seconds));
         total += seconds;
     }
 
@@ -130,11 +108,7 @@ pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
     let mut e2e_options = options.clone();
     e2e_options.from_start = true;
     let summary = run(e2e_options, progress, |_, _| {})?;
-    let models_only_docs_per_sec = if total > 0.0 {
-        docs.len() as f64 / total
-    } else {
-        0.0
-    };
+    let models_only_docs_per_sec = if total > 0.0 { docs.len() as f64 / total } else { 0.0 };
     Ok(PipelineBench {
         docs: docs.len(),
         chunks,
@@ -146,51 +120,28 @@ pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
         splade_docs_per_sec: per_model.iter().find(|m| !m.0).map(|m| m.1),
         e2e_seconds: summary.seconds,
         e2e_docs_per_sec: summary.docs_per_sec,
-        ratio: if models_only_docs_per_sec > 0.0 {
-            summary.docs_per_sec / models_only_docs_per_sec
-        } else {
-            0.0
-        },
+        ratio: if models_only_docs_per_sec > 0.0 { summary.docs_per_sec / models_only_docs_per_sec } else { 0.0 },
     })
 }
 
 /// Parses and chunks a source as the pipeline's parse and chunk stages would.
-fn parse_and_chunk(
-    source: &Path,
-    settings: &StageSettings,
-    tenant: &str,
-) -> anyhow::Result<Vec<ChunkedDocument>> {
+fn parse_and_chunk(source: &Path, settings: &StageSettings, tenant: &str) -> anyhow::Result<Vec<ChunkedDocument>> {
     let mut options = settings
         .stages
         .iter()
-        .find_map(|s| {
-            if let StageConfig::Parse(o) = s {
-                Some(o.clone())
-            } else {
-                None
-            }
-        })
+        .find_map(|s| if let StageConfig::Parse(o) = s { Some(o.clone()) } else { None })
         .unwrap_or_default();
     options.default_tenant = tenant.to_string();
     let chunker = settings
         .stages
         .iter()
-        .find_map(|s| {
-            if let StageConfig::Chunk(c) = s {
-                Some(c.clone())
-            } else {
-                None
-            }
-        })
+        .find_map(|s| if let StageConfig::Chunk(c) = s { Some(c.clone()) } else { None })
         .ok_or_else(|| anyhow!("the pipeline has no chunk stage to bench"))?;
     let source = FileSource::open(source).map_err(|e| anyhow!("{e}"))?;
     let mut docs = Vec::new();
     for (_, record) in source.records(0, 1, 0, settings.max_record_bytes) {
         let Ok(payload) = record else { continue };
-        for doc in parse::parse(&options, &payload.bytes, payload.name.as_deref())
-            .into_iter()
-            .flatten()
-        {
+        for doc in parse::parse(&options, &payload.bytes, payload.name.as_deref()).into_iter().flatten() {
             let chunked = chunker.chunk(&doc);
             if !chunked.chunks.is_empty() {
                 docs.push(chunked);
@@ -218,54 +169,30 @@ pub struct QueryBench {
 }
 
 /// Times every query of `file` (one a line) against `data_dir`.
-pub fn queries(
-    data_dir: &Path,
-    file: &PathBuf,
-    mode: Mode,
-    tenant: &str,
-    k: usize,
-) -> anyhow::Result<QueryBench> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let queries: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+pub fn queries(data_dir: &Path, file: &PathBuf, mode: Mode, tenant: &str, k: usize) -> anyhow::Result<QueryBench> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let queries: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let opened = Instant::now();
     let mut retriever = Retriever::open(data_dir, mode).map_err(|e| anyhow!("{e}"))?;
     let open_ms = opened.elapsed().as_secs_f64() * 1000.0;
     // One untimed query warms caches the way a running server's would be.
     if let Some(first) = queries.first() {
-        retriever
-            .search(first, mode, tenant, k)
-            .map_err(|e| anyhow!("{e}"))?;
+        retriever.search(first, mode, tenant, k).map_err(|e| anyhow!("{e}"))?;
     }
     let mut times = Vec::with_capacity(queries.len());
     for query in &queries {
         let started = Instant::now();
-        retriever
-            .search(query, mode, tenant, k)
-            .map_err(|e| anyhow!("{e}"))?;
+        retriever.search(query, mode, tenant, k).map_err(|e| anyhow!("{e}"))?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
-    let at = |p: f64| {
-        times
-            .get(((times.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let at = |p: f64| times.get(((times.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
     Ok(QueryBench {
         queries: times.len(),
         mode: format!("{mode:?}").to_lowercase(),
         p50_ms: at(0.5),
         p95_ms: at(0.95),
-        mean_ms: if times.is_empty() {
-            0.0
-        } else {
-            times.iter().sum::<f64>() / times.len() as f64
-        },
+        mean_ms: if times.is_empty() { 0.0 } else { times.iter().sum::<f64>() / times.len() as f64 },
         open_ms,
     })
 }

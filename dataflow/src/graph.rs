@@ -73,34 +73,17 @@ pub(crate) fn build<'s>(
         let config = &shared.settings.stages[i];
         let name = stage.name.as_str();
         let output = match (stage.kind, config) {
-            (StageKind::Ingest, StageConfig::Ingest { max_record_bytes }) => Flow::Raw(ingest(
-                scope,
-                raws(scope, inputs),
-                name,
-                *max_record_bytes,
-                shared,
-                letters,
-            )),
+            (StageKind::Ingest, StageConfig::Ingest { max_record_bytes }) => {
+                Flow::Raw(ingest(scope, raws(scope, inputs), name, *max_record_bytes, shared, letters))
+            }
             (StageKind::Parse, StageConfig::Parse(options)) => {
                 let mut options = options.clone();
                 options.default_tenant = shared.options.tenant.clone();
-                Flow::Docs(parse_stage(
-                    raws(scope, inputs),
-                    name,
-                    options,
-                    shared,
-                    letters,
-                    is_sink,
-                ))
+                Flow::Docs(parse_stage(raws(scope, inputs), name, options, shared, letters, is_sink))
             }
-            (StageKind::Chunk, StageConfig::Chunk(chunker)) => Flow::Chunks(chunk_stage(
-                docs(scope, inputs),
-                name,
-                chunker.clone(),
-                shared,
-                letters,
-                is_sink,
-            )),
+            (StageKind::Chunk, StageConfig::Chunk(chunker)) => {
+                Flow::Chunks(chunk_stage(docs(scope, inputs), name, chunker.clone(), shared, letters, is_sink))
+            }
             (StageKind::Embed, StageConfig::Embed(spec)) => Flow::Chunks(encode_stage(
                 scope,
                 chunks(scope, inputs),
@@ -121,37 +104,14 @@ pub(crate) fn build<'s>(
                 letters,
                 is_sink,
             )),
-            (
-                StageKind::Index,
-                StageConfig::Index {
-                    commit_interval,
-                    writer_memory_bytes,
-                    splade,
-                    dense,
-                },
-            ) => {
+            (StageKind::Index, StageConfig::Index { commit_interval, writer_memory_bytes, splade, dense }) => {
                 let input = chunks(scope, inputs).probe_with(flow);
-                let backends = Backends {
-                    splade: *splade,
-                    dense: *dense,
-                };
-                let out = index_stage(
-                    scope,
-                    input,
-                    name,
-                    *commit_interval,
-                    *writer_memory_bytes,
-                    backends,
-                    shared,
-                    is_sink,
-                );
+                let backends = Backends { splade: *splade, dense: *dense };
+                let out =
+                    index_stage(scope, input, name, *commit_interval, *writer_memory_bytes, backends, shared, is_sink);
                 Flow::Chunks(out.probe_with(committed))
             }
-            (kind, _) => unreachable!(
-                "stage {} ({}) passed check_implemented but has no operator",
-                name,
-                kind.name()
-            ),
+            (kind, _) => unreachable!("stage {} ({}) passed check_implemented but has no operator", name, kind.name()),
         };
         if is_sink && stage.kind != StageKind::Index {
             // A sink that is not an index is durable as soon as it has run.
@@ -168,10 +128,7 @@ fn concat<'s, D: Clone + 'static>(
     inputs: Vec<Flow<'s>>,
     pick: fn(Flow<'s>) -> Option<StreamVec<'s, u64, D>>,
 ) -> StreamVec<'s, u64, D> {
-    let streams: Vec<_> = inputs
-        .into_iter()
-        .map(|f| pick(f).expect("the topology checked stream types"))
-        .collect();
+    let streams: Vec<_> = inputs.into_iter().map(|f| pick(f).expect("the topology checked stream types")).collect();
     scope.concatenate(streams)
 }
 
@@ -182,20 +139,14 @@ fn raws<'s>(scope: Scope<'s, u64>, inputs: Vec<Flow<'s>>) -> StreamVec<'s, u64, 
     })
 }
 
-fn docs<'s>(
-    scope: Scope<'s, u64>,
-    inputs: Vec<Flow<'s>>,
-) -> StreamVec<'s, u64, Envelope<Document>> {
+fn docs<'s>(scope: Scope<'s, u64>, inputs: Vec<Flow<'s>>) -> StreamVec<'s, u64, Envelope<Document>> {
     concat(scope, inputs, |f| match f {
         Flow::Docs(s) => Some(s),
         _ => None,
     })
 }
 
-fn chunks<'s>(
-    scope: Scope<'s, u64>,
-    inputs: Vec<Flow<'s>>,
-) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
+fn chunks<'s>(scope: Scope<'s, u64>, inputs: Vec<Flow<'s>>) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
     concat(scope, inputs, |f| match f {
         Flow::Chunks(s) => Some(s),
         _ => None,
@@ -236,7 +187,10 @@ fn ingest<'s>(
                         if payload.bytes.len() > max_record_bytes {
                             let error = StageError::permanent(
                                 "too_large",
-                                format!("record of {} bytes exceeds max_record_bytes ({max_record_bytes})", payload.bytes.len()),
+                                format!(
+                                    "record of {} bytes exceeds max_record_bytes ({max_record_bytes})",
+                                    payload.bytes.len()
+                                ),
                             );
                             fail(&shared, &letters, &stage, &payload, None, &error);
                         } else {
@@ -259,45 +213,32 @@ fn parse_stage<'s>(
     is_sink: bool,
 ) -> StreamVec<'s, u64, Envelope<Document>> {
     let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
-    input.unary::<CapacityContainerBuilder<Vec<Envelope<Document>>>, _, _, _>(
-        Pipeline,
-        name,
-        move |_, _| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for batch in data {
-                        for payload in batch.drain(..) {
-                            for result in
-                                parse::parse(&options, &payload.bytes, payload.name.as_deref())
-                            {
-                                match result {
-                                    Ok(doc) => {
-                                        if is_sink {
-                                            shared.progress.docs.fetch_add(1, Ordering::Relaxed);
-                                        }
-                                        session.give(Envelope {
-                                            source: payload.source.clone(),
-                                            position: payload.position.clone(),
-                                            item: doc,
-                                        });
+    input.unary::<CapacityContainerBuilder<Vec<Envelope<Document>>>, _, _, _>(Pipeline, name, move |_, _| {
+        move |input, output| {
+            input.for_each_stamp(|cap, data| {
+                let mut session = output.session(&cap);
+                for batch in data {
+                    for payload in batch.drain(..) {
+                        for result in parse::parse(&options, &payload.bytes, payload.name.as_deref()) {
+                            match result {
+                                Ok(doc) => {
+                                    if is_sink {
+                                        shared.progress.docs.fetch_add(1, Ordering::Relaxed);
                                     }
-                                    Err(error) => fail(
-                                        &shared,
-                                        &letters,
-                                        &stage,
-                                        &payload,
-                                        payload.key.clone(),
-                                        &error,
-                                    ),
+                                    session.give(Envelope {
+                                        source: payload.source.clone(),
+                                        position: payload.position.clone(),
+                                        item: doc,
+                                    });
                                 }
+                                Err(error) => fail(&shared, &letters, &stage, &payload, payload.key.clone(), &error),
                             }
                         }
                     }
-                });
-            }
-        },
-    )
+                }
+            });
+        }
+    })
 }
 
 /// `chunk`: document → its chunks, travelling together.
@@ -310,57 +251,39 @@ fn chunk_stage<'s>(
     is_sink: bool,
 ) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
     let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
-    input.unary::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(
-        Pipeline,
-        name,
-        move |_, _| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for batch in data {
-                        for envelope in batch.drain(..) {
-                            let chunked = chunker.chunk(&envelope.item);
-                            if chunked.chunks.is_empty() {
-                                // Nothing to index would mean silently losing the document.
-                                let error = StageError::permanent(
-                                    "empty_document",
-                                    format!("document {} has no text to chunk", chunked.doc_id),
-                                );
-                                let payload = RawPayload {
-                                    source: envelope.source.clone(),
-                                    key: Some(chunked.doc_id.clone()),
-                                    bytes: serde_json::to_vec(&envelope.item).unwrap_or_default(),
-                                    name: None,
-                                    position: envelope.position.clone(),
-                                };
-                                fail(
-                                    &shared,
-                                    &letters,
-                                    &stage,
-                                    &payload,
-                                    Some(chunked.doc_id),
-                                    &error,
-                                );
-                                continue;
-                            }
-                            if is_sink {
-                                shared.progress.docs.fetch_add(1, Ordering::Relaxed);
-                                shared
-                                    .progress
-                                    .chunks
-                                    .fetch_add(chunked.chunks.len() as u64, Ordering::Relaxed);
-                            }
-                            session.give(Envelope {
-                                source: envelope.source,
-                                position: envelope.position,
-                                item: chunked,
-                            });
+    input.unary::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(Pipeline, name, move |_, _| {
+        move |input, output| {
+            input.for_each_stamp(|cap, data| {
+                let mut session = output.session(&cap);
+                for batch in data {
+                    for envelope in batch.drain(..) {
+                        let chunked = chunker.chunk(&envelope.item);
+                        if chunked.chunks.is_empty() {
+                            // Nothing to index would mean silently losing the document.
+                            let error = StageError::permanent(
+                                "empty_document",
+                                format!("document {} has no text to chunk", chunked.doc_id),
+                            );
+                            let payload = RawPayload {
+                                source: envelope.source.clone(),
+                                key: Some(chunked.doc_id.clone()),
+                                bytes: serde_json::to_vec(&envelope.item).unwrap_or_default(),
+                                name: None,
+                                position: envelope.position.clone(),
+                            };
+                            fail(&shared, &letters, &stage, &payload, Some(chunked.doc_id), &error);
+                            continue;
                         }
+                        if is_sink {
+                            shared.progress.docs.fetch_add(1, Ordering::Relaxed);
+                            shared.progress.chunks.fetch_add(chunked.chunks.len() as u64, Ordering::Relaxed);
+                        }
+                        session.give(Envelope { source: envelope.source, position: envelope.position, item: chunked });
                     }
-                });
-            }
-        },
-    )
+                }
+            });
+        }
+    })
 }
 
 /// A model stage (`embed`, `splade`): stashes chunked documents per epoch
@@ -418,8 +341,7 @@ fn encode_stage<'s>(
                     let Some((cap, docs, _)) = stash.remove(&time) else {
                         continue;
                     };
-                    let encoded = match encode_docs(&shared, stage, worker, docs, max_batch_tokens)
-                    {
+                    let encoded = match encode_docs(&shared, stage, worker, docs, max_batch_tokens) {
                         Ok(encoded) => encoded,
                         Err(e) => {
                             shared.fail(format!("stage `{name_owned}`: {e}"));
@@ -432,10 +354,10 @@ fn encode_stage<'s>(
                             Ok(envelope) => {
                                 if is_sink {
                                     shared.progress.docs.fetch_add(1, Ordering::Relaxed);
-                                    shared.progress.chunks.fetch_add(
-                                        envelope.item.chunks.len() as u64,
-                                        Ordering::Relaxed,
-                                    );
+                                    shared
+                                        .progress
+                                        .chunks
+                                        .fetch_add(envelope.item.chunks.len() as u64, Ordering::Relaxed);
                                 }
                                 session.give(envelope);
                             }
@@ -482,10 +404,8 @@ fn encode_docs(
     mut docs: Vec<Envelope<ChunkedDocument>>,
     max_batch_tokens: usize,
 ) -> Result<Vec<Encoded>, StageError> {
-    let texts: Vec<String> = docs
-        .iter()
-        .flat_map(|d| d.item.chunks.iter().map(|c| c.model_text(&d.item.title)))
-        .collect();
+    let texts: Vec<String> =
+        docs.iter().flat_map(|d| d.item.chunks.iter().map(|c| c.model_text(&d.item.title))).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let attempt = match &shared.encoders[stage] {
         StageEncoders::Dense(sessions) => sessions[worker]
@@ -511,17 +431,14 @@ fn encode_docs(
         // One bad text must not cost the whole batch: retry document by document.
         Err(e) if e.class == medkg_operators::ErrorClass::Permanent && docs.len() > 1 => Ok(docs
             .into_iter()
-            .flat_map(|doc| {
-                match encode_docs(shared, stage, worker, vec![doc.clone()], max_batch_tokens) {
-                    Ok(results) => results,
-                    Err(e) => vec![Err(Box::new((doc, e)))],
-                }
+            .flat_map(|doc| match encode_docs(shared, stage, worker, vec![doc.clone()], max_batch_tokens) {
+                Ok(results) => results,
+                Err(e) => vec![Err(Box::new((doc, e)))],
             })
             .collect()),
-        Err(e) if e.class == medkg_operators::ErrorClass::Permanent => Ok(docs
-            .into_iter()
-            .map(|d| Err(Box::new((d, e.clone()))))
-            .collect()),
+        Err(e) if e.class == medkg_operators::ErrorClass::Permanent => {
+            Ok(docs.into_iter().map(|d| Err(Box::new((d, e.clone())))).collect())
+        }
         Err(e) => Err(e),
     }
 }
@@ -560,9 +477,7 @@ fn index_stage<'s>(
     let shared = shared.clone();
     let layout = shared.layout.clone();
     let route = layout.clone();
-    let exchange = Exchange::new(move |e: &Envelope<ChunkedDocument>| {
-        u64::from(route.shard_of(&e.item.doc_id))
-    });
+    let exchange = Exchange::new(move |e: &Envelope<ChunkedDocument>| u64::from(route.shard_of(&e.item.doc_id)));
     input.unary_frontier::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(
         exchange,
         name,
@@ -572,8 +487,7 @@ fn index_stage<'s>(
             // Epochs written and not yet committed, with a capability for each.
             let mut pending: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             // What was written per epoch: (documents, chunks) and, if forwarding, the documents.
-            let mut written: BTreeMap<u64, (u64, u64, Vec<Envelope<ChunkedDocument>>)> =
-                BTreeMap::new();
+            let mut written: BTreeMap<u64, (u64, u64, Vec<Envelope<ChunkedDocument>>)> = BTreeMap::new();
             let mut dirty = false;
             let mut last_commit = Instant::now();
             move |(input, frontier), output| {
@@ -589,12 +503,7 @@ fn index_stage<'s>(
                             let shard = match shards.entry(shard_no) {
                                 std::collections::btree_map::Entry::Occupied(s) => s.into_mut(),
                                 std::collections::btree_map::Entry::Vacant(slot) => {
-                                    match ShardWriter::open(
-                                        &layout,
-                                        shard_no,
-                                        writer_memory_bytes,
-                                        backends,
-                                    ) {
+                                    match ShardWriter::open(&layout, shard_no, writer_memory_bytes, backends) {
                                         Ok(s) => slot.insert(s),
                                         Err(e) => {
                                             shared.fail(format!("shard {shard_no}: {e}"));
@@ -617,11 +526,7 @@ fn index_stage<'s>(
                     }
                 });
 
-                let passed: BTreeSet<u64> = pending
-                    .keys()
-                    .copied()
-                    .filter(|t| !frontier.less_equal(t))
-                    .collect();
+                let passed: BTreeSet<u64> = pending.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
                 if passed.is_empty() {
                     return;
                 }
@@ -645,10 +550,7 @@ fn index_stage<'s>(
                     let cap = pending.remove(&time).expect("time came from pending");
                     if let Some((docs, chunk_count, done)) = written.remove(&time) {
                         shared.progress.docs.fetch_add(docs, Ordering::Relaxed);
-                        shared
-                            .progress
-                            .chunks
-                            .fetch_add(chunk_count, Ordering::Relaxed);
+                        shared.progress.chunks.fetch_add(chunk_count, Ordering::Relaxed);
                         if !done.is_empty() {
                             output.session(&cap).give_iterator(done.into_iter());
                         }

@@ -107,18 +107,10 @@ pub fn check_implemented(plan: &Plan) -> Result<(), String> {
     if !plan.gates.is_empty() {
         missing.push(format!(
             "gates ({})",
-            plan.gates
-                .iter()
-                .map(|g| format!("`{}`", g.name))
-                .collect::<Vec<_>>()
-                .join(", ")
+            plan.gates.iter().map(|g| format!("`{}`", g.name)).collect::<Vec<_>>().join(", ")
         ));
     }
-    let indexes = plan
-        .stages
-        .iter()
-        .filter(|s| s.kind == StageKind::Index)
-        .count();
+    let indexes = plan.stages.iter().filter(|s| s.kind == StageKind::Index).count();
     if indexes > 1 {
         return Err(format!(
             "pipeline `{}` ({}) has {indexes} index stages; one data directory holds one index",
@@ -148,39 +140,22 @@ pub fn run(
 ) -> anyhow::Result<RunSummary> {
     check_implemented(&options.plan).map_err(|e| anyhow!(e))?;
     let workers = options.workers.max(1);
-    let model_options = ModelOptions {
-        models: options.models.clone(),
-        device: options.device,
-        workers,
-    };
-    let settings =
-        StageSettings::from_plan(&options.plan, &model_options).map_err(|e| anyhow!(e))?;
+    let model_options = ModelOptions { models: options.models.clone(), device: options.device, workers };
+    let settings = StageSettings::from_plan(&options.plan, &model_options).map_err(|e| anyhow!(e))?;
     // Models load before any worker starts: a missing model or an absent
     // GPU stops the run here, with nothing half-written.
     let encoders = models::load_encoders(&settings, workers).map_err(|e| anyhow!("{e}"))?;
-    let source =
-        FileSource::open(&options.source).map_err(|e| anyhow!("cannot read the source: {e}"))?;
+    let source = FileSource::open(&options.source).map_err(|e| anyhow!("cannot read the source: {e}"))?;
     for skipped in source.skipped() {
-        eprintln!(
-            "medkg: skipping {} (not .jsonl, .json, .xml or .nxml)",
-            skipped.display()
-        );
+        eprintln!("medkg: skipping {} (not .jsonl, .json, .xml or .nxml)", skipped.display());
     }
-    let layout =
-        Layout::open_or_create(&options.data_dir, workers as u32).map_err(|e| anyhow!("{e}"))?;
-    ModelRecord::from_settings(&settings)
-        .reconcile(&options.data_dir)
-        .map_err(|e| anyhow!(e))?;
+    let layout = Layout::open_or_create(&options.data_dir, workers as u32).map_err(|e| anyhow!("{e}"))?;
+    ModelRecord::from_settings(&settings).reconcile(&options.data_dir).map_err(|e| anyhow!(e))?;
     let start = if options.from_start {
         0
     } else {
         Checkpoint::load(&options.data_dir, &source.name())
-            .with_context(|| {
-                format!(
-                    "cannot read the checkpoint in {}",
-                    options.data_dir.display()
-                )
-            })?
+            .with_context(|| format!("cannot read the checkpoint in {}", options.data_dir.display()))?
             .map(|c| c.committed)
             .unwrap_or(0)
     };
@@ -218,9 +193,7 @@ pub fn run(
     while done < workers {
         match finished_rx.recv_timeout(Duration::from_millis(200)) {
             Ok(()) => done += 1,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                on_progress(&progress, began.elapsed())
-            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => on_progress(&progress, began.elapsed()),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
@@ -246,11 +219,7 @@ pub fn run(
         chunks: progress.chunks.load(Ordering::SeqCst),
         failed: progress.failed.load(Ordering::SeqCst),
         seconds,
-        docs_per_sec: if seconds > 0.0 {
-            docs as f64 / seconds
-        } else {
-            0.0
-        },
+        docs_per_sec: if seconds > 0.0 { docs as f64 / seconds } else { 0.0 },
     })
 }
 
@@ -302,15 +271,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
     let runtime = &shared.options.plan.runtime;
     let epoch_records = runtime.epoch_records.max(1);
     let window = runtime.max_epochs_in_flight.max(1);
-    let mut checkpointer = Checkpointer {
-        shared: shared.clone(),
-        last: shared.start,
-        last_write: Instant::now(),
-    };
-    let mut records =
-        shared
-            .source
-            .records(index, peers, shared.start, shared.settings.max_record_bytes);
+    let mut checkpointer = Checkpointer { shared: shared.clone(), last: shared.start, last_write: Instant::now() };
+    let mut records = shared.source.records(index, peers, shared.start, shared.settings.max_record_bytes);
     let mut epoch = 0u64;
     for (ordinal, record) in records.by_ref() {
         let e = (ordinal - shared.start) / epoch_records;
@@ -343,10 +305,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
                     &error.message,
                     &[],
                 );
-                dead_letters
-                    .borrow_mut()
-                    .write(&letter)
-                    .context("cannot write a dead letter")?;
+                dead_letters.borrow_mut().write(&letter).context("cannot write a dead letter")?;
                 shared.progress.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -377,11 +336,7 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn maybe_store(
-        &mut self,
-        committed: &ProbeHandle<u64>,
-        epoch_records: u64,
-    ) -> anyhow::Result<()> {
+    fn maybe_store(&mut self, committed: &ProbeHandle<u64>, epoch_records: u64) -> anyhow::Result<()> {
         let frontier = committed.with_frontier(|f| f.first().copied());
         let Some(frontier) = frontier else {
             return Ok(());
@@ -395,19 +350,10 @@ impl Checkpointer {
     }
 
     fn store(&mut self, complete: bool) -> anyhow::Result<()> {
-        let checkpoint = Checkpoint {
-            source: self.shared.source.name(),
-            committed: self.last,
-            complete,
-        };
+        let checkpoint = Checkpoint { source: self.shared.source.name(), committed: self.last, complete };
         checkpoint
             .store(&self.shared.options.data_dir)
-            .with_context(|| {
-                format!(
-                    "cannot write the checkpoint in {}",
-                    self.shared.options.data_dir.display()
-                )
-            })?;
+            .with_context(|| format!("cannot write the checkpoint in {}", self.shared.options.data_dir.display()))?;
         self.last_write = Instant::now();
         Ok(())
     }

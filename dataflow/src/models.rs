@@ -18,25 +18,18 @@ pub(crate) enum StageEncoders {
 }
 
 /// Loads every model stage's sessions, `workers` of each.
-pub(crate) fn load_encoders(
-    settings: &StageSettings,
-    workers: usize,
-) -> Result<Vec<StageEncoders>, StageError> {
+pub(crate) fn load_encoders(settings: &StageSettings, workers: usize) -> Result<Vec<StageEncoders>, StageError> {
     settings
         .stages
         .iter()
         .map(|stage| {
             Ok(match stage {
-                StageConfig::Embed(spec) => StageEncoders::Dense(
-                    (0..workers)
-                        .map(|_| dense(spec))
-                        .collect::<Result<_, _>>()?,
-                ),
-                StageConfig::Splade(spec) => StageEncoders::Splade(
-                    (0..workers)
-                        .map(|_| splade(spec))
-                        .collect::<Result<_, _>>()?,
-                ),
+                StageConfig::Embed(spec) => {
+                    StageEncoders::Dense((0..workers).map(|_| dense(spec)).collect::<Result<_, _>>()?)
+                }
+                StageConfig::Splade(spec) => {
+                    StageEncoders::Splade((0..workers).map(|_| splade(spec)).collect::<Result<_, _>>()?)
+                }
                 _ => StageEncoders::None,
             })
         })
@@ -45,24 +38,12 @@ pub(crate) fn load_encoders(
 
 /// Loads a dense encoder as specified.
 pub fn dense(spec: &EncoderSpec) -> Result<DenseEncoder, StageError> {
-    DenseEncoder::load(
-        &spec.files,
-        spec.device,
-        spec.max_seq_len,
-        spec.intra_threads,
-    )
+    DenseEncoder::load(&spec.files, spec.device, spec.max_seq_len, spec.intra_threads)
 }
 
 /// Loads a SPLADE encoder as specified.
 pub fn splade(spec: &EncoderSpec) -> Result<SpladeEncoder, StageError> {
-    SpladeEncoder::load(
-        &spec.files,
-        spec.device,
-        spec.max_seq_len,
-        spec.intra_threads,
-        spec.top_k,
-        spec.threshold,
-    )
+    SpladeEncoder::load(&spec.files, spec.device, spec.max_seq_len, spec.intra_threads, spec.top_k, spec.threshold)
 }
 
 /// One model as recorded in a data directory.
@@ -119,8 +100,9 @@ impl ModelRecord {
     /// The record of a data directory (empty when it has none).
     pub fn load(data_dir: &Path) -> Result<ModelRecord, String> {
         match std::fs::read_to_string(data_dir.join(RECORD_FILE)) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| format!("{}: {e}", data_dir.join(RECORD_FILE).display())),
+            Ok(text) => {
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", data_dir.join(RECORD_FILE).display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelRecord::default()),
             Err(e) => Err(format!("{}: {e}", data_dir.join(RECORD_FILE).display())),
         }
@@ -151,9 +133,8 @@ impl ModelRecord {
         };
         if merged != existing {
             let text = serde_json::to_string_pretty(&merged).map_err(|e| e.to_string())?;
-            std::fs::write(data_dir.join(RECORD_FILE), text).map_err(|e| {
-                format!("cannot write {}: {e}", data_dir.join(RECORD_FILE).display())
-            })?;
+            std::fs::write(data_dir.join(RECORD_FILE), text)
+                .map_err(|e| format!("cannot write {}: {e}", data_dir.join(RECORD_FILE).display()))?;
         }
         Ok(())
     }

@@ -32,9 +32,7 @@ impl FromStr for Mode {
             "dense" => Ok(Mode::Dense),
             "splade" => Ok(Mode::Splade),
             "hybrid" => Ok(Mode::Hybrid),
-            other => Err(format!(
-                "unknown mode `{other}` (bm25 | dense | splade | hybrid)"
-            )),
+            other => Err(format!("unknown mode `{other}` (bm25 | dense | splade | hybrid)")),
         }
     }
 }
@@ -51,30 +49,19 @@ pub struct Retriever {
     pub weights: Weights,
 }
 
+/// Query encoding is latency-bound: give it every core.
+fn query_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 fn load_dense(m: &RecordedModel) -> Result<DenseEncoder, StageError> {
-    DenseEncoder::load(
-        &ModelFiles {
-            model: m.model.clone(),
-            tokenizer: m.tokenizer.clone(),
-        },
-        Device::Cpu,
-        m.max_seq_len,
-        1,
-    )
+    let files = ModelFiles { model: m.model.clone(), tokenizer: m.tokenizer.clone() };
+    DenseEncoder::load(&files, Device::Cpu, m.max_seq_len, query_threads())
 }
 
 fn load_splade(m: &RecordedModel) -> Result<SpladeEncoder, StageError> {
-    SpladeEncoder::load(
-        &ModelFiles {
-            model: m.model.clone(),
-            tokenizer: m.tokenizer.clone(),
-        },
-        Device::Cpu,
-        m.max_seq_len,
-        1,
-        m.top_k,
-        m.threshold,
-    )
+    let files = ModelFiles { model: m.model.clone(), tokenizer: m.tokenizer.clone() };
+    SpladeEncoder::load(&files, Device::Cpu, m.max_seq_len, query_threads(), m.top_k, m.threshold)
 }
 
 impl Retriever {
@@ -82,12 +69,14 @@ impl Retriever {
     /// directory has, for hybrid).
     pub fn open(data_dir: &Path, mode: Mode) -> Result<Retriever, StageError> {
         let index = SearchIndex::open(data_dir)?;
-        let record =
-            ModelRecord::load(data_dir).map_err(|e| StageError::unavailable("bad_record", e))?;
+        let record = ModelRecord::load(data_dir).map_err(|e| StageError::unavailable("bad_record", e))?;
         let missing = |what: &str, stage: &str| {
             StageError::unavailable(
                 "no_such_list",
-                format!("{} has no {what} index: run a pipeline with an `{stage}` stage and index backend `{what}`", data_dir.display()),
+                format!(
+                    "{} has no {what} index: run a pipeline with an `{stage}` stage and index backend `{what}`",
+                    data_dir.display()
+                ),
             )
         };
         let dense = match (mode, &record.dense) {
@@ -100,22 +89,11 @@ impl Retriever {
             (Mode::Splade, None) => return Err(missing("splade", "splade")),
             _ => None,
         };
-        Ok(Retriever {
-            index,
-            dense,
-            splade,
-            weights: Weights::default(),
-        })
+        Ok(Retriever { index, dense, splade, weights: Weights::default() })
     }
 
     /// The `k` best chunks of `tenant` for `query` in `mode`.
-    pub fn search(
-        &mut self,
-        query: &str,
-        mode: Mode,
-        tenant: &str,
-        k: usize,
-    ) -> Result<Vec<Hit>, StageError> {
+    pub fn search(&mut self, query: &str, mode: Mode, tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
         let dense = match (&self.dense, mode) {
             (Some(encoder), Mode::Dense | Mode::Hybrid) => encoder.encode(&[query])?.pop(),
             _ => None,
@@ -126,22 +104,15 @@ impl Retriever {
         };
         match mode {
             Mode::Bm25 => self.index.search(query, tenant, k),
-            Mode::Dense => self
-                .index
-                .search_dense(dense.as_deref().unwrap_or(&[]), tenant, k),
+            Mode::Dense => self.index.search_dense(dense.as_deref().unwrap_or(&[]), tenant, k),
             Mode::Splade => match &sparse {
                 Some(q) => self.index.search_splade(q, tenant, k),
                 None => Ok(Vec::new()),
             },
             Mode::Hybrid => {
-                let q = EncodedQuery {
-                    text: query,
-                    sparse: sparse.as_ref(),
-                    dense: dense.as_deref(),
-                };
+                let q = EncodedQuery { text: query, sparse: sparse.as_ref(), dense: dense.as_deref() };
                 let weights = self.weights;
-                self.index
-                    .search_hybrid(&q, tenant, k, &weights, FUSION_DEPTH)
+                self.index.search_hybrid(&q, tenant, k, &weights, FUSION_DEPTH)
             }
         }
     }

@@ -93,27 +93,17 @@ impl EncoderSpec {
         let u64_of = |key: &str| stage.config.get(key).and_then(Value::as_u64);
         let device = match options.device {
             Some(device) => device,
-            None => str_of("device")
-                .unwrap_or("cpu")
-                .parse()
-                .map_err(|e| in_stage(stage, e))?,
+            None => str_of("device").unwrap_or("cpu").parse().map_err(|e| in_stage(stage, e))?,
         };
         let needs_dir = !str_of("model").unwrap_or(default_model).ends_with(".onnx");
         let dir = if needs_dir {
-            medkg_operators::models::models_dir(options.models.as_deref())
-                .map_err(|e| in_stage(stage, e.message))?
+            medkg_operators::models::models_dir(options.models.as_deref()).map_err(|e| in_stage(stage, e.message))?
         } else {
             Path::new(".").to_path_buf()
         };
-        let files = ModelFiles::resolve(
-            &dir,
-            str_of("model").unwrap_or(default_model),
-            str_of("tokenizer"),
-        )
-        .map_err(|e| in_stage(stage, e.message))?;
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let files = ModelFiles::resolve(&dir, str_of("model").unwrap_or(default_model), str_of("tokenizer"))
+            .map_err(|e| in_stage(stage, e.message))?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Ok(EncoderSpec {
             files,
             device,
@@ -123,11 +113,7 @@ impl EncoderSpec {
                 .map(|n| n as usize)
                 .unwrap_or((cores / options.workers.max(1)).max(1)),
             top_k: u64_of("top_k").unwrap_or(128) as usize,
-            threshold: stage
-                .config
-                .get("threshold")
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0) as f32,
+            threshold: stage.config.get("threshold").and_then(Value::as_f64).unwrap_or(0.0) as f32,
         })
     }
 }
@@ -141,19 +127,14 @@ impl StageSettings {
             let u64_of = |key: &str| stage.config.get(key).and_then(Value::as_u64);
             let config = match stage.kind {
                 StageKind::Ingest => {
-                    let cap = u64_of("max_record_bytes")
-                        .map(|b| b as usize)
-                        .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+                    let cap = u64_of("max_record_bytes").map(|b| b as usize).unwrap_or(DEFAULT_MAX_RECORD_BYTES);
                     max_record_bytes = max_record_bytes.min(cap);
-                    StageConfig::Ingest {
-                        max_record_bytes: cap,
-                    }
+                    StageConfig::Ingest { max_record_bytes: cap }
                 }
                 StageKind::Parse => {
                     let mut options = ParseOptions::default();
                     if let Some(format) = stage.config.get("format").and_then(Value::as_str) {
-                        options.format =
-                            format.parse::<Format>().map_err(|e| in_stage(stage, e))?;
+                        options.format = format.parse::<Format>().map_err(|e| in_stage(stage, e))?;
                     }
                     if let Some(cap) = u64_of("max_doc_bytes") {
                         options.max_doc_bytes = cap as usize;
@@ -161,22 +142,13 @@ impl StageSettings {
                     StageConfig::Parse(options)
                 }
                 StageKind::Chunk => {
-                    let config =
-                        ChunkConfig::from_config(&stage.config).map_err(|e| in_stage(stage, e))?;
+                    let config = ChunkConfig::from_config(&stage.config).map_err(|e| in_stage(stage, e))?;
                     StageConfig::Chunk(Chunker::new(config).map_err(|e| in_stage(stage, e))?)
                 }
-                StageKind::Embed => StageConfig::Embed(EncoderSpec::from_stage(
-                    stage,
-                    "all-MiniLM-L6-v2",
-                    8192,
-                    options,
-                )?),
-                StageKind::Splade => StageConfig::Splade(EncoderSpec::from_stage(
-                    stage,
-                    "splade-tiny",
-                    4096,
-                    options,
-                )?),
+                StageKind::Embed => {
+                    StageConfig::Embed(EncoderSpec::from_stage(stage, "all-MiniLM-L6-v2", 8192, options)?)
+                }
+                StageKind::Splade => StageConfig::Splade(EncoderSpec::from_stage(stage, "splade-tiny", 4096, options)?),
                 StageKind::Index => StageConfig::Index {
                     splade: backend(stage, "splade"),
                     dense: backend(stage, "dense"),
@@ -186,10 +158,7 @@ impl StageSettings {
                         .and_then(Value::as_str)
                         .and_then(medkg_topology::parse_duration)
                         .unwrap_or(Duration::from_secs(1)),
-                    writer_memory_bytes: u64_of("writer_memory_mb")
-                        .map(|m| m as usize)
-                        .unwrap_or(64)
-                        << 20,
+                    writer_memory_bytes: u64_of("writer_memory_mb").map(|m| m as usize).unwrap_or(64) << 20,
                 },
                 other => {
                     return Err(format!(
@@ -201,19 +170,12 @@ impl StageSettings {
             };
             stages.push(config);
         }
-        Ok(StageSettings {
-            max_record_bytes,
-            stages,
-        })
+        Ok(StageSettings { max_record_bytes, stages })
     }
 }
 
 fn backend(stage: &PlannedStage, name: &str) -> bool {
-    stage
-        .config
-        .get("backends")
-        .and_then(Value::as_array)
-        .is_some_and(|b| b.iter().any(|x| x.as_str() == Some(name)))
+    stage.config.get("backends").and_then(Value::as_array).is_some_and(|b| b.iter().any(|x| x.as_str() == Some(name)))
 }
 
 /// Checks that an index backend has the stage that feeds it upstream.
@@ -265,6 +227,5 @@ pub(crate) fn dead_letter(
         &error.message,
         &payload.bytes,
     );
-    sink.write(&letter)
-        .map_err(|e| format!("cannot write a dead letter to the data directory: {e}"))
+    sink.write(&letter).map_err(|e| format!("cannot write a dead letter to the data directory: {e}"))
 }

@@ -103,11 +103,7 @@ impl Document {
 
     /// The sections joined by blank lines (what [`Section::offset`] points into).
     pub fn full_text(&self) -> String {
-        self.sections
-            .iter()
-            .map(|s| s.text.as_str())
-            .collect::<Vec<_>>()
-            .join("\n\n")
+        self.sections.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join("\n\n")
     }
 }
 

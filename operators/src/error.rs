@@ -38,31 +38,17 @@ pub struct StageError {
 impl StageError {
     /// A permanent failure of the input.
     pub fn permanent(kind: &str, message: impl Into<String>) -> Self {
-        StageError {
-            class: ErrorClass::Permanent,
-            kind: kind.to_string(),
-            message: message.into(),
-        }
+        StageError { class: ErrorClass::Permanent, kind: kind.to_string(), message: message.into() }
     }
 
     /// A failure of a dependency that makes going on pointless.
     pub fn unavailable(kind: &str, message: impl Into<String>) -> Self {
-        StageError {
-            class: ErrorClass::Unavailable,
-            kind: kind.to_string(),
-            message: message.into(),
-        }
+        StageError { class: ErrorClass::Unavailable, kind: kind.to_string(), message: message.into() }
     }
 }
 
 impl fmt::Display for StageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({}): {}",
-            self.kind,
-            self.class.as_str(),
-            self.message
-        )
+        write!(f, "{} ({}): {}", self.kind, self.class.as_str(), self.message)
     }
 }

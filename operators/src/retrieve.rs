@@ -32,10 +32,7 @@ pub fn rrf(lists: &[(f32, Vec<String>)], k: usize) -> Vec<(String, f32)> {
             }
         }
     }
-    let mut fused: Vec<(String, f32)> = scores
-        .into_iter()
-        .map(|(id, s)| (id.to_string(), s))
-        .collect();
+    let mut fused: Vec<(String, f32)> = scores.into_iter().map(|(id, s)| (id.to_string(), s)).collect();
     fused.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     fused.truncate(k);
     fused
@@ -56,11 +53,7 @@ mod tests {
             .map(|id| {
                 let score = lists
                     .iter()
-                    .filter_map(|(w, l)| {
-                        l.iter()
-                            .position(|x| *x == id)
-                            .map(|p| w / (60.0 + (p + 1) as f32))
-                    })
+                    .filter_map(|(w, l)| l.iter().position(|x| *x == id).map(|p| w / (60.0 + (p + 1) as f32)))
                     .sum();
                 (id, score)
             })

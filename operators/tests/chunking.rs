@@ -21,13 +21,11 @@ fn text_strategy() -> impl Strategy<Value = String> {
 }
 
 fn config_strategy() -> impl Strategy<Value = ChunkConfig> {
-    (0usize..3, 1usize..30, 0usize..30, any::<bool>()).prop_map(|(by, length, overlap, respect)| {
-        ChunkConfig {
-            split_by: [SplitBy::Word, SplitBy::Sentence, SplitBy::Passage][by],
-            split_length: length,
-            split_overlap: overlap % length,
-            respect_sentence_boundary: respect,
-        }
+    (0usize..3, 1usize..30, 0usize..30, any::<bool>()).prop_map(|(by, length, overlap, respect)| ChunkConfig {
+        split_by: [SplitBy::Word, SplitBy::Sentence, SplitBy::Passage][by],
+        split_length: length,
+        split_overlap: overlap % length,
+        respect_sentence_boundary: respect,
     })
 }
 

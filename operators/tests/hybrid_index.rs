@@ -54,17 +54,11 @@ fn doc(id: &str, tenant: &str, texts: &[&str], terms: &[(u32, f32)], seed: u64) 
 /// Writes documents as the index stage does: each into the shard that owns it.
 fn write(dir: &std::path::Path, docs: &[ChunkedDocument]) {
     let layout = Layout::open_or_create(dir, 2).unwrap();
-    let backends = Backends {
-        splade: true,
-        dense: true,
-    };
-    let mut shards: Vec<ShardWriter> = (0..2)
-        .map(|n| ShardWriter::open(&layout, n, 15_000_000, backends).unwrap())
-        .collect();
+    let backends = Backends { splade: true, dense: true };
+    let mut shards: Vec<ShardWriter> =
+        (0..2).map(|n| ShardWriter::open(&layout, n, 15_000_000, backends).unwrap()).collect();
     for d in docs {
-        shards[layout.shard_of(&d.doc_id) as usize]
-            .upsert(d)
-            .unwrap();
+        shards[layout.shard_of(&d.doc_id) as usize].upsert(d).unwrap();
     }
     for shard in &mut shards {
         shard.commit().unwrap();
@@ -77,47 +71,19 @@ fn reingesting_a_document_removes_its_old_vectors_and_postings() {
     write(
         dir.path(),
         &[
-            doc(
-                "pmid:1",
-                "t",
-                &["alpha beta", "gamma"],
-                &[(10, 1.0), (11, 2.0)],
-                1,
-            ),
+            doc("pmid:1", "t", &["alpha beta", "gamma"], &[(10, 1.0), (11, 2.0)], 1),
             doc("pmid:2", "t", &["delta"], &[(12, 1.0)], 9),
         ],
     );
-    write(
-        dir.path(),
-        &[doc("pmid:1", "t", &["epsilon"], &[(13, 1.5)], 5)],
-    );
+    write(dir.path(), &[doc("pmid:1", "t", &["epsilon"], &[(13, 1.5)], 5)]);
     let mut index = SearchIndex::open(dir.path()).unwrap();
     assert_eq!(index.stats(None).unwrap().chunks, 2);
-    let old = SparseVector {
-        indices: vec![10, 11],
-        weights: vec![1.0, 1.0],
-    };
-    assert!(
-        index.search_splade(&old, "t", 10).unwrap().is_empty(),
-        "old SPLADE postings must be gone"
-    );
-    let new = index
-        .search_splade(
-            &SparseVector {
-                indices: vec![13],
-                weights: vec![2.0],
-            },
-            "t",
-            10,
-        )
-        .unwrap();
+    let old = SparseVector { indices: vec![10, 11], weights: vec![1.0, 1.0] };
+    assert!(index.search_splade(&old, "t", 10).unwrap().is_empty(), "old SPLADE postings must be gone");
+    let new = index.search_splade(&SparseVector { indices: vec![13], weights: vec![2.0] }, "t", 10).unwrap();
     assert_eq!(new.len(), 1);
     assert_eq!(new[0].chunk_id, "pmid:1#0");
-    assert!(
-        (new[0].score - 3.0).abs() < 1e-2,
-        "dot product 2.0 × 1.5, got {}",
-        new[0].score
-    );
+    assert!((new[0].score - 3.0).abs() < 1e-2, "dot product 2.0 × 1.5, got {}", new[0].score);
     let hits = index.search_dense(&unit(1), "t", 10).unwrap();
     let ids: Vec<&str> = hits.iter().map(|h| h.chunk_id.as_str()).collect();
     assert_eq!(ids.len(), 2, "{ids:?}: pmid:1#1 must be gone");

@@ -4,9 +4,7 @@
 
 use std::path::PathBuf;
 
-use medkg_operators::models::{
-    models_dir, token_budget_batches, DenseEncoder, Device, ModelFiles, SpladeEncoder,
-};
+use medkg_operators::models::{models_dir, token_budget_batches, DenseEncoder, Device, ModelFiles, SpladeEncoder};
 use serde_json::Value;
 
 fn shared() -> PathBuf {
@@ -20,25 +18,15 @@ fn models() -> PathBuf {
 }
 
 fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(shared().join("models/reference.json")).unwrap())
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(shared().join("models/reference.json")).unwrap()).unwrap()
 }
 
 fn sentences(reference: &Value) -> Vec<String> {
-    reference["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
+    reference["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
@@ -61,18 +49,8 @@ fn dense_vectors_match_pytorch() {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     // One padded batch, and one at a time: both must match.
     let batched = encoder.encode(&refs).unwrap();
-    for (i, expected) in reference["dense_all_minilm_l6_v2"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
-        let expected: Vec<f32> = expected
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+    for (i, expected) in reference["dense_all_minilm_l6_v2"].as_array().unwrap().iter().enumerate() {
+        let expected: Vec<f32> = expected.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         let single = encoder.encode(&[refs[i]]).unwrap().remove(0);
         for (how, got) in [("batched", &batched[i]), ("single", &single)] {
             let c = cosine(got, &expected);
@@ -90,12 +68,7 @@ fn splade_terms_match_pytorch() {
     let encoder = SpladeEncoder::load(&splade(), Device::Cpu, 256, 1, 30522, 0.0).unwrap();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let got = encoder.encode(&refs).unwrap();
-    for (i, expected) in reference["sparse_splade_tiny"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
+    for (i, expected) in reference["sparse_splade_tiny"].as_array().unwrap().iter().enumerate() {
         let mut expected: Vec<(u32, f32)> = expected
             .as_object()
             .unwrap()
@@ -103,30 +76,17 @@ fn splade_terms_match_pytorch() {
             .map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap() as f32))
             .collect();
         expected.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let mut ours: Vec<(u32, f32)> = got[i]
-            .indices
-            .iter()
-            .copied()
-            .zip(got[i].weights.iter().copied())
-            .collect();
+        let mut ours: Vec<(u32, f32)> = got[i].indices.iter().copied().zip(got[i].weights.iter().copied()).collect();
         ours.sort_by(|a, b| b.1.total_cmp(&a.1));
         let top = |v: &[(u32, f32)]| {
             let mut ids: Vec<u32> = v.iter().take(20).map(|t| t.0).collect();
             ids.sort_unstable();
             ids
         };
-        assert_eq!(
-            top(&ours),
-            top(&expected),
-            "sentence {i} {:?}: top-20 terms differ",
-            texts[i]
-        );
+        assert_eq!(top(&ours), top(&expected), "sentence {i} {:?}: top-20 terms differ", texts[i]);
         for (id, weight) in expected.iter().take(20) {
             let w = ours.iter().find(|t| t.0 == *id).map(|t| t.1).unwrap();
-            assert!(
-                (w - weight).abs() <= 1e-3,
-                "sentence {i} term {id}: {w} vs {weight}"
-            );
+            assert!((w - weight).abs() <= 1e-3, "sentence {i} term {id}: {w} vs {weight}");
         }
     }
     // Top-k and threshold are honoured, ids come back sorted.
@@ -141,12 +101,7 @@ fn splade_terms_match_pytorch() {
 
 #[test]
 fn token_budget_batches_give_the_same_vectors() {
-    let texts = [
-        "short",
-        "a somewhat longer sentence about aspirin and stroke",
-        "mid length text here",
-        "x",
-    ];
+    let texts = ["short", "a somewhat longer sentence about aspirin and stroke", "mid length text here", "x"];
     let encoder = DenseEncoder::load(&minilm(), Device::Cpu, 256, 1).unwrap();
     let lengths = encoder.token_lengths(&texts).unwrap();
     assert_eq!(lengths[0], 3, "[CLS] short [SEP]");
@@ -166,9 +121,8 @@ fn token_budget_batches_give_the_same_vectors() {
 #[test]
 fn cuda_fails_fast_and_names_cuda() {
     // This machine (and CI) has no CUDA: asking for it must fail, loudly.
-    let error = DenseEncoder::load(&minilm(), Device::Cuda, 256, 1)
-        .err()
-        .expect("device cuda must not fall back to the CPU");
+    let error =
+        DenseEncoder::load(&minilm(), Device::Cuda, 256, 1).err().expect("device cuda must not fall back to the CPU");
     assert_eq!(error.kind, "cuda_unavailable");
     assert!(error.message.contains("CUDA"), "{}", error.message);
     let error = SpladeEncoder::load(&splade(), Device::Cuda, 256, 1, 128, 0.0)

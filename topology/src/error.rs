@@ -13,11 +13,7 @@ pub struct Location {
 
 impl Location {
     pub(crate) fn new(file: &str, at: &serde_saphyr::Location) -> Self {
-        Location {
-            file: file.to_string(),
-            line: at.line(),
-            column: at.column(),
-        }
+        Location { file: file.to_string(), line: at.line(), column: at.column() }
     }
 }
 
@@ -68,19 +64,14 @@ pub(crate) struct Errors {
 
 impl Errors {
     pub(crate) fn push(&mut self, location: Location, name: Option<&str>, message: String) {
-        self.list.push(TopologyError {
-            location,
-            name: name.map(str::to_string),
-            message,
-        });
+        self.list.push(TopologyError { location, name: name.map(str::to_string), message });
     }
 
     pub(crate) fn finish<T>(mut self, value: T) -> Result<T, ValidationErrors> {
         if self.list.is_empty() {
             Ok(value)
         } else {
-            self.list
-                .sort_by_key(|e| (e.location.line, e.location.column));
+            self.list.sort_by_key(|e| (e.location.line, e.location.column));
             Err(ValidationErrors(self.list))
         }
     }
@@ -88,21 +79,14 @@ impl Errors {
 
 /// Turns a YAML syntax or shape error into a located [`TopologyError`].
 pub(crate) fn yaml_error(file: &str, error: &serde_saphyr::Error) -> ValidationErrors {
-    let location = error
-        .location()
-        .map(|at| Location::new(file, &at))
-        .unwrap_or_else(|| Location {
-            file: file.to_string(),
-            line: 0,
-            column: 0,
-        });
+    let location = error.location().map(|at| Location::new(file, &at)).unwrap_or_else(|| Location {
+        file: file.to_string(),
+        line: 0,
+        column: 0,
+    });
     // serde-saphyr renders the location into its message as well; keep the
     // first line, which is the message proper.
     let text = error.to_string();
     let message = text.lines().next().unwrap_or("invalid YAML").to_string();
-    ValidationErrors(vec![TopologyError {
-        location,
-        name: None,
-        message,
-    }])
+    ValidationErrors(vec![TopologyError { location, name: None, message }])
 }

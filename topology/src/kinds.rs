@@ -60,17 +60,11 @@ impl ValueKind {
         match self {
             ValueKind::PositiveInt => match value.as_u64() {
                 Some(n) if n >= 1 => Ok(()),
-                _ => Err(format!(
-                    "expected an integer ≥ 1, found {}",
-                    describe(value)
-                )),
+                _ => Err(format!("expected an integer ≥ 1, found {}", describe(value))),
             },
             ValueKind::NonNegInt => match value.as_u64() {
                 Some(_) => Ok(()),
-                None => Err(format!(
-                    "expected an integer ≥ 0, found {}",
-                    describe(value)
-                )),
+                None => Err(format!("expected an integer ≥ 0, found {}", describe(value))),
             },
             ValueKind::NonNegFloat => match value.as_f64() {
                 Some(x) if x >= 0.0 && x.is_finite() => Ok(()),
@@ -82,18 +76,11 @@ impl ValueKind {
             },
             ValueKind::Text => match value {
                 Value::String(s) if !s.trim().is_empty() => Ok(()),
-                _ => Err(format!(
-                    "expected a non-empty string, found {}",
-                    describe(value)
-                )),
+                _ => Err(format!("expected a non-empty string, found {}", describe(value))),
             },
             ValueKind::OneOf(choices) => match value.as_str() {
                 Some(s) if choices.contains(&s) => Ok(()),
-                _ => Err(format!(
-                    "expected one of {}, found {}",
-                    choices.join(" | "),
-                    describe(value)
-                )),
+                _ => Err(format!("expected one of {}, found {}", choices.join(" | "), describe(value))),
             },
             ValueKind::ListOf(choices) => {
                 let Some(items) = value.as_array() else {
@@ -102,9 +89,7 @@ impl ValueKind {
                 for item in items {
                     match item.as_str() {
                         Some(s) if choices.is_empty() || choices.contains(&s) => {}
-                        _ if choices.is_empty() => {
-                            return Err(format!("expected strings, found {}", describe(item)))
-                        }
+                        _ if choices.is_empty() => return Err(format!("expected strings, found {}", describe(item))),
                         _ => {
                             return Err(format!(
                                 "expected items from {}, found {}",
@@ -118,10 +103,7 @@ impl ValueKind {
             }
             ValueKind::Duration => match value.as_str().and_then(crate::parse_duration) {
                 Some(_) => Ok(()),
-                None => Err(format!(
-                    "expected a duration such as 500ms, 30s or 5m, found {}",
-                    describe(value)
-                )),
+                None => Err(format!("expected a duration such as 500ms, 30s or 5m, found {}", describe(value))),
             },
         }
     }
@@ -210,13 +192,9 @@ impl StageKind {
     /// What the stage consumes.
     pub fn input(self) -> StreamKind {
         match self {
-            StageKind::Ingest | StageKind::Fetch | StageKind::Download | StageKind::Parse => {
-                StreamKind::Raw
-            }
+            StageKind::Ingest | StageKind::Fetch | StageKind::Download | StageKind::Parse => StreamKind::Raw,
             StageKind::Chunk => StreamKind::Documents,
-            StageKind::Embed | StageKind::Splade | StageKind::Index | StageKind::Extract => {
-                StreamKind::Chunks
-            }
+            StageKind::Embed | StageKind::Splade | StageKind::Index | StageKind::Extract => StreamKind::Chunks,
             StageKind::Kg => StreamKind::Entities,
         }
     }
@@ -226,9 +204,7 @@ impl StageKind {
         match self {
             StageKind::Ingest | StageKind::Fetch | StageKind::Download => StreamKind::Raw,
             StageKind::Parse => StreamKind::Documents,
-            StageKind::Chunk | StageKind::Embed | StageKind::Splade | StageKind::Index => {
-                StreamKind::Chunks
-            }
+            StageKind::Chunk | StageKind::Embed | StageKind::Splade | StageKind::Index => StreamKind::Chunks,
             StageKind::Extract | StageKind::Kg => StreamKind::Entities,
         }
     }
@@ -248,11 +224,8 @@ impl StageKind {
                 K
             }
             StageKind::Fetch => {
-                const K: &[ConfigKey] = &[
-                    key("url_field", Text),
-                    key("max_bytes", PositiveInt),
-                    key("allow_hosts", ListOf(&[])),
-                ];
+                const K: &[ConfigKey] =
+                    &[key("url_field", Text), key("max_bytes", PositiveInt), key("allow_hosts", ListOf(&[]))];
                 K
             }
             StageKind::Download => {
@@ -265,10 +238,7 @@ impl StageKind {
                 K
             }
             StageKind::Parse => {
-                const K: &[ConfigKey] = &[
-                    key("format", OneOf(PARSE_FORMATS)),
-                    key("max_doc_bytes", PositiveInt),
-                ];
+                const K: &[ConfigKey] = &[key("format", OneOf(PARSE_FORMATS)), key("max_doc_bytes", PositiveInt)];
                 K
             }
             StageKind::Chunk => {
@@ -324,10 +294,7 @@ impl StageKind {
     }
 
     /// Checks relations between keys once each key is valid on its own.
-    pub(crate) fn check_config(
-        self,
-        config: &serde_json::Map<String, Value>,
-    ) -> Vec<(&'static str, String)> {
+    pub(crate) fn check_config(self, config: &serde_json::Map<String, Value>) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if self == StageKind::Chunk {
             let length = config.get("split_length").and_then(Value::as_u64);
@@ -336,9 +303,7 @@ impl StageKind {
             if overlap >= length {
                 problems.push((
                     "split_overlap",
-                    format!(
-                        "split_overlap ({overlap}) must be smaller than split_length ({length})"
-                    ),
+                    format!("split_overlap ({overlap}) must be smaller than split_length ({length})"),
                 ));
             }
         }

@@ -60,11 +60,7 @@ pub struct RuntimeSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        RuntimeSettings {
-            epoch_records: 1024,
-            epoch_ms: 100,
-            max_epochs_in_flight: 8,
-        }
+        RuntimeSettings { epoch_records: 1024, epoch_ms: 100, max_epochs_in_flight: 8 }
     }
 }
 
@@ -98,11 +94,7 @@ impl Plan {
         match std::fs::read_to_string(path) {
             Ok(text) => Plan::from_yaml_str(&file, &text, policies),
             Err(e) => Err(ValidationErrors(vec![TopologyError {
-                location: Location {
-                    file,
-                    line: 0,
-                    column: 0,
-                },
+                location: Location { file, line: 0, column: 0 },
                 name: None,
                 message: format!("cannot read the file: {e}"),
             }])),
@@ -110,21 +102,13 @@ impl Plan {
     }
 
     /// Validates a topology's text; `file` names it in errors.
-    pub fn from_yaml_str(
-        file: &str,
-        text: &str,
-        policies: &Policies,
-    ) -> Result<Plan, ValidationErrors> {
+    pub fn from_yaml_str(file: &str, text: &str, policies: &Policies) -> Result<Plan, ValidationErrors> {
         let raw: RawTopology = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))?;
         let mut errors = Errors::default();
         let at = |l: &serde_saphyr::Location| Location::new(file, l);
 
         if raw.name.value.trim().is_empty() {
-            errors.push(
-                at(&raw.name.referenced),
-                None,
-                "`name` must not be empty".into(),
-            );
+            errors.push(at(&raw.name.referenced), None, "`name` must not be empty".into());
         }
         let version = match &raw.version.value {
             Value::String(s) => s.clone(),
@@ -147,11 +131,7 @@ impl Plan {
         for (i, stage) in raw.stages.value.iter().enumerate() {
             let name = stage.name.value.as_str();
             if name.trim().is_empty() {
-                errors.push(
-                    at(&stage.name.referenced),
-                    None,
-                    "a stage name must not be empty".into(),
-                );
+                errors.push(at(&stage.name.referenced), None, "a stage name must not be empty".into());
                 continue;
             }
             if let Some(&first) = by_name.get(name) {
@@ -179,34 +159,20 @@ impl Plan {
                 errors.push(
                     at(&stage.kind.referenced),
                     Some(name),
-                    format!(
-                        "stage `{name}`: unknown stage type `{}` (known: {})",
-                        stage.kind.value,
-                        known.join(", ")
-                    ),
+                    format!("stage `{name}`: unknown stage type `{}` (known: {})", stage.kind.value, known.join(", ")),
                 );
             }
             kinds.push(kind);
 
-            let policy_name = stage
-                .policy
-                .as_ref()
-                .map(|p| p.value.as_str())
-                .unwrap_or("default");
+            let policy_name = stage.policy.as_ref().map(|p| p.value.as_str()).unwrap_or("default");
             let policy = policies.get(policy_name).cloned();
             if policy.is_none() {
-                let location = stage
-                    .policy
-                    .as_ref()
-                    .map(|p| at(&p.referenced))
-                    .unwrap_or_else(|| at(&stage.name.referenced));
+                let location =
+                    stage.policy.as_ref().map(|p| at(&p.referenced)).unwrap_or_else(|| at(&stage.name.referenced));
                 errors.push(
                     location,
                     Some(policy_name),
-                    format!(
-                        "stage `{name}`: unknown policy `{policy_name}` (known: {})",
-                        policies.names().join(", ")
-                    ),
+                    format!("stage `{name}`: unknown policy `{policy_name}` (known: {})", policies.names().join(", ")),
                 );
             }
             stage_policies.push(policy);
@@ -241,11 +207,8 @@ impl Plan {
             }
             if let Some(kind) = kind {
                 for (key, problem) in kind.check_config(&config) {
-                    let location = stage
-                        .config
-                        .get(key)
-                        .map(|v| at(&v.referenced))
-                        .unwrap_or_else(|| at(&stage.name.referenced));
+                    let location =
+                        stage.config.get(key).map(|v| at(&v.referenced)).unwrap_or_else(|| at(&stage.name.referenced));
                     errors.push(location, Some(key), format!("stage `{name}`: {problem}"));
                 }
             }
@@ -281,8 +244,7 @@ impl Plan {
         for (i, stage) in raw.stages.value.iter().enumerate() {
             let Some(kind) = kinds[i] else { continue };
             let name = stage.name.value.as_str();
-            if deps[i].is_empty() && stage.depends_on.is_empty() && kind.input() != StreamKind::Raw
-            {
+            if deps[i].is_empty() && stage.depends_on.is_empty() && kind.input() != StreamKind::Raw {
                 errors.push(
                     at(&stage.name.referenced),
                     Some(name),
@@ -314,10 +276,7 @@ impl Plan {
 
         // Dependency order; cycles are reported once each, with their path.
         let order = topological_order(&deps, |cycle| {
-            let names: Vec<&str> = cycle
-                .iter()
-                .map(|&i| raw.stages.value[i].name.value.as_str())
-                .collect();
+            let names: Vec<&str> = cycle.iter().map(|&i| raw.stages.value[i].name.value.as_str()).collect();
             let (first, last) = (cycle[0], cycle[cycle.len() - 1]);
             // Point at the depends_on entry that closes the loop.
             let location = deps[last]
@@ -330,10 +289,7 @@ impl Plan {
             errors.push(
                 location,
                 Some(names[names.len() - 1]),
-                format!(
-                    "dependency cycle: {} (each stage depends on the next)",
-                    path.join(" → ")
-                ),
+                format!("dependency cycle: {} (each stage depends on the next)", path.join(" → ")),
             );
         });
 
@@ -354,10 +310,7 @@ impl Plan {
                 errors.push(
                     at(&gate.after.referenced),
                     Some(&gate.after.value),
-                    format!(
-                        "gate `{name}` comes after `{}`, which is not a stage of this pipeline",
-                        gate.after.value
-                    ),
+                    format!("gate `{name}` comes after `{}`, which is not a stage of this pipeline", gate.after.value),
                 );
             }
             if !GATE_CONDITIONS.contains(&gate.condition.value.as_str()) {
@@ -379,22 +332,13 @@ impl Plan {
                         errors.push(
                             at(&t.referenced),
                             Some(name),
-                            format!(
-                                "gate `{name}`: timeout `{}` is not a duration (e.g. 30s, 10m, 1h)",
-                                t.value
-                            ),
+                            format!("gate `{name}`: timeout `{}` is not a duration (e.g. 30s, 10m, 1h)", t.value),
                         );
                     }
                     parsed
                 }
             };
-            gates.push((
-                after,
-                gate.condition.value.clone(),
-                timeout,
-                name.to_string(),
-                at(&gate.name.referenced),
-            ));
+            gates.push((after, gate.condition.value.clone(), timeout, name.to_string(), at(&gate.name.referenced)));
         }
 
         // Runtime settings.
@@ -406,19 +350,13 @@ impl Plan {
                     Some(key),
                     format!(
                         "unknown runtime setting `{key}` (known: {})",
-                        RUNTIME_KEYS
-                            .iter()
-                            .map(|(k, _)| *k)
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        RUNTIME_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
                     ),
                 ),
                 Some((_, kind)) => match kind.check(&value.value) {
-                    Err(problem) => errors.push(
-                        at(&value.referenced),
-                        Some(key),
-                        format!("runtime `{key}`: {problem}"),
-                    ),
+                    Err(problem) => {
+                        errors.push(at(&value.referenced), Some(key), format!("runtime `{key}`: {problem}"))
+                    }
                     Ok(()) => {
                         let n = value.value.as_u64().unwrap_or(1);
                         match key.as_str() {
@@ -465,14 +403,7 @@ impl Plan {
                 location,
             })
             .collect();
-        Ok(Plan {
-            file: file.to_string(),
-            name: raw.name.value,
-            version,
-            stages,
-            gates,
-            runtime,
-        })
+        Ok(Plan { file: file.to_string(), name: raw.name.value, version, stages, gates, runtime })
     }
 
     /// The stage called `name`.
@@ -482,9 +413,7 @@ impl Plan {
 
     /// The indices of the stages that consume stage `stage`.
     pub fn consumers_of(&self, stage: usize) -> Vec<usize> {
-        (0..self.stages.len())
-            .filter(|&i| self.stages[i].inputs.contains(&stage))
-            .collect()
+        (0..self.stages.len()).filter(|&i| self.stages[i].inputs.contains(&stage)).collect()
     }
 }
 
@@ -502,10 +431,7 @@ fn unreachable_plan() -> Plan {
 /// Kahn's algorithm over `deps` (stage → the stages it depends on). Returns
 /// the order, or `None` after calling `on_cycle` once per distinct cycle with
 /// its stages (each depends on the next; the last depends on the first).
-fn topological_order(
-    deps: &[Vec<(usize, Location)>],
-    mut on_cycle: impl FnMut(&[usize]),
-) -> Option<Vec<usize>> {
+fn topological_order(deps: &[Vec<(usize, Location)>], mut on_cycle: impl FnMut(&[usize])) -> Option<Vec<usize>> {
     let n = deps.len();
     let mut pending: Vec<usize> = deps.iter().map(Vec::len).collect();
     let mut consumers = vec![Vec::new(); n];

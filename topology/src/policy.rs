@@ -101,21 +101,12 @@ struct RawRate {
 }
 
 /// Parses a duration value, recording an error (and using zero) when it is not one.
-fn duration(
-    errors: &mut Errors,
-    file: &str,
-    policy: &str,
-    s: &Spanned<String>,
-    what: &str,
-) -> Duration {
+fn duration(errors: &mut Errors, file: &str, policy: &str, s: &Spanned<String>, what: &str) -> Duration {
     parse_duration(&s.value).unwrap_or_else(|| {
         errors.push(
             Location::new(file, &s.referenced),
             Some(policy),
-            format!(
-                "policy `{policy}`: {what} `{}` is not a duration (e.g. 500ms, 30s, 5m)",
-                s.value
-            ),
+            format!("policy `{policy}`: {what} `{}` is not a duration (e.g. 500ms, 30s, 5m)", s.value),
         );
         Duration::ZERO
     })
@@ -138,11 +129,7 @@ impl Policies {
         match std::fs::read_to_string(path) {
             Ok(text) => Policies::from_yaml_str(&file, &text),
             Err(e) => Err(ValidationErrors(vec![crate::TopologyError {
-                location: Location {
-                    file,
-                    line: 0,
-                    column: 0,
-                },
+                location: Location { file, line: 0, column: 0 },
                 name: None,
                 message: format!("cannot read the file: {e}"),
             }])),
@@ -158,12 +145,10 @@ impl Policies {
             let at = |l: &serde_saphyr::Location| Location::new(file, l);
             let policy_raw = &raw.value;
             let timeout = duration(&mut errors, file, &name, &policy_raw.timeout, "timeout");
-            let (max_retries, backoff, initial_delay, max_delay, jitter) = match &policy_raw.retries
-            {
+            let (max_retries, backoff, initial_delay, max_delay, jitter) = match &policy_raw.retries {
                 None => (0, Backoff::Constant, Duration::ZERO, Duration::ZERO, false),
                 Some(r) => {
-                    let initial =
-                        duration(&mut errors, file, &name, &r.initial_delay, "initial_delay");
+                    let initial = duration(&mut errors, file, &name, &r.initial_delay, "initial_delay");
                     let max = r
                         .max_delay
                         .as_ref()
@@ -177,7 +162,9 @@ impl Policies {
                             errors.push(
                                 at(&r.backoff.referenced),
                                 Some(&name),
-                                format!("policy `{name}`: backoff `{other}` is not one of exponential | linear | constant"),
+                                format!(
+                                    "policy `{name}`: backoff `{other}` is not one of exponential | linear | constant"
+                                ),
                             );
                             Backoff::Constant
                         }
@@ -227,11 +214,7 @@ impl Policies {
         }
         if !by_name.contains_key("default") {
             errors.push(
-                Location {
-                    file: file.to_string(),
-                    line: 1,
-                    column: 1,
-                },
+                Location { file: file.to_string(), line: 1, column: 1 },
                 Some("default"),
                 "no policy named `default` (stages without `policy:` use it)".into(),
             );

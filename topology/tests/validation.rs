@@ -20,25 +20,12 @@ fn shipped_pipelines_are_valid() {
         assert!(!plan.stages.is_empty());
         seen += 1;
     }
-    assert!(
-        seen >= 6,
-        "expected the five seed pipelines and hybrid.yaml, found {seen}"
-    );
-    let auto = Plan::from_path(
-        std::path::Path::new(&format!("{dir}/auto.yaml")),
-        &Policies::builtin(),
-    )
-    .unwrap();
+    assert!(seen >= 6, "expected the five seed pipelines and hybrid.yaml, found {seen}");
+    let auto = Plan::from_path(std::path::Path::new(&format!("{dir}/auto.yaml")), &Policies::builtin()).unwrap();
     let kinds: Vec<_> = auto.stages.iter().map(|s| s.kind.name()).collect();
-    assert_eq!(
-        kinds,
-        ["ingest", "parse", "chunk", "embed", "splade", "index"]
-    );
-    let pdf = Plan::from_path(
-        std::path::Path::new(&format!("{dir}/pdf-two-phase.yaml")),
-        &Policies::builtin(),
-    )
-    .unwrap();
+    assert_eq!(kinds, ["ingest", "parse", "chunk", "embed", "splade", "index"]);
+    let pdf =
+        Plan::from_path(std::path::Path::new(&format!("{dir}/pdf-two-phase.yaml")), &Policies::builtin()).unwrap();
     assert_eq!(pdf.gates.len(), 1);
     assert_eq!(pdf.stages[pdf.gates[0].after].kind, StageKind::Download);
 }
@@ -96,9 +83,7 @@ fn stream_types_must_match_along_edges() {
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(errors[0].message.contains("no depends_on"), "{errors:#?}");
     assert_eq!(errors[1].location.line, 10);
-    assert!(errors[1]
-        .message
-        .contains("consumes chunks but `parse` (parse) produces documents"));
+    assert!(errors[1].message.contains("consumes chunks but `parse` (parse) produces documents"));
 }
 
 #[test]
@@ -106,23 +91,15 @@ fn overlap_must_be_smaller_than_length() {
     let text = "name: x\nversion: 1\nstages:\n  - name: parse\n    type: parse\n  - name: chunk\n    type: chunk\n    depends_on: [parse]\n    config:\n      split_length: 10\n      split_overlap: 10\n";
     let errors = plan(text).unwrap_err().0;
     assert_eq!(errors.len(), 1);
-    assert_eq!(
-        (errors[0].location.line, errors[0].name.as_deref()),
-        (11, Some("split_overlap"))
-    );
+    assert_eq!((errors[0].location.line, errors[0].name.as_deref()), (11, Some("split_overlap")));
 }
 
 #[test]
 fn yaml_syntax_and_shape_errors_have_locations() {
-    let errors = plan("name: x\nversion: 1\nstages:\n  - name: [unclosed\n")
-        .unwrap_err()
-        .0;
+    let errors = plan("name: x\nversion: 1\nstages:\n  - name: [unclosed\n").unwrap_err().0;
     assert_eq!(errors.len(), 1);
     assert!(errors[0].location.line >= 4, "{errors:?}");
-    let errors =
-        plan("name: x\nversion: 1\nstages:\n  - name: a\n    type: parse\n    colour: red\n")
-            .unwrap_err()
-            .0;
+    let errors = plan("name: x\nversion: 1\nstages:\n  - name: a\n    type: parse\n    colour: red\n").unwrap_err().0;
     assert_eq!(errors[0].location.line, 6, "{errors:?}");
     assert!(errors[0].message.contains("colour"), "{errors:?}");
 }
@@ -133,14 +110,8 @@ fn yaml_syntax_and_shape_errors_have_locations() {
 fn graph_yaml(n: usize, edges: &[(usize, usize)]) -> String {
     let mut text = String::from("name: g\nversion: 1\nstages:\n");
     for i in 0..n {
-        text.push_str(&format!(
-            "  - name: s{i}\n    type: ingest\n    depends_on: ["
-        ));
-        let deps: Vec<String> = edges
-            .iter()
-            .filter(|(a, _)| *a == i)
-            .map(|(_, b)| format!("s{b}"))
-            .collect();
+        text.push_str(&format!("  - name: s{i}\n    type: ingest\n    depends_on: ["));
+        let deps: Vec<String> = edges.iter().filter(|(a, _)| *a == i).map(|(_, b)| format!("s{b}")).collect();
         text.push_str(&deps.join(", "));
         text.push_str("]\n");
     }

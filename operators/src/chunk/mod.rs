@@ -48,9 +48,7 @@ impl FromStr for SplitBy {
             "word" => Ok(SplitBy::Word),
             "sentence" => Ok(SplitBy::Sentence),
             "passage" => Ok(SplitBy::Passage),
-            other => Err(format!(
-                "unknown split_by `{other}` (word | sentence | passage)"
-            )),
+            other => Err(format!("unknown split_by `{other}` (word | sentence | passage)")),
         }
     }
 }
@@ -70,12 +68,7 @@ pub struct ChunkConfig {
 
 impl Default for ChunkConfig {
     fn default() -> Self {
-        ChunkConfig {
-            split_by: SplitBy::Word,
-            split_length: 200,
-            split_overlap: 20,
-            respect_sentence_boundary: true,
-        }
+        ChunkConfig { split_by: SplitBy::Word, split_length: 200, split_overlap: 20, respect_sentence_boundary: true }
     }
 }
 
@@ -92,10 +85,7 @@ impl ChunkConfig {
         if let Some(v) = config.get("split_overlap").and_then(Value::as_u64) {
             out.split_overlap = v as usize;
         }
-        if let Some(v) = config
-            .get("respect_sentence_boundary")
-            .and_then(Value::as_bool)
-        {
+        if let Some(v) = config.get("respect_sentence_boundary").and_then(Value::as_bool) {
             out.respect_sentence_boundary = v;
         }
         Ok(out)
@@ -167,16 +157,9 @@ impl Chunker {
 
     /// Byte spans of the chunks of one text.
     pub fn spans(&self, text: &str) -> Vec<Span> {
-        let ChunkConfig {
-            split_by,
-            split_length,
-            split_overlap,
-            respect_sentence_boundary,
-        } = self.config;
+        let ChunkConfig { split_by, split_length, split_overlap, respect_sentence_boundary } = self.config;
         match split_by {
-            SplitBy::Word if respect_sentence_boundary => {
-                pack_sentences(text, split_length, split_overlap)
-            }
+            SplitBy::Word if respect_sentence_boundary => pack_sentences(text, split_length, split_overlap),
             SplitBy::Word => windows(&sentences::words(text), split_length, split_overlap),
             SplitBy::Sentence => windows(&sentences::sentences(text), split_length, split_overlap),
             SplitBy::Passage => windows(&sentences::passages(text), split_length, split_overlap),
@@ -208,10 +191,7 @@ fn pack_sentences(text: &str, length: usize, overlap: usize) -> Vec<Span> {
     let units: Vec<(Span, Vec<Span>)> = sentences::sentences(text)
         .into_iter()
         .map(|(s, e)| {
-            let words = sentences::words(&text[s..e])
-                .into_iter()
-                .map(|(a, b)| (s + a, s + b))
-                .collect();
+            let words = sentences::words(&text[s..e]).into_iter().map(|(a, b)| (s + a, s + b)).collect();
             ((s, e), words)
         })
         .collect();
@@ -225,10 +205,7 @@ fn pack_sentences(text: &str, length: usize, overlap: usize) -> Vec<Span> {
         if n > length {
             // Flush what we have, then cut the long sentence by words.
             if current.iter().any(|&j| Some(j) > emitted_through) {
-                out.push((
-                    units[current[0]].0 .0,
-                    units[*current.last().unwrap_or(&0)].0 .1,
-                ));
+                out.push((units[current[0]].0 .0, units[*current.last().unwrap_or(&0)].0 .1));
             }
             out.extend(windows(words, length, overlap));
             emitted_through = Some(i);
@@ -237,10 +214,7 @@ fn pack_sentences(text: &str, length: usize, overlap: usize) -> Vec<Span> {
             continue;
         }
         if current_words + n > length && !current.is_empty() {
-            out.push((
-                units[current[0]].0 .0,
-                units[current[current.len() - 1]].0 .1,
-            ));
+            out.push((units[current[0]].0 .0, units[current[current.len() - 1]].0 .1));
             emitted_through = current.last().copied();
             // Keep trailing sentences worth at most `overlap` words...
             let mut kept = Vec::new();
@@ -266,10 +240,7 @@ fn pack_sentences(text: &str, length: usize, overlap: usize) -> Vec<Span> {
         current_words += n;
     }
     if current.iter().any(|&j| Some(j) > emitted_through) {
-        out.push((
-            units[current[0]].0 .0,
-            units[current[current.len() - 1]].0 .1,
-        ));
+        out.push((units[current[0]].0 .0, units[current[current.len() - 1]].0 .1));
     }
     out
 }
@@ -280,66 +251,38 @@ mod tests {
     use crate::{Document, SourceKind};
 
     fn pieces(config: ChunkConfig, text: &str) -> Vec<String> {
-        Chunker::new(config)
-            .unwrap()
-            .spans(text)
-            .into_iter()
-            .map(|(s, e)| text[s..e].to_string())
-            .collect()
+        Chunker::new(config).unwrap().spans(text).into_iter().map(|(s, e)| text[s..e].to_string()).collect()
     }
 
     #[test]
     fn words_pack_whole_sentences_with_overlap() {
         // Overlap keeps whole trailing sentences of at most 3 words.
         let text = "Alpha beta gamma. Delta eps. Foxtrot golf hotel. India.";
-        let config = ChunkConfig {
-            split_length: 5,
-            split_overlap: 3,
-            ..Default::default()
-        };
+        let config = ChunkConfig { split_length: 5, split_overlap: 3, ..Default::default() };
         assert_eq!(
             pieces(config, text),
-            [
-                "Alpha beta gamma. Delta eps.",
-                "Delta eps. Foxtrot golf hotel.",
-                "Foxtrot golf hotel. India."
-            ]
+            ["Alpha beta gamma. Delta eps.", "Delta eps. Foxtrot golf hotel.", "Foxtrot golf hotel. India."]
         );
     }
 
     #[test]
     fn a_long_sentence_is_cut_by_words() {
         let text = "Short one. Aa b c d e f gg. Tail.";
-        let config = ChunkConfig {
-            split_length: 3,
-            split_overlap: 1,
-            ..Default::default()
-        };
-        assert_eq!(
-            pieces(config, text),
-            ["Short one.", "Aa b c", "c d e", "e f gg.", "Tail."]
-        );
+        let config = ChunkConfig { split_length: 3, split_overlap: 1, ..Default::default() };
+        assert_eq!(pieces(config, text), ["Short one.", "Aa b c", "c d e", "e f gg.", "Tail."]);
     }
 
     #[test]
     fn plain_word_windows() {
-        let config = ChunkConfig {
-            split_length: 3,
-            split_overlap: 1,
-            respect_sentence_boundary: false,
-            ..Default::default()
-        };
+        let config =
+            ChunkConfig { split_length: 3, split_overlap: 1, respect_sentence_boundary: false, ..Default::default() };
         assert_eq!(pieces(config, "a b c d e"), ["a b c", "c d e"]);
     }
 
     #[test]
     fn passages_group_paragraphs() {
-        let config = ChunkConfig {
-            split_by: SplitBy::Passage,
-            split_length: 2,
-            split_overlap: 0,
-            ..Default::default()
-        };
+        let config =
+            ChunkConfig { split_by: SplitBy::Passage, split_length: 2, split_overlap: 0, ..Default::default() };
         assert_eq!(pieces(config, "p1\n\np2 x\n\np3"), ["p1\n\np2 x", "p3"]);
     }
 
@@ -350,10 +293,7 @@ mod tests {
             "t",
             SourceKind::Pubmed,
             "T".into(),
-            vec![
-                ("a".into(), "Ünïcode here. Second one.".into()),
-                ("b".into(), "Third.".into()),
-            ],
+            vec![("a".into(), "Ünïcode here. Second one.".into()), ("b".into(), "Third.".into())],
             Default::default(),
         );
         let chunker = Chunker::new(ChunkConfig {
@@ -367,20 +307,12 @@ mod tests {
         let ids: Vec<_> = chunked.chunks.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["pmid:1#0", "pmid:1#1", "pmid:1#2"]);
         let second = &chunked.chunks[1];
-        assert_eq!(
-            (second.char_start, second.char_end, second.text.as_str()),
-            (14, 25, "Second one.")
-        );
+        assert_eq!((second.char_start, second.char_end, second.text.as_str()), (14, 25, "Second one."));
         assert_eq!(chunked.chunks[2].section, 1);
     }
 
     #[test]
     fn rejects_overlap_not_below_length() {
-        assert!(Chunker::new(ChunkConfig {
-            split_length: 2,
-            split_overlap: 2,
-            ..Default::default()
-        })
-        .is_err());
+        assert!(Chunker::new(ChunkConfig { split_length: 2, split_overlap: 2, ..Default::default() }).is_err());
     }
 }

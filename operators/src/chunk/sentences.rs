@@ -9,11 +9,10 @@
 pub type Span = (usize, usize);
 
 const ABBREVIATIONS: &[&str] = &[
-    "al", "e.g", "i.e", "eg", "ie", "etc", "vs", "cf", "ca", "approx", "fig", "figs", "eq", "eqs",
-    "ref", "refs", "dr", "mr", "mrs", "ms", "prof", "st", "no", "nos", "vol", "pp", "inc", "ltd",
-    "co", "jr", "sr", "sp", "spp", "var", "subsp", "resp", "dept", "univ", "min", "max", "mol",
-    "wt", "ed", "eds", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct",
-    "nov", "dec", "u.s", "u.k",
+    "al", "e.g", "i.e", "eg", "ie", "etc", "vs", "cf", "ca", "approx", "fig", "figs", "eq", "eqs", "ref", "refs", "dr",
+    "mr", "mrs", "ms", "prof", "st", "no", "nos", "vol", "pp", "inc", "ltd", "co", "jr", "sr", "sp", "spp", "var",
+    "subsp", "resp", "dept", "univ", "min", "max", "mol", "wt", "ed", "eds", "jan", "feb", "mar", "apr", "jun", "jul",
+    "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "u.k",
 ];
 
 /// Maximal runs of non-whitespace.
@@ -114,10 +113,7 @@ fn is_boundary(text: &str, sentence_start: usize, at: usize, end: usize) -> bool
         return false;
     }
     let next = after.chars().next().unwrap_or(' ');
-    if !(next.is_uppercase()
-        || next.is_ascii_digit()
-        || matches!(next, '(' | '[' | '"' | '\'' | '“'))
-    {
+    if !(next.is_uppercase() || next.is_ascii_digit() || matches!(next, '(' | '[' | '"' | '\'' | '“')) {
         return false;
     }
     if text.as_bytes()[at] != b'.' {
@@ -125,10 +121,7 @@ fn is_boundary(text: &str, sentence_start: usize, at: usize, end: usize) -> bool
     }
     // The word the period ends.
     let before = &text[sentence_start..at];
-    let word = before
-        .rsplit(|c: char| c.is_whitespace() || c == '(')
-        .next()
-        .unwrap_or("");
+    let word = before.rsplit(|c: char| c.is_whitespace() || c == '(').next().unwrap_or("");
     if word.is_empty() {
         return true;
     }
@@ -159,23 +152,14 @@ mod tests {
         let text = "E. coli grew (see Fig. 2). Growth was 0.5 mm, e.g. in broth! Was it? Yes.\n\nNew passage";
         assert_eq!(
             texts(text, sentences(text)),
-            [
-                "E. coli grew (see Fig. 2).",
-                "Growth was 0.5 mm, e.g. in broth!",
-                "Was it?",
-                "Yes.",
-                "New passage"
-            ]
+            ["E. coli grew (see Fig. 2).", "Growth was 0.5 mm, e.g. in broth!", "Was it?", "Yes.", "New passage"]
         );
     }
 
     #[test]
     fn et_al_and_initials_do_not_end_sentences() {
         let text = "Smith et al. Showed it. J. Smith agreed.";
-        assert_eq!(
-            texts(text, sentences(text)),
-            ["Smith et al. Showed it.", "J. Smith agreed."]
-        );
+        assert_eq!(texts(text, sentences(text)), ["Smith et al. Showed it.", "J. Smith agreed."]);
     }
 
     #[test]

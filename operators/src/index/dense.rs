@@ -61,14 +61,17 @@ impl DenseShard {
     /// width `dim` when there is none. An existing index of another width is
     /// an error (the data directory was built with another model).
     pub fn open(dir: &Path, dim: u32) -> Result<DenseShard, StageError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| io_error(&format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir).map_err(|e| io_error(&format!("cannot create {}", dir.display()), e))?;
         let (index, meta) = match DenseShard::read(dir)? {
             Some((index, file)) => {
                 if file.dim != dim && dim != 0 {
                     return Err(StageError::unavailable(
                         "dimension_mismatch",
-                        format!("{} holds {}-d vectors but the model makes {dim}-d ones: use a new data directory", dir.display(), file.dim),
+                        format!(
+                            "{} holds {}-d vectors but the model makes {dim}-d ones: use a new data directory",
+                            dir.display(),
+                            file.dim
+                        ),
                     ));
                 }
                 (index, file.entries.into_iter().collect::<HashMap<_, _>>())
@@ -103,10 +106,10 @@ impl DenseShard {
         }
         let text = std::fs::read_to_string(&meta_path)
             .map_err(|e| io_error(&format!("cannot read {}", meta_path.display()), e))?;
-        let file: MetaFile = serde_json::from_str(&text)
-            .map_err(|e| io_error(&format!("{} is damaged", meta_path.display()), e))?;
-        let index = faiss::read_index(index_path.to_string_lossy())
-            .map_err(|e| faiss_error("cannot read the index", e))?;
+        let file: MetaFile =
+            serde_json::from_str(&text).map_err(|e| io_error(&format!("{} is damaged", meta_path.display()), e))?;
+        let index =
+            faiss::read_index(index_path.to_string_lossy()).map_err(|e| faiss_error("cannot read the index", e))?;
         Ok(Some((index, file)))
     }
 
@@ -124,12 +127,7 @@ impl DenseShard {
             if vector.len() != self.dim as usize {
                 return Err(StageError::unavailable(
                     "dimension_mismatch",
-                    format!(
-                        "chunk {} has a {}-d vector, the index {}-d",
-                        chunk.id,
-                        vector.len(),
-                        self.dim
-                    ),
+                    format!("chunk {} has a {}-d vector, the index {}-d", chunk.id, vector.len(), self.dim),
                 ));
             }
             let id = id_of(&chunk.id);
@@ -139,11 +137,7 @@ impl DenseShard {
             self.pending_add.insert(id, vector.clone());
             self.meta.insert(
                 id,
-                DenseMeta {
-                    chunk_id: chunk.id.clone(),
-                    doc_id: doc.doc_id.clone(),
-                    tenant_id: doc.tenant_id.clone(),
-                },
+                DenseMeta { chunk_id: chunk.id.clone(), doc_id: doc.doc_id.clone(), tenant_id: doc.tenant_id.clone() },
             );
             ids.push(id);
         }
@@ -164,43 +158,25 @@ impl DenseShard {
 
     /// Applies staged writes and writes the index and its map durably.
     pub fn commit(&mut self) -> Result<(), StageError> {
-        if self.pending_remove.is_empty()
-            && self.pending_add.is_empty()
-            && self.dir.join(INDEX_FILE).exists()
-        {
+        if self.pending_remove.is_empty() && self.pending_add.is_empty() && self.dir.join(INDEX_FILE).exists() {
             return Ok(());
         }
         if !self.pending_remove.is_empty() {
-            let ids: Vec<Idx> = self
-                .pending_remove
-                .iter()
-                .map(|&id| Idx::new(id as u64))
-                .collect();
+            let ids: Vec<Idx> = self.pending_remove.iter().map(|&id| Idx::new(id as u64)).collect();
             let selector = IdSelector::batch(&ids).map_err(|e| faiss_error("selector", e))?;
-            self.index
-                .remove_ids(&selector)
-                .map_err(|e| faiss_error("remove", e))?;
+            self.index.remove_ids(&selector).map_err(|e| faiss_error("remove", e))?;
         }
         if !self.pending_add.is_empty() {
-            let ids: Vec<Idx> = self
-                .pending_add
-                .keys()
-                .map(|&id| Idx::new(id as u64))
-                .collect();
+            let ids: Vec<Idx> = self.pending_add.keys().map(|&id| Idx::new(id as u64)).collect();
             let vectors: Vec<f32> = self.pending_add.values().flatten().copied().collect();
-            self.index
-                .add_with_ids(&vectors, &ids)
-                .map_err(|e| faiss_error("add", e))?;
+            self.index.add_with_ids(&vectors, &ids).map_err(|e| faiss_error("add", e))?;
         }
         self.pending_remove.clear();
         self.pending_add.clear();
         let tmp_index = self.dir.join(format!("{INDEX_FILE}.tmp"));
         faiss::write_index(&self.index, tmp_index.to_string_lossy())
             .map_err(|e| faiss_error("cannot write the index", e))?;
-        let meta = MetaFile {
-            dim: self.dim,
-            entries: self.meta.iter().map(|(id, m)| (*id, m.clone())).collect(),
-        };
+        let meta = MetaFile { dim: self.dim, entries: self.meta.iter().map(|(id, m)| (*id, m.clone())).collect() };
         let tmp_meta = self.dir.join(format!("{META_FILE}.tmp"));
         let write = || -> std::io::Result<()> {
             std::fs::write(&tmp_meta, serde_json::to_vec(&meta)?)?;
@@ -210,12 +186,7 @@ impl DenseShard {
             std::fs::rename(&tmp_meta, self.dir.join(META_FILE))?;
             std::fs::File::open(&self.dir)?.sync_all()
         };
-        write().map_err(|e| {
-            io_error(
-                &format!("cannot write the dense index in {}", self.dir.display()),
-                e,
-            )
-        })
+        write().map_err(|e| io_error(&format!("cannot write the dense index in {}", self.dir.display()), e))
     }
 
     /// Number of committed vectors.
@@ -230,21 +201,12 @@ impl DenseShard {
 
     /// The `k` nearest committed chunks of `tenant` (inner product, best first).
     /// Only the tenant's ids are searched, so ranks are ranks within the tenant.
-    pub fn search(
-        &mut self,
-        query: &[f32],
-        tenant: &str,
-        k: usize,
-    ) -> Result<Vec<(f32, DenseMeta)>, StageError> {
+    pub fn search(&mut self, query: &[f32], tenant: &str, k: usize) -> Result<Vec<(f32, DenseMeta)>, StageError> {
         if query.len() != self.dim as usize || k == 0 {
             return Ok(Vec::new());
         }
-        let allowed: Vec<Idx> = self
-            .meta
-            .iter()
-            .filter(|(_, m)| m.tenant_id == tenant)
-            .map(|(&id, _)| Idx::new(id as u64))
-            .collect();
+        let allowed: Vec<Idx> =
+            self.meta.iter().filter(|(_, m)| m.tenant_id == tenant).map(|(&id, _)| Idx::new(id as u64)).collect();
         if allowed.is_empty() {
             return Ok(Vec::new());
         }
@@ -261,10 +223,7 @@ impl DenseShard {
             .zip(&result.labels)
             .filter_map(|(&score, label)| {
                 let id = label.get()? as i64;
-                self.meta
-                    .get(&id)
-                    .filter(|m| m.tenant_id == tenant)
-                    .map(|m| (score, m.clone()))
+                self.meta.get(&id).filter(|m| m.tenant_id == tenant).map(|m| (score, m.clone()))
             })
             .collect())
     }

@@ -29,13 +29,8 @@ impl Layout {
         if file.exists() {
             return Layout::open(root);
         }
-        std::fs::create_dir_all(root)
-            .map_err(|e| io_error(&format!("cannot create {}", root.display()), e))?;
-        let layout = Layout {
-            version: LAYOUT_VERSION,
-            shards: shards.max(1),
-            root: root.to_path_buf(),
-        };
+        std::fs::create_dir_all(root).map_err(|e| io_error(&format!("cannot create {}", root.display()), e))?;
+        let layout = Layout { version: LAYOUT_VERSION, shards: shards.max(1), root: root.to_path_buf() };
         let text = serde_json::to_string_pretty(&layout).map_err(|e| io_error("layout", e))?;
         let tmp = root.join(format!("{LAYOUT_FILE}.tmp"));
         std::fs::write(&tmp, text)
@@ -50,16 +45,11 @@ impl Layout {
         let text = std::fs::read_to_string(&file).map_err(|e| {
             StageError::unavailable(
                 "no_index",
-                format!(
-                    "{} is not a medkg data directory ({}: {e})",
-                    root.display(),
-                    file.display()
-                ),
+                format!("{} is not a medkg data directory ({}: {e})", root.display(), file.display()),
             )
         })?;
-        let mut layout: Layout = serde_json::from_str(&text).map_err(|e| {
-            StageError::unavailable("bad_layout", format!("{} is damaged: {e}", file.display()))
-        })?;
+        let mut layout: Layout = serde_json::from_str(&text)
+            .map_err(|e| StageError::unavailable("bad_layout", format!("{} is damaged: {e}", file.display())))?;
         if layout.version != LAYOUT_VERSION || layout.shards == 0 {
             return Err(StageError::unavailable(
                 "bad_layout",

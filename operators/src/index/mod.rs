@@ -18,12 +18,11 @@ pub use dense::DenseShard;
 pub use layout::Layout;
 pub use search::{EncodedQuery, Hit, SearchIndex, Stats, Weights};
 pub use shard::Bm25Shard;
-pub use splade::{decode_sparse, encode_sparse, QUANT_SCALE};
+pub use splade::{quantize, splade_tokens, QUANT_SCALE};
 pub use writer::{Backends, ShardWriter};
 
 use tantivy::schema::{
-    BytesOptions, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, INDEXED,
-    STORED, STRING,
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING,
 };
 
 /// The tokenizer of the searchable text fields (lower-cased, English stemming).
@@ -42,10 +41,9 @@ pub(crate) struct Fields {
     pub section: Field,
     pub char_start: Field,
     pub char_end: Field,
-    /// SPLADE term ids of the chunk (candidate generation).
+    /// SPLADE term ids of the chunk, each repeated by its quantised weight
+    /// (its term frequency is the weight).
     pub splade_terms: Field,
-    /// The chunk's quantised SPLADE vector (scoring).
-    pub splade_vec: Field,
 }
 
 pub(crate) fn schema() -> (Schema, Fields) {
@@ -58,7 +56,7 @@ pub(crate) fn schema() -> (Schema, Fields) {
         )
         .set_stored();
     let fields = Fields {
-        chunk_id: builder.add_text_field("chunk_id", STRING | STORED),
+        chunk_id: builder.add_text_field("chunk_id", STRING | STORED | FAST),
         doc_id: builder.add_text_field("doc_id", STRING | STORED),
         tenant_id: builder.add_text_field("tenant_id", STRING | STORED),
         chunk_no: builder.add_u64_field("chunk_no", INDEXED | STORED),
@@ -71,12 +69,9 @@ pub(crate) fn schema() -> (Schema, Fields) {
         splade_terms: builder.add_text_field(
             "splade_terms",
             TextOptions::default().set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer("whitespace")
-                    .set_index_option(IndexRecordOption::Basic),
+                TextFieldIndexing::default().set_tokenizer("whitespace").set_index_option(IndexRecordOption::WithFreqs),
             ),
         ),
-        splade_vec: builder.add_bytes_field("splade_vec", BytesOptions::default().set_fast()),
     };
     (builder.build(), fields)
 }
@@ -86,9 +81,7 @@ pub(crate) fn fields_of(schema: &Schema) -> Result<Fields, crate::StageError> {
         schema.get_field(name).map_err(|_| {
             crate::StageError::unavailable(
                 "index_schema",
-                format!(
-                    "the index has no field `{name}`: it was written by another version of medkg"
-                ),
+                format!("the index has no field `{name}`: it was written by another version of medkg"),
             )
         })
     };
@@ -104,7 +97,6 @@ pub(crate) fn fields_of(schema: &Schema) -> Result<Fields, crate::StageError> {
         char_start: get("char_start")?,
         char_end: get("char_end")?,
         splade_terms: get("splade_terms")?,
-        splade_vec: get("splade_vec")?,
     })
 }
 

@@ -2,16 +2,13 @@
 //! summed over all shards (so a score means the same in every shard and the
 //! per-shard top-k lists merge exactly).
 
-use std::collections::BinaryHeap;
-
-use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::postings::Postings;
 use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Value};
-use tantivy::{
-    DocAddress, DocId, Index, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
-};
+use tantivy::{DocAddress, DocId, DocSet, Index, Searcher, TantivyDocument, Term};
 
-use super::{decode_sparse, fields_of, io_error, DenseShard, Fields, Layout};
+use super::{fields_of, io_error, DenseShard, Fields, Layout, QUANT_SCALE};
 use crate::models::SparseVector;
 use crate::StageError;
 
@@ -53,6 +50,14 @@ pub struct EncodedQuery<'a> {
     pub dense: Option<&'a [f32]>,
 }
 
+/// A chunk in a ranked list, before its stored fields are loaded.
+struct Ranked {
+    score: f32,
+    chunk_id: String,
+    /// Shard and address, when the list knows them.
+    at: Option<(usize, DocAddress)>,
+}
+
 /// Per-list weights of hybrid fusion.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Weights {
@@ -66,11 +71,7 @@ pub struct Weights {
 
 impl Default for Weights {
     fn default() -> Self {
-        Weights {
-            bm25: 1.0,
-            dense: 1.0,
-            splade: 1.0,
-        }
+        Weights { bm25: 1.0, dense: 1.0, splade: 1.0 }
     }
 }
 
@@ -105,11 +106,8 @@ impl SearchIndex {
             if !dir.join("meta.json").exists() {
                 continue; // never committed: nothing to read
             }
-            let index = Index::open_in_dir(&dir)
-                .map_err(|e| io_error(&format!("cannot open {}", dir.display()), e))?;
-            let reader = index
-                .reader()
-                .map_err(|e| io_error("cannot read the index", e))?;
+            let index = Index::open_in_dir(&dir).map_err(|e| io_error(&format!("cannot open {}", dir.display()), e))?;
+            let reader = index.reader().map_err(|e| io_error("cannot read the index", e))?;
             fields = Some(fields_of(&index.schema())?);
             shards.push((index, reader.searcher()));
         }
@@ -117,11 +115,7 @@ impl SearchIndex {
             Some(f) => f,
             None => super::schema().1,
         };
-        Ok(SearchIndex {
-            shards,
-            dense,
-            fields,
-        })
+        Ok(SearchIndex { shards, dense, fields })
     }
 
     /// Reciprocal-rank fusion of the BM25, SPLADE and dense lists (each
@@ -135,40 +129,35 @@ impl SearchIndex {
         weights: &Weights,
         depth: usize,
     ) -> Result<Vec<Hit>, StageError> {
-        let EncodedQuery {
-            text,
-            sparse,
-            dense,
-        } = *query;
+        let EncodedQuery { text, sparse, dense } = *query;
         let depth = depth.max(k);
-        let mut lists: Vec<(f32, Vec<Hit>)> = Vec::new();
+        let mut lists: Vec<(f32, Vec<Ranked>)> = Vec::new();
         if weights.bm25 > 0.0 {
-            lists.push((weights.bm25, self.search(text, tenant, depth)?));
+            lists.push((weights.bm25, self.ranked_bm25(text, tenant, depth)?));
         }
         if let (Some(q), true) = (sparse, weights.splade > 0.0) {
-            lists.push((weights.splade, self.search_splade(q, tenant, depth)?));
+            lists.push((weights.splade, self.ranked_splade(q, tenant, depth)?));
         }
         if let (Some(q), true) = (dense, weights.dense > 0.0) {
-            lists.push((weights.dense, self.search_dense(q, tenant, depth)?));
+            lists.push((weights.dense, self.ranked_dense(q, tenant, depth)?));
         }
-        let ranked: Vec<(f32, Vec<String>)> = lists
-            .iter()
-            .map(|(w, hits)| (*w, hits.iter().map(|h| h.chunk_id.clone()).collect()))
-            .collect();
-        let mut by_id: std::collections::HashMap<String, Hit> = std::collections::HashMap::new();
-        for (_, hits) in lists {
-            for hit in hits {
-                by_id.entry(hit.chunk_id.clone()).or_insert(hit);
+        let ids: Vec<(f32, Vec<String>)> =
+            lists.iter().map(|(w, ranked)| (*w, ranked.iter().map(|r| r.chunk_id.clone()).collect())).collect();
+        // Where each chunk is, if a lexical list saw it (dense hits are looked up).
+        let mut at: std::collections::HashMap<String, (usize, DocAddress)> = std::collections::HashMap::new();
+        for (_, ranked) in &lists {
+            for r in ranked {
+                if let Some(place) = r.at {
+                    at.entry(r.chunk_id.clone()).or_insert(place);
+                }
             }
         }
-        Ok(crate::retrieve::rrf(&ranked, k)
+        // Only the fused top k are loaded from the doc store.
+        let fused = crate::retrieve::rrf(&ids, k)
             .into_iter()
-            .filter_map(|(id, score)| {
-                let mut hit = by_id.remove(&id)?;
-                hit.score = score;
-                Some(hit)
-            })
-            .collect())
+            .map(|(chunk_id, score)| Ranked { score, at: at.get(&chunk_id).copied(), chunk_id })
+            .collect();
+        self.materialize(fused)
     }
 
     /// Whether the directory holds dense vectors.
@@ -176,151 +165,163 @@ impl SearchIndex {
         !self.dense.is_empty()
     }
 
-    /// The `k` chunks of `tenant` with the largest SPLADE dot product with `query`.
-    pub fn search_splade(
-        &self,
-        query: &SparseVector,
-        tenant: &str,
-        k: usize,
-    ) -> Result<Vec<Hit>, StageError> {
+    /// The `k` chunks of `tenant` with the largest SPLADE dot product with
+    /// `query`, scored term-at-a-time over the postings of the query's terms
+    /// (a chunk's term frequency is its quantised weight).
+    pub fn search_splade(&self, query: &SparseVector, tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
+        self.materialize(self.ranked_splade(query, tenant, k)?)
+    }
+
+    fn ranked_splade(&self, query: &SparseVector, tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
         if query.indices.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
-        let terms: Vec<(Occur, Box<dyn Query>)> = query
-            .indices
-            .iter()
-            .map(|id| {
-                let term = Term::from_field_text(self.fields.splade_terms, &id.to_string());
-                (
-                    Occur::Should,
-                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)) as Box<dyn Query>,
-                )
-            })
-            .collect();
-        let candidates = BooleanQuery::new(vec![
-            (Occur::Must, Box::new(BooleanQuery::new(terms))),
-            (Occur::Must, self.tenant_filter(tenant)),
-        ]);
-        let collector = SpladeTopK {
-            query: std::sync::Arc::new(query.clone()),
-            k,
-        };
-        let mut scored = Vec::new();
+        let fail = |e: &dyn std::fmt::Display| io_error("SPLADE search failed", e);
+        let tenant_term = Term::from_field_text(self.fields.tenant_id, tenant);
+        let mut scored: Vec<(f32, usize, DocAddress)> = Vec::new();
         for (shard, (_, searcher)) in self.shards.iter().enumerate() {
-            let top = searcher
-                .search(&candidates, &collector)
-                .map_err(|e| io_error("SPLADE search failed", e))?;
-            scored.extend(
-                top.into_iter()
-                    .map(|(score, address)| (score, shard, address)),
-            );
+            for (ordinal, segment) in searcher.segment_readers().iter().enumerate() {
+                // The tenant's chunks of this segment.
+                let mut allowed = vec![false; segment.max_doc() as usize];
+                let tenants = segment.inverted_index(self.fields.tenant_id).map_err(|e| fail(&e))?;
+                if let Some(mut postings) =
+                    tenants.read_postings(&tenant_term, IndexRecordOption::Basic).map_err(|e| fail(&e))?
+                {
+                    let mut doc = postings.doc();
+                    while doc != tantivy::TERMINATED {
+                        allowed[doc as usize] = true;
+                        doc = postings.advance();
+                    }
+                }
+                let alive = segment.alive_bitset();
+                let terms = segment.inverted_index(self.fields.splade_terms).map_err(|e| fail(&e))?;
+                let mut scores: std::collections::HashMap<DocId, f32> = std::collections::HashMap::new();
+                for (&id, &weight) in query.indices.iter().zip(&query.weights) {
+                    let term = Term::from_field_text(self.fields.splade_terms, &id.to_string());
+                    let Some(mut postings) =
+                        terms.read_postings(&term, IndexRecordOption::WithFreqs).map_err(|e| fail(&e))?
+                    else {
+                        continue;
+                    };
+                    let mut doc = postings.doc();
+                    while doc != tantivy::TERMINATED {
+                        if allowed[doc as usize] && alive.is_none_or(|a| a.is_alive(doc)) {
+                            *scores.entry(doc).or_insert(0.0) += weight * postings.term_freq() as f32 / QUANT_SCALE;
+                        }
+                        doc = postings.advance();
+                    }
+                }
+                scored.extend(
+                    scores.into_iter().map(|(doc, score)| (score, shard, DocAddress::new(ordinal as u32, doc))),
+                );
+            }
         }
-        self.best(scored, k)
+        self.ranked(scored, k)
     }
 
     /// The `k` chunks of `tenant` nearest to `query` in the dense indexes.
-    pub fn search_dense(
-        &mut self,
-        query: &[f32],
-        tenant: &str,
-        k: usize,
-    ) -> Result<Vec<Hit>, StageError> {
+    pub fn search_dense(&mut self, query: &[f32], tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
+        let ranked = self.ranked_dense(query, tenant, k)?;
+        self.materialize(ranked)
+    }
+
+    fn ranked_dense(&mut self, query: &[f32], tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
         let mut found = Vec::new();
         for dense in &mut self.dense {
             found.extend(dense.search(query, tenant, k)?);
         }
-        found.sort_by(|a, b| {
-            b.0.total_cmp(&a.0)
-                .then_with(|| a.1.chunk_id.cmp(&b.1.chunk_id))
-        });
+        found.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.chunk_id.cmp(&b.1.chunk_id)));
         found.truncate(k);
-        let mut hits = Vec::with_capacity(found.len());
-        for (score, meta) in found {
-            if let Some(mut hit) = self.chunk(&meta.chunk_id)? {
-                hit.score = score;
-                hits.push(hit);
+        Ok(found.into_iter().map(|(score, meta)| Ranked { score, chunk_id: meta.chunk_id, at: None }).collect())
+    }
+
+    /// Loads the stored fields of ranked chunks (finding those whose place is unknown).
+    fn materialize(&self, ranked: Vec<Ranked>) -> Result<Vec<Hit>, StageError> {
+        let mut hits = Vec::with_capacity(ranked.len());
+        for r in ranked {
+            let place = match r.at {
+                Some(place) => Some(place),
+                None => self.locate(&r.chunk_id)?,
+            };
+            if let Some((shard, address)) = place {
+                hits.push(self.hit(shard, address, r.score)?);
             }
         }
         Ok(hits)
     }
 
-    /// A chunk by id, from whichever shard holds it.
-    fn chunk(&self, chunk_id: &str) -> Result<Option<Hit>, StageError> {
-        let query = TermQuery::new(
-            Term::from_field_text(self.fields.chunk_id, chunk_id),
-            IndexRecordOption::Basic,
-        );
+    /// The chunk id of a document, from the `chunk_id` fast field.
+    fn chunk_id_at(&self, shard: usize, address: DocAddress) -> Result<String, StageError> {
+        let segment = self.shards[shard].1.segment_reader(address.segment_ord);
+        let column = segment
+            .fast_fields()
+            .str("chunk_id")
+            .map_err(|e| io_error("chunk_id column", e))?
+            .ok_or_else(|| io_error("chunk_id column", "missing: the index predates this version"))?;
+        let mut id = String::new();
+        if let Some(ord) = column.term_ords(address.doc_id).next() {
+            column.ord_to_str(ord, &mut id).map_err(|e| io_error("chunk_id column", e))?;
+        }
+        Ok(id)
+    }
+
+    /// Where a chunk is, in whichever shard holds it.
+    fn locate(&self, chunk_id: &str) -> Result<Option<(usize, DocAddress)>, StageError> {
+        let query = TermQuery::new(Term::from_field_text(self.fields.chunk_id, chunk_id), IndexRecordOption::Basic);
         for (shard, (_, searcher)) in self.shards.iter().enumerate() {
             let top = searcher
                 .search(&query, &TopDocs::with_limit(1).order_by_score())
                 .map_err(|e| io_error("lookup failed", e))?;
             if let Some((_, address)) = top.first() {
-                return self.hit(shard, *address, 0.0).map(Some);
+                return Ok(Some((shard, *address)));
             }
         }
         Ok(None)
     }
 
-    /// Best `k` of per-shard results, stable on ties.
-    fn best(
-        &self,
-        mut scored: Vec<(f32, usize, DocAddress)>,
-        k: usize,
-    ) -> Result<Vec<Hit>, StageError> {
+    /// Best `k` of per-shard results (stable on ties), with their chunk ids.
+    fn ranked(&self, mut scored: Vec<(f32, usize, DocAddress)>, k: usize) -> Result<Vec<Ranked>, StageError> {
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         scored.truncate(k);
         scored
             .into_iter()
-            .map(|(score, shard, address)| self.hit(shard, address, score))
+            .map(|(score, shard, address)| {
+                Ok(Ranked { score, chunk_id: self.chunk_id_at(shard, address)?, at: Some((shard, address)) })
+            })
             .collect()
     }
 
     /// The `k` best chunks for a free-text query within one tenant.
     pub fn search(&self, query: &str, tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
+        self.materialize(self.ranked_bm25(query, tenant, k)?)
+    }
+
+    fn ranked_bm25(&self, query: &str, tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
         let Some(query) = self.bm25_query(query, tenant)? else {
             return Ok(Vec::new());
         };
-        let stats = GlobalStats {
-            searchers: self.shards.iter().map(|(_, s)| s).collect(),
-        };
+        let stats = GlobalStats { searchers: self.shards.iter().map(|(_, s)| s).collect() };
         let mut scored: Vec<(f32, usize, DocAddress)> = Vec::new();
         for (shard, (_, searcher)) in self.shards.iter().enumerate() {
             let top = searcher
-                .search_with_statistics_provider(
-                    &query,
-                    &TopDocs::with_limit(k.max(1)).order_by_score(),
-                    &stats,
-                )
+                .search_with_statistics_provider(&query, &TopDocs::with_limit(k.max(1)).order_by_score(), &stats)
                 .map_err(|e| io_error("search failed", e))?;
-            scored.extend(
-                top.into_iter()
-                    .map(|(score, address)| (score, shard, address)),
-            );
+            scored.extend(top.into_iter().map(|(score, address)| (score, shard, address)));
         }
-        // Best first; ties broken by shard and address so results are stable.
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        scored.truncate(k);
-        scored
-            .into_iter()
-            .map(|(score, shard, address)| self.hit(shard, address, score))
-            .collect()
+        self.ranked(scored, k)
     }
 
     /// Document and chunk counts, for one tenant or all.
     pub fn stats(&self, tenant: Option<&str>) -> Result<Stats, StageError> {
         let mut stats = Stats { docs: 0, chunks: 0 };
-        let first_chunks: Box<dyn Query> = Box::new(TermQuery::new(
-            Term::from_field_u64(self.fields.chunk_no, 0),
-            IndexRecordOption::Basic,
-        ));
+        let first_chunks: Box<dyn Query> =
+            Box::new(TermQuery::new(Term::from_field_u64(self.fields.chunk_no, 0), IndexRecordOption::Basic));
         for (_, searcher) in &self.shards {
             match tenant {
                 None => {
                     stats.chunks += searcher.num_docs();
-                    stats.docs += searcher
-                        .search(&first_chunks, &Count)
-                        .map_err(|e| io_error("count failed", e))?
-                        as u64;
+                    stats.docs +=
+                        searcher.search(&first_chunks, &Count).map_err(|e| io_error("count failed", e))? as u64;
                 }
                 Some(t) => {
                     let all = self.tenant_filter(t);
@@ -328,14 +329,8 @@ impl SearchIndex {
                         (Occur::Must, first_chunks.box_clone()),
                         (Occur::Must, self.tenant_filter(t)),
                     ]);
-                    stats.chunks += searcher
-                        .search(&all, &Count)
-                        .map_err(|e| io_error("count failed", e))?
-                        as u64;
-                    stats.docs += searcher
-                        .search(&docs, &Count)
-                        .map_err(|e| io_error("count failed", e))?
-                        as u64;
+                    stats.chunks += searcher.search(&all, &Count).map_err(|e| io_error("count failed", e))? as u64;
+                    stats.docs += searcher.search(&docs, &Count).map_err(|e| io_error("count failed", e))? as u64;
                 }
             }
         }
@@ -343,10 +338,7 @@ impl SearchIndex {
     }
 
     fn tenant_filter(&self, tenant: &str) -> Box<dyn Query> {
-        let term = TermQuery::new(
-            Term::from_field_text(self.fields.tenant_id, tenant),
-            IndexRecordOption::Basic,
-        );
+        let term = TermQuery::new(Term::from_field_text(self.fields.tenant_id, tenant), IndexRecordOption::Basic);
         // A filter: it must match, and adds nothing to the score.
         Box::new(BoostQuery::new(Box::new(term), 0.0))
     }
@@ -357,9 +349,7 @@ impl SearchIndex {
         let Some((index, _)) = self.shards.first() else {
             return Ok(None);
         };
-        let mut tokenizer = index
-            .tokenizer_for_field(self.fields.text)
-            .map_err(|e| io_error("tokenizer", e))?;
+        let mut tokenizer = index.tokenizer_for_field(self.fields.text).map_err(|e| io_error("tokenizer", e))?;
         let mut terms: Vec<String> = Vec::new();
         let mut stream = tokenizer.token_stream(text);
         while let Some(token) = stream.next() {
@@ -373,14 +363,8 @@ impl SearchIndex {
         let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         for term in &terms {
             for (field, boost) in [(self.fields.text, 1.0), (self.fields.title, TITLE_BOOST)] {
-                let query = TermQuery::new(
-                    Term::from_field_text(field, term),
-                    IndexRecordOption::WithFreqs,
-                );
-                should.push((
-                    Occur::Should,
-                    Box::new(BoostQuery::new(Box::new(query), boost)),
-                ));
+                let query = TermQuery::new(Term::from_field_text(field, term), IndexRecordOption::WithFreqs);
+                should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(query), boost))));
             }
         }
         Ok(Some(BooleanQuery::new(vec![
@@ -390,16 +374,9 @@ impl SearchIndex {
     }
 
     fn hit(&self, shard: usize, address: DocAddress, score: f32) -> Result<Hit, StageError> {
-        let doc: TantivyDocument = self.shards[shard]
-            .1
-            .doc(address)
-            .map_err(|e| io_error("cannot load a stored chunk", e))?;
-        let text = |field: Field| {
-            doc.get_first(field)
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_string()
-        };
+        let doc: TantivyDocument =
+            self.shards[shard].1.doc(address).map_err(|e| io_error("cannot load a stored chunk", e))?;
+        let text = |field: Field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let number = |field: Field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
         let f = self.fields;
         Ok(Hit {
@@ -416,101 +393,6 @@ impl SearchIndex {
     }
 }
 
-/// Scores candidate chunks by the dot product of the query with each
-/// chunk's stored SPLADE vector; keeps the best `k` per segment.
-struct SpladeTopK {
-    query: std::sync::Arc<SparseVector>,
-    k: usize,
-}
-
-/// Min-heap entry: the worst of the best `k` on top.
-#[derive(PartialEq)]
-struct Scored(f32, DocId);
-
-impl Eq for Scored {}
-
-impl PartialOrd for Scored {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scored {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
-    }
-}
-
-struct SpladeSegment {
-    query: std::sync::Arc<SparseVector>,
-    k: usize,
-    segment: SegmentOrdinal,
-    vectors: Option<tantivy::columnar::BytesColumn>,
-    heap: BinaryHeap<Scored>,
-    buffer: Vec<u8>,
-}
-
-impl Collector for SpladeTopK {
-    type Fruit = Vec<(f32, DocAddress)>;
-    type Child = SpladeSegment;
-
-    fn for_segment(
-        &self,
-        segment: SegmentOrdinal,
-        reader: &SegmentReader,
-    ) -> tantivy::Result<SpladeSegment> {
-        Ok(SpladeSegment {
-            query: self.query.clone(),
-            k: self.k,
-            segment,
-            vectors: reader.fast_fields().bytes("splade_vec")?,
-            heap: BinaryHeap::new(),
-            buffer: Vec::new(),
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<Vec<(f32, DocAddress)>>) -> tantivy::Result<Self::Fruit> {
-        let mut all: Vec<(f32, DocAddress)> = fruits.into_iter().flatten().collect();
-        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        all.truncate(self.k);
-        Ok(all)
-    }
-}
-
-impl SegmentCollector for SpladeSegment {
-    type Fruit = Vec<(f32, DocAddress)>;
-
-    fn collect(&mut self, doc: DocId, _: Score) {
-        let Some(vectors) = &self.vectors else { return };
-        let Some(ord) = vectors.term_ords(doc).next() else {
-            return;
-        };
-        self.buffer.clear();
-        if !matches!(vectors.ord_to_bytes(ord, &mut self.buffer), Ok(true)) {
-            return;
-        }
-        let score = self.query.dot(&decode_sparse(&self.buffer));
-        if self.heap.len() < self.k {
-            self.heap.push(Scored(score, doc));
-        } else if self.heap.peek().is_some_and(|worst| score > worst.0) {
-            self.heap.pop();
-            self.heap.push(Scored(score, doc));
-        }
-    }
-
-    fn harvest(self) -> Self::Fruit {
-        let segment = self.segment;
-        self.heap
-            .into_iter()
-            .map(|Scored(score, doc)| (score, DocAddress::new(segment, doc)))
-            .collect()
-    }
-}
-
 /// BM25 statistics summed over every shard.
 struct GlobalStats<'a> {
     searchers: Vec<&'a Searcher>,
@@ -518,23 +400,14 @@ struct GlobalStats<'a> {
 
 impl Bm25StatisticsProvider for GlobalStats<'_> {
     fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
-        self.searchers
-            .iter()
-            .map(|s| s.total_num_tokens(field))
-            .sum()
+        self.searchers.iter().map(|s| s.total_num_tokens(field)).sum()
     }
 
     fn total_num_docs(&self) -> tantivy::Result<u64> {
-        self.searchers
-            .iter()
-            .map(|s| Bm25StatisticsProvider::total_num_docs(*s))
-            .sum()
+        self.searchers.iter().map(|s| Bm25StatisticsProvider::total_num_docs(*s)).sum()
     }
 
     fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
-        self.searchers
-            .iter()
-            .map(|s| Bm25StatisticsProvider::doc_freq(*s, term))
-            .sum()
+        self.searchers.iter().map(|s| Bm25StatisticsProvider::doc_freq(*s, term)).sum()
     }
 }

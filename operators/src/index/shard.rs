@@ -5,7 +5,7 @@ use std::path::Path;
 use tantivy::directory::MmapDirectory;
 use tantivy::{doc, Index, IndexWriter, Term};
 
-use super::{encode_sparse, fields_of, io_error, schema, Fields};
+use super::{fields_of, io_error, schema, splade_tokens, Fields};
 use crate::{ChunkedDocument, StageError};
 
 /// A tantivy index open for writing. Writes become visible (and durable)
@@ -19,25 +19,18 @@ impl Bm25Shard {
     /// Opens (creating if needed) the shard in `dir`, with an indexing
     /// budget of `memory_bytes` (at least 15 MB).
     pub fn open(dir: &Path, memory_bytes: usize) -> Result<Bm25Shard, StageError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| io_error(&format!("cannot create {}", dir.display()), e))?;
-        let directory = MmapDirectory::open(dir)
-            .map_err(|e| io_error(&format!("cannot open {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir).map_err(|e| io_error(&format!("cannot create {}", dir.display()), e))?;
+        let directory = MmapDirectory::open(dir).map_err(|e| io_error(&format!("cannot open {}", dir.display()), e))?;
         let (schema, _) = schema();
         let index = Index::open_or_create(directory, schema)
             .map_err(|e| io_error(&format!("cannot open the index in {}", dir.display()), e))?;
         let fields = fields_of(&index.schema())?;
-        let writer = index
-            .writer_with_num_threads(1, memory_bytes.max(15_000_000))
-            .map_err(|e| {
-                io_error(
-                    &format!(
-                        "cannot lock the index in {} for writing (is another medkg writing it?)",
-                        dir.display()
-                    ),
-                    e,
-                )
-            })?;
+        let writer = index.writer_with_num_threads(1, memory_bytes.max(15_000_000)).map_err(|e| {
+            io_error(
+                &format!("cannot lock the index in {} for writing (is another medkg writing it?)", dir.display()),
+                e,
+            )
+        })?;
         Ok(Bm25Shard { writer, fields })
     }
 
@@ -45,8 +38,7 @@ impl Bm25Shard {
     /// SPLADE terms when `splade`).
     pub fn upsert(&mut self, doc: &ChunkedDocument, splade: bool) -> Result<(), StageError> {
         let f = self.fields;
-        self.writer
-            .delete_term(Term::from_field_text(f.doc_id, &doc.doc_id));
+        self.writer.delete_term(Term::from_field_text(f.doc_id, &doc.doc_id));
         for chunk in &doc.chunks {
             let mut document = doc!(
                     f.chunk_id => chunk.id.as_str(),
@@ -61,28 +53,20 @@ impl Bm25Shard {
                     f.char_end => chunk.char_end as u64,
             );
             if let Some(sparse) = chunk.sparse.as_ref().filter(|_| splade) {
-                let terms: Vec<String> = sparse.indices.iter().map(u32::to_string).collect();
-                document.add_text(f.splade_terms, terms.join(" "));
-                document.add_bytes(f.splade_vec, &encode_sparse(sparse));
+                document.add_text(f.splade_terms, splade_tokens(sparse));
             }
-            self.writer
-                .add_document(document)
-                .map_err(|e| io_error("cannot add a chunk", e))?;
+            self.writer.add_document(document).map_err(|e| io_error("cannot add a chunk", e))?;
         }
         Ok(())
     }
 
     /// Deletes every chunk of a document.
     pub fn delete(&mut self, doc_id: &str) {
-        self.writer
-            .delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
+        self.writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
     }
 
     /// Makes every write so far durable and visible.
     pub fn commit(&mut self) -> Result<(), StageError> {
-        self.writer
-            .commit()
-            .map(|_| ())
-            .map_err(|e| io_error("commit failed", e))
+        self.writer.commit().map(|_| ()).map_err(|e| io_error("commit failed", e))
     }
 }

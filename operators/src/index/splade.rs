@@ -1,43 +1,36 @@
 //! SPLADE vectors inside the tantivy shard.
 //!
-//! Each chunk stores its term ids in `splade_terms` (postings: which chunks
-//! contain a term) and its whole vector, quantised, in the `splade_vec`
-//! bytes fast field. A query's terms select candidate chunks through the
-//! postings; each candidate is scored by the exact dot product of the query's
-//! weights and its stored, quantised weights. This is the same score a
-//! custom Scorer summing `w_q · w_d` over postings would give, but weights do
-//! not have to be smuggled into term frequencies (which would mean indexing a
-//! term up to ~100 times).
+//! A chunk's SPLADE term ids go into the `splade_terms` field, each repeated
+//! `round(weight × QUANT_SCALE)` times, so the term's frequency in the chunk
+//! *is* its quantised weight. A query is then scored term-at-a-time over
+//! the postings: `Σ w_q · tf / QUANT_SCALE`, the exact dot product of the
+//! query's weights with the chunk's quantised ones. That is what a custom
+//! Query/Weight/Scorer would compute, reading only the postings of the
+//! query's terms and no per-document storage.
 
 use crate::models::SparseVector;
 
-/// Weights are stored as `round(w · QUANT_SCALE)` in a u16 (step 1/1024,
-/// largest 64): ample for SPLADE's log(1 + relu) weights.
-pub const QUANT_SCALE: f32 = 1024.0;
+/// Weights are stored as `round(w · QUANT_SCALE)` term frequencies, at
+/// least 1 and at most 255 (a step of 1/32; SPLADE's log(1 + relu) weights
+/// rarely pass 4).
+pub const QUANT_SCALE: f32 = 32.0;
 
-/// `(u32 id, u16 weight)` little-endian pairs.
-pub fn encode_sparse(vector: &SparseVector) -> Vec<u8> {
-    let mut out = Vec::with_capacity(vector.indices.len() * 6);
-    for (&id, &w) in vector.indices.iter().zip(&vector.weights) {
-        let q = (w * QUANT_SCALE).round().clamp(1.0, f32::from(u16::MAX)) as u16;
-        out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&q.to_le_bytes());
-    }
-    out
+/// The term frequency that stands for weight `w`.
+pub fn quantize(w: f32) -> u32 {
+    (w * QUANT_SCALE).round().clamp(1.0, 255.0) as u32
 }
 
-/// The inverse of [`encode_sparse`] (weights de-quantised).
-pub fn decode_sparse(bytes: &[u8]) -> SparseVector {
-    let mut vector = SparseVector::default();
-    for pair in bytes.chunks_exact(6) {
-        vector
-            .indices
-            .push(u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]));
-        vector
-            .weights
-            .push(f32::from(u16::from_le_bytes([pair[4], pair[5]])) / QUANT_SCALE);
+/// The `splade_terms` text of a vector: each id repeated by its quantised weight.
+pub fn splade_tokens(vector: &SparseVector) -> String {
+    let mut out = String::new();
+    for (&id, &w) in vector.indices.iter().zip(&vector.weights) {
+        let token = id.to_string();
+        for _ in 0..quantize(w) {
+            out.push_str(&token);
+            out.push(' ');
+        }
     }
-    vector
+    out
 }
 
 #[cfg(test)]
@@ -45,15 +38,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_within_a_quantisation_step() {
-        let v = SparseVector {
-            indices: vec![3, 2004, 30521],
-            weights: vec![0.0001, 1.2345, 3.9],
-        };
-        let back = decode_sparse(&encode_sparse(&v));
-        assert_eq!(back.indices, v.indices);
-        for (a, b) in back.weights.iter().zip(&v.weights) {
-            assert!((a - b).abs() <= 1.0 / QUANT_SCALE, "{a} vs {b}");
-        }
+    fn weights_become_term_frequencies() {
+        assert_eq!(quantize(1.5), 48);
+        assert_eq!(quantize(0.0001), 1, "a kept term is never dropped");
+        assert_eq!(quantize(100.0), 255);
+        let v = SparseVector { indices: vec![7, 2004], weights: vec![0.05, 0.1] };
+        assert_eq!(splade_tokens(&v), "7 7 2004 2004 2004 ");
     }
 }

@@ -32,12 +32,7 @@ impl ShardWriter {
     ) -> Result<ShardWriter, StageError> {
         let dir = layout.shard_dir(n);
         let bm25 = Bm25Shard::open(&dir.join("bm25"), writer_memory_bytes)?;
-        Ok(ShardWriter {
-            dir,
-            bm25,
-            dense: None,
-            backends,
-        })
+        Ok(ShardWriter { dir, bm25, dense: None, backends })
     }
 
     /// Replaces every chunk (text, SPLADE terms, vectors) of the document.
@@ -46,11 +41,7 @@ impl ShardWriter {
         if self.backends.dense {
             if self.dense.is_none() {
                 // The width comes from the first vector (an existing index checks it).
-                let Some(dim) = doc
-                    .chunks
-                    .iter()
-                    .find_map(|c| c.dense.as_ref().map(Vec::len))
-                else {
+                let Some(dim) = doc.chunks.iter().find_map(|c| c.dense.as_ref().map(Vec::len)) else {
                     return Ok(());
                 };
                 self.dense = Some(DenseShard::open(&self.dir, dim as u32)?);

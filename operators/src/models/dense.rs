@@ -29,16 +29,8 @@ impl DenseEncoder {
     ) -> Result<DenseEncoder, StageError> {
         let tokenizer = tokenize::load(&files.tokenizer, max_seq_len)?;
         let session = session(&files.model, device, intra_threads)?;
-        let mut encoder = DenseEncoder {
-            session: Mutex::new(session),
-            tokenizer,
-            dim: 0,
-        };
-        encoder.dim = encoder
-            .encode(&["dimension probe"])?
-            .first()
-            .map(Vec::len)
-            .unwrap_or(0);
+        let mut encoder = DenseEncoder { session: Mutex::new(session), tokenizer, dim: 0 };
+        encoder.dim = encoder.encode(&["dimension probe"])?.first().map(Vec::len).unwrap_or(0);
         Ok(encoder)
     }
 
@@ -67,24 +59,15 @@ impl DenseEncoder {
 
     /// Encodes any number of texts in batches of at most `max_batch_tokens`
     /// padded tokens, length-sorted; outputs in input order.
-    pub fn encode_many(
-        &self,
-        texts: &[&str],
-        max_batch_tokens: usize,
-    ) -> Result<Vec<Vec<f32>>, StageError> {
-        tokenize::in_batches(&self.tokenizer, texts, max_batch_tokens, |batch| {
-            self.run(batch)
-        })
+    pub fn encode_many(&self, texts: &[&str], max_batch_tokens: usize) -> Result<Vec<Vec<f32>>, StageError> {
+        tokenize::in_batches(&self.tokenizer, texts, max_batch_tokens, |batch| self.run(batch))
     }
 
     /// Runs the model on a tokenized batch.
     pub fn run(&self, batch: &Tokenized) -> Result<Vec<Vec<f32>>, StageError> {
-        let fail =
-            |e: ort::Error| StageError::unavailable("inference", format!("dense model: {e}"));
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| StageError::unavailable("inference", "a dense model session panicked"))?;
+        let fail = |e: ort::Error| StageError::unavailable("inference", format!("dense model: {e}"));
+        let mut session =
+            self.session.lock().map_err(|_| StageError::unavailable("inference", "a dense model session panicked"))?;
         let outputs = session
             .run(ort::inputs![
                 "input_ids" => TensorRef::from_array_view(batch.input_ids.view()).map_err(fail)?,
@@ -94,12 +77,7 @@ impl DenseEncoder {
             .map_err(fail)?;
         let embeddings = outputs
             .get("sentence_embedding")
-            .ok_or_else(|| {
-                StageError::unavailable(
-                    "inference",
-                    "the dense model has no `sentence_embedding` output",
-                )
-            })?
+            .ok_or_else(|| StageError::unavailable("inference", "the dense model has no `sentence_embedding` output"))?
             .try_extract_array::<f32>()
             .map_err(fail)?;
         Ok(embeddings

@@ -42,9 +42,7 @@ pub fn ort_library() -> Result<PathBuf, StageError> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medkg")));
     if let Some(cache) = cache {
-        let lib = cache.join(format!(
-            "onnxruntime-{ORT_VERSION}/libonnxruntime.so.{ORT_VERSION}"
-        ));
+        let lib = cache.join(format!("onnxruntime-{ORT_VERSION}/libonnxruntime.so.{ORT_VERSION}"));
         if lib.is_file() {
             return Ok(lib);
         }
@@ -60,12 +58,9 @@ fn environment() -> Result<Environment, StageError> {
     static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {
         let lib = ort_library().map_err(|e| e.message)?;
-        let builder = ort::init_from(&lib)
-            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?;
-        builder
-            .with_name("medkg")
-            .build()
-            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+        let builder =
+            ort::init_from(&lib).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?;
+        builder.with_name("medkg").build().map_err(|e| format!("cannot start ONNX Runtime: {e}"))
     })
     .clone()
     .map_err(|message| StageError::unavailable("onnxruntime", message))
@@ -84,23 +79,12 @@ impl ModelFiles {
     /// `name` is a path to an `.onnx` file, or a model name looked up in
     /// `dir` as `{name}.onnx` + `{name}.tokenizer.json`; `tokenizer`
     /// overrides the tokenizer's path.
-    pub fn resolve(
-        dir: &Path,
-        name: &str,
-        tokenizer: Option<&str>,
-    ) -> Result<ModelFiles, StageError> {
-        let model = if name.ends_with(".onnx") {
-            PathBuf::from(name)
-        } else {
-            dir.join(format!("{name}.onnx"))
-        };
+    pub fn resolve(dir: &Path, name: &str, tokenizer: Option<&str>) -> Result<ModelFiles, StageError> {
+        let model = if name.ends_with(".onnx") { PathBuf::from(name) } else { dir.join(format!("{name}.onnx")) };
         let tokenizer = match tokenizer {
             Some(t) => PathBuf::from(t),
             None => {
-                let stem = model
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 model.with_file_name(format!("{stem}.tokenizer.json"))
             }
         };
@@ -136,20 +120,12 @@ pub fn models_dir(explicit: Option<&Path>) -> Result<PathBuf, StageError> {
 }
 
 /// A session for `model` on `device` with `intra_threads` CPU threads.
-pub(crate) fn session(
-    model: &Path,
-    device: Device,
-    intra_threads: usize,
-) -> Result<Session, StageError> {
+pub(crate) fn session(model: &Path, device: Device, intra_threads: usize) -> Result<Session, StageError> {
     let env = environment()?;
     // Builder errors carry the builder and are not Send: keep only their text.
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        StageError::unavailable("onnxruntime", format!("{what}: {e}"))
-    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| StageError::unavailable("onnxruntime", format!("{what}: {e}"));
     let mut builder = Session::builder(&env).map_err(|e| fail("cannot create a session", &e))?;
-    builder = builder
-        .with_intra_threads(intra_threads.max(1))
-        .map_err(|e| fail("intra_threads", &e))?;
+    builder = builder.with_intra_threads(intra_threads.max(1)).map_err(|e| fail("intra_threads", &e))?;
     if device == Device::Cuda {
         let cuda = ort::ep::CUDA::default().build().error_on_failure();
         builder = builder.with_execution_providers([cuda]).map_err(|e| {
@@ -159,7 +135,5 @@ pub(crate) fn session(
             )
         })?;
     }
-    builder
-        .commit_from_file(model)
-        .map_err(|e| fail(&format!("cannot load {}", model.display()), &e))
+    builder.commit_from_file(model).map_err(|e| fail(&format!("cannot load {}", model.display()), &e))
 }

@@ -61,12 +61,7 @@ impl SpladeEncoder {
     ) -> Result<SpladeEncoder, StageError> {
         let tokenizer = tokenize::load(&files.tokenizer, max_seq_len)?;
         let session = session(&files.model, device, intra_threads)?;
-        Ok(SpladeEncoder {
-            session: Mutex::new(session),
-            tokenizer,
-            top_k: top_k.max(1),
-            threshold,
-        })
+        Ok(SpladeEncoder { session: Mutex::new(session), tokenizer, top_k: top_k.max(1), threshold })
     }
 
     /// The vocabulary term of an id (`aspirin`, `##rin`).
@@ -94,24 +89,15 @@ impl SpladeEncoder {
 
     /// Encodes any number of texts in batches of at most `max_batch_tokens`
     /// padded tokens, length-sorted; outputs in input order.
-    pub fn encode_many(
-        &self,
-        texts: &[&str],
-        max_batch_tokens: usize,
-    ) -> Result<Vec<SparseVector>, StageError> {
-        tokenize::in_batches(&self.tokenizer, texts, max_batch_tokens, |batch| {
-            self.run(batch)
-        })
+    pub fn encode_many(&self, texts: &[&str], max_batch_tokens: usize) -> Result<Vec<SparseVector>, StageError> {
+        tokenize::in_batches(&self.tokenizer, texts, max_batch_tokens, |batch| self.run(batch))
     }
 
     /// Runs the model on a tokenized batch.
     pub fn run(&self, batch: &Tokenized) -> Result<Vec<SparseVector>, StageError> {
-        let fail =
-            |e: ort::Error| StageError::unavailable("inference", format!("SPLADE model: {e}"));
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| StageError::unavailable("inference", "a SPLADE session panicked"))?;
+        let fail = |e: ort::Error| StageError::unavailable("inference", format!("SPLADE model: {e}"));
+        let mut session =
+            self.session.lock().map_err(|_| StageError::unavailable("inference", "a SPLADE session panicked"))?;
         let outputs = session
             .run(ort::inputs![
                 "input_ids" => TensorRef::from_array_view(batch.input_ids.view()).map_err(fail)?,
@@ -121,37 +107,21 @@ impl SpladeEncoder {
             .map_err(fail)?;
         let pooled = outputs
             .get("sparse_embedding")
-            .ok_or_else(|| {
-                StageError::unavailable(
-                    "inference",
-                    "the SPLADE model has no `sparse_embedding` output",
-                )
-            })?
+            .ok_or_else(|| StageError::unavailable("inference", "the SPLADE model has no `sparse_embedding` output"))?
             .try_extract_array::<f32>()
             .map_err(fail)?;
-        Ok(pooled
-            .outer_iter()
-            .map(|row| self.sparsify(row.iter().copied()))
-            .collect())
+        Ok(pooled.outer_iter().map(|row| self.sparsify(row.iter().copied())).collect())
     }
 
     fn sparsify(&self, row: impl Iterator<Item = f32>) -> SparseVector {
-        let mut terms: Vec<(u32, f32)> = row
-            .enumerate()
-            .filter(|&(_, w)| w > self.threshold && w > 0.0)
-            .map(|(i, w)| (i as u32, w))
-            .collect();
+        let mut terms: Vec<(u32, f32)> =
+            row.enumerate().filter(|&(_, w)| w > self.threshold && w > 0.0).map(|(i, w)| (i as u32, w)).collect();
         if terms.len() > self.top_k {
-            terms.select_nth_unstable_by(self.top_k - 1, |a, b| {
-                b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
-            });
+            terms.select_nth_unstable_by(self.top_k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             terms.truncate(self.top_k);
         }
         terms.sort_unstable_by_key(|&(i, _)| i);
-        SparseVector {
-            indices: terms.iter().map(|t| t.0).collect(),
-            weights: terms.iter().map(|t| t.1).collect(),
-        }
+        SparseVector { indices: terms.iter().map(|t| t.0).collect(), weights: terms.iter().map(|t| t.1).collect() }
     }
 }
 
@@ -161,14 +131,8 @@ mod tests {
 
     #[test]
     fn dot_product_of_sparse_vectors() {
-        let a = SparseVector {
-            indices: vec![1, 4, 9],
-            weights: vec![1.0, 2.0, 3.0],
-        };
-        let b = SparseVector {
-            indices: vec![4, 9, 12],
-            weights: vec![0.5, 1.0, 7.0],
-        };
+        let a = SparseVector { indices: vec![1, 4, 9], weights: vec![1.0, 2.0, 3.0] };
+        let b = SparseVector { indices: vec![4, 9, 12], weights: vec![0.5, 1.0, 7.0] };
         assert_eq!(a.dot(&b), 4.0);
         assert_eq!(a.dot(&SparseVector::default()), 0.0);
     }

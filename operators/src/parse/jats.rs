@@ -24,9 +24,8 @@ const SKIP: &[&str] = &[
 pub(crate) fn parse(text: &str, options: &ParseOptions) -> Result<Document, StageError> {
     let xml = parse_xml(text)?;
     let article = root(&xml, "article", "a JATS <article>")?;
-    let meta = path(article, &["front", "article-meta"]).ok_or_else(|| {
-        StageError::permanent("bad_record", "<article> has no <front><article-meta>")
-    })?;
+    let meta = path(article, &["front", "article-meta"])
+        .ok_or_else(|| StageError::permanent("bad_record", "<article> has no <front><article-meta>"))?;
     let id_of = |kind: &str| {
         children(meta, "article-id")
             .find(|n| n.attribute("pub-id-type") == Some(kind))
@@ -41,19 +40,12 @@ pub(crate) fn parse(text: &str, options: &ParseOptions) -> Result<Document, Stag
     } else if let Some(doi) = id_of("doi") {
         format!("doi:{}", doi.to_ascii_lowercase())
     } else {
-        return Err(StageError::permanent(
-            "missing_id",
-            "article has no pmc, pmid or doi <article-id>",
-        ));
+        return Err(StageError::permanent("missing_id", "article has no pmc, pmid or doi <article-id>"));
     };
-    let title = path(meta, &["title-group", "article-title"])
-        .map(|t| text_of(t, &[]))
-        .unwrap_or_default();
+    let title = path(meta, &["title-group", "article-title"]).map(|t| text_of(t, &[])).unwrap_or_default();
 
     let mut sections = Vec::new();
-    for abstract_node in
-        children(meta, "abstract").filter(|a| a.attribute("abstract-type").is_none())
-    {
+    for abstract_node in children(meta, "abstract").filter(|a| a.attribute("abstract-type").is_none()) {
         let text = paragraphs(abstract_node);
         if !text.is_empty() {
             sections.push(("abstract".to_string(), text));
@@ -73,11 +65,7 @@ pub(crate) fn parse(text: &str, options: &ParseOptions) -> Result<Document, Stag
     if let Some(journal) = descendant(article, "journal-title").map(|n| text_of(n, &[])) {
         metadata.insert("journal".to_string(), vec![journal]);
     }
-    if let Some(year) = children(meta, "pub-date")
-        .filter_map(|d| child(d, "year"))
-        .map(|y| text_of(y, &[]))
-        .next()
-    {
+    if let Some(year) = children(meta, "pub-date").filter_map(|d| child(d, "year")).map(|y| text_of(y, &[])).next() {
         metadata.insert("year".to_string(), vec![year]);
     }
     for kind in ["pmid", "doi"] {
@@ -94,22 +82,13 @@ pub(crate) fn parse(text: &str, options: &ParseOptions) -> Result<Document, Stag
     if !keywords.is_empty() {
         metadata.insert("keywords".to_string(), keywords);
     }
-    Ok(Document::new(
-        id,
-        &options.default_tenant,
-        SourceKind::Pmc,
-        title,
-        sections,
-        metadata,
-    ))
+    Ok(Document::new(id, &options.default_tenant, SourceKind::Pmc, title, sections, metadata))
 }
 
 /// A `<sec>` and its nested sections, each as its own section named by its
 /// title path ("Methods / Study design").
 fn collect_sections(sec: Node<'_, '_>, parent: &str, out: &mut Vec<(String, String)>) {
-    let title = child(sec, "title")
-        .map(|t| text_of(t, &[]))
-        .unwrap_or_default();
+    let title = child(sec, "title").map(|t| text_of(t, &[])).unwrap_or_default();
     let name = match (parent.is_empty(), title.is_empty()) {
         (true, _) => {
             if title.is_empty() {
@@ -132,11 +111,7 @@ fn collect_sections(sec: Node<'_, '_>, parent: &str, out: &mut Vec<(String, Stri
 
 /// Paragraphs directly under `node`, blank-line separated.
 fn direct_paragraphs(node: Node<'_, '_>) -> String {
-    children(node, "p")
-        .map(|p| text_of(p, SKIP))
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n\n")
+    children(node, "p").map(|p| text_of(p, SKIP)).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("\n\n")
 }
 
 /// Every paragraph under `node` (structured abstracts nest them in `<sec>`).

@@ -72,29 +72,18 @@ pub struct ParseOptions {
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        ParseOptions {
-            format: Format::Auto,
-            max_doc_bytes: 8 << 20,
-            default_tenant: "default".into(),
-        }
+        ParseOptions { format: Format::Auto, max_doc_bytes: 8 << 20, default_tenant: "default".into() }
     }
 }
 
 /// Parses one payload; `name` (a file name, when there is one) helps sniffing.
-pub fn parse(
-    options: &ParseOptions,
-    bytes: &[u8],
-    name: Option<&str>,
-) -> Vec<Result<Document, StageError>> {
+pub fn parse(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> Vec<Result<Document, StageError>> {
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
         Err(e) => {
             return vec![Err(StageError::permanent(
                 "invalid_utf8",
-                format!(
-                    "payload is not valid UTF-8 (first bad byte at offset {})",
-                    e.valid_up_to()
-                ),
+                format!("payload is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()),
             ))]
         }
     };
@@ -119,12 +108,7 @@ pub fn parse(
     let json = if is_json {
         match serde_json::from_str::<serde_json::Value>(text) {
             Ok(value) => Some(value),
-            Err(e) => {
-                return vec![Err(StageError::permanent(
-                    "bad_json",
-                    format!("payload is not valid JSON: {e}"),
-                ))]
-            }
+            Err(e) => return vec![Err(StageError::permanent("bad_json", format!("payload is not valid JSON: {e}")))],
         }
     } else {
         None
@@ -132,15 +116,13 @@ pub fn parse(
     let format = match options.format {
         Format::Auto => match sniff(text, name, json.as_ref()) {
             Some(format) => format,
-            None => {
-                return vec![Err(StageError::permanent(
-                    "unknown_format",
-                    format!(
-                        "cannot tell the format of {}: neither a known JSON record nor a PubMed, JATS or TEI XML document",
-                        name.unwrap_or("the payload")
-                    ),
-                ))]
-            }
+            None => return vec![Err(StageError::permanent(
+                "unknown_format",
+                format!(
+                    "cannot tell the format of {}: neither a known JSON record nor a PubMed, JATS or TEI XML document",
+                    name.unwrap_or("the payload")
+                ),
+            ))],
         },
         format => format,
     };
@@ -163,10 +145,9 @@ pub fn parse(
     results
         .into_iter()
         .map(|r| match r {
-            Ok(doc) if doc.sections.is_empty() => Err(StageError::permanent(
-                "empty_document",
-                format!("document {} has no title and no text", doc.id),
-            )),
+            Ok(doc) if doc.sections.is_empty() => {
+                Err(StageError::permanent("empty_document", format!("document {} has no title and no text", doc.id)))
+            }
             other => other,
         })
         .collect()
@@ -203,10 +184,7 @@ fn sniff(text: &str, name: Option<&str>, json: Option<&serde_json::Value>) -> Op
             return Some(Format::Ctgov);
         }
         // A PubMed record, even one that lost its pmid (then: missing_id).
-        if ["pmid", "title", "abstract", "mesh"]
-            .iter()
-            .any(|k| object.contains_key(*k))
-        {
+        if ["pmid", "title", "abstract", "mesh"].iter().any(|k| object.contains_key(*k)) {
             return Some(Format::PubmedJsonl);
         }
         return None;
@@ -225,11 +203,7 @@ fn sniff(text: &str, name: Option<&str>, json: Option<&serde_json::Value>) -> Op
 
 /// The tenant a JSON record asks for, else the default.
 pub(crate) fn tenant_of<'a>(record: &'a serde_json::Value, options: &'a ParseOptions) -> &'a str {
-    record
-        .get("tenant_id")
-        .and_then(|t| t.as_str())
-        .filter(|t| !t.trim().is_empty())
-        .unwrap_or(&options.default_tenant)
+    record.get("tenant_id").and_then(|t| t.as_str()).filter(|t| !t.trim().is_empty()).unwrap_or(&options.default_tenant)
 }
 
 /// Collapses runs of whitespace to one space and trims.
@@ -257,11 +231,9 @@ pub(crate) fn json_str(value: &serde_json::Value, key: &str) -> Option<String> {
 /// A JSON field as a list of strings (a single string becomes a list of one).
 pub(crate) fn json_list(value: &serde_json::Value, key: &str) -> Vec<String> {
     match value.get(key) {
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|i| i.as_str().map(normalize))
-            .filter(|s| !s.is_empty())
-            .collect(),
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().filter_map(|i| i.as_str().map(normalize)).filter(|s| !s.is_empty()).collect()
+        }
         Some(serde_json::Value::String(s)) if !s.trim().is_empty() => vec![normalize(s)],
         _ => Vec::new(),
     }
@@ -274,48 +246,19 @@ mod tests {
     #[test]
     fn sniffs_every_format() {
         let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
-        assert_eq!(
-            sniff("", None, Some(&json(r#"{"pmid": "1"}"#))),
-            Some(Format::PubmedJsonl)
-        );
-        assert_eq!(
-            sniff("", None, Some(&json(r#"{"title": 1}"#))),
-            Some(Format::PubmedJsonl)
-        );
-        assert_eq!(
-            sniff("", None, Some(&json(r#"{"protocolSection": {}}"#))),
-            Some(Format::Ctgov)
-        );
-        assert_eq!(
-            sniff("", None, Some(&json(r#"{"source": "ctgov", "x": 1}"#))),
-            Some(Format::Ctgov)
-        );
+        assert_eq!(sniff("", None, Some(&json(r#"{"pmid": "1"}"#))), Some(Format::PubmedJsonl));
+        assert_eq!(sniff("", None, Some(&json(r#"{"title": 1}"#))), Some(Format::PubmedJsonl));
+        assert_eq!(sniff("", None, Some(&json(r#"{"protocolSection": {}}"#))), Some(Format::Ctgov));
+        assert_eq!(sniff("", None, Some(&json(r#"{"source": "ctgov", "x": 1}"#))), Some(Format::Ctgov));
         assert_eq!(sniff("", None, Some(&json(r#"{"colour": 1}"#))), None);
         assert_eq!(sniff("", None, Some(&json("[1]"))), None);
         assert_eq!(
-            sniff(
-                "<?xml version=\"1.0\"?>\n<!DOCTYPE x>\n<PubmedArticleSet>",
-                None,
-                None
-            ),
+            sniff("<?xml version=\"1.0\"?>\n<!DOCTYPE x>\n<PubmedArticleSet>", None, None),
             Some(Format::PubmedXml)
         );
-        assert_eq!(
-            sniff("<!-- c --><article><front/></article>", None, None),
-            Some(Format::Jats)
-        );
-        assert_eq!(
-            sniff(
-                "<tei:TEI xmlns:tei=\"http://www.tei-c.org/ns/1.0\">",
-                None,
-                None
-            ),
-            Some(Format::Tei)
-        );
-        assert_eq!(
-            sniff("anything", Some("a.nxml.gz"), None),
-            Some(Format::Jats)
-        );
+        assert_eq!(sniff("<!-- c --><article><front/></article>", None, None), Some(Format::Jats));
+        assert_eq!(sniff("<tei:TEI xmlns:tei=\"http://www.tei-c.org/ns/1.0\">", None, None), Some(Format::Tei));
+        assert_eq!(sniff("anything", Some("a.nxml.gz"), None), Some(Format::Jats));
         assert_eq!(sniff("<html>", None, None), None);
         assert_eq!(sniff("plain text", None, None), None);
     }

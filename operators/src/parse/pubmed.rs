@@ -10,18 +10,11 @@ use crate::{Document, SourceKind, StageError};
 
 /// One JSON record: `pmid`, `title`, `abstract`, `journal`, `year`, `mesh`,
 /// optional `tenant_id`.
-pub(crate) fn from_json(
-    record: &serde_json::Value,
-    options: &ParseOptions,
-) -> Result<Document, StageError> {
+pub(crate) fn from_json(record: &serde_json::Value, options: &ParseOptions) -> Result<Document, StageError> {
     if !record.is_object() {
-        return Err(StageError::permanent(
-            "bad_record",
-            "a PubMed record must be a JSON object",
-        ));
+        return Err(StageError::permanent("bad_record", "a PubMed record must be a JSON object"));
     }
-    let pmid = json_str(record, "pmid")
-        .ok_or_else(|| StageError::permanent("missing_id", "record has no `pmid`"))?;
+    let pmid = json_str(record, "pmid").ok_or_else(|| StageError::permanent("missing_id", "record has no `pmid`"))?;
     check_pmid(&pmid)?;
     let title = json_str(record, "title").unwrap_or_default();
     let abstract_text = json_str(record, "abstract").unwrap_or_default();
@@ -35,13 +28,7 @@ pub(crate) fn from_json(
     if !mesh.is_empty() {
         metadata.insert("mesh".to_string(), mesh);
     }
-    Ok(build(
-        pmid,
-        tenant_of(record, options),
-        title,
-        abstract_text,
-        metadata,
-    ))
+    Ok(build(pmid, tenant_of(record, options), title, abstract_text, metadata))
 }
 
 /// A `PubmedArticleSet` (or a lone `PubmedArticle`): one result per article.
@@ -103,30 +90,22 @@ fn find_open(text: &str, name: &str) -> Option<usize> {
 fn parse_article(text: &str, options: &ParseOptions) -> Result<Document, StageError> {
     let xml = parse_xml(text)?;
     let root = xml.root_element();
-    let citation = child(root, "MedlineCitation").ok_or_else(|| {
-        StageError::permanent("bad_record", "<PubmedArticle> has no <MedlineCitation>")
-    })?;
+    let citation = child(root, "MedlineCitation")
+        .ok_or_else(|| StageError::permanent("bad_record", "<PubmedArticle> has no <MedlineCitation>"))?;
     let pmid = child(citation, "PMID")
         .map(|n| text_of(n, &[]))
         .filter(|p| !p.is_empty())
         .ok_or_else(|| StageError::permanent("missing_id", "article has no <PMID>"))?;
     check_pmid(&pmid)?;
     let article = child(citation, "Article");
-    let title = article
-        .and_then(|a| child(a, "ArticleTitle"))
-        .map(|t| text_of(t, &[]))
-        .unwrap_or_default();
+    let title = article.and_then(|a| child(a, "ArticleTitle")).map(|t| text_of(t, &[])).unwrap_or_default();
     let abstract_text = article
         .and_then(|a| child(a, "Abstract"))
         .map(|a| {
             children(a, "AbstractText")
                 .map(|part| {
                     let body = text_of(part, &[]);
-                    match part
-                        .attribute("Label")
-                        .map(normalize)
-                        .filter(|l| !l.is_empty())
-                    {
+                    match part.attribute("Label").map(normalize).filter(|l| !l.is_empty()) {
                         Some(label) if !body.is_empty() => format!("{label}: {body}"),
                         _ => body,
                     }
@@ -137,16 +116,10 @@ fn parse_article(text: &str, options: &ParseOptions) -> Result<Document, StageEr
         })
         .unwrap_or_default();
     let mut metadata = BTreeMap::new();
-    if let Some(journal) = article
-        .and_then(|a| path(a, &["Journal", "Title"]))
-        .map(|n| text_of(n, &[]))
-    {
+    if let Some(journal) = article.and_then(|a| path(a, &["Journal", "Title"])).map(|n| text_of(n, &[])) {
         metadata.insert("journal".to_string(), vec![journal]);
     }
-    if let Some(year) = article
-        .and_then(|a| path(a, &["Journal", "JournalIssue", "PubDate"]))
-        .and_then(pub_year)
-    {
+    if let Some(year) = article.and_then(|a| path(a, &["Journal", "JournalIssue", "PubDate"])).and_then(pub_year) {
         metadata.insert("year".to_string(), vec![year]);
     }
     let mesh: Vec<String> = child(citation, "MeshHeadingList")
@@ -161,13 +134,7 @@ fn parse_article(text: &str, options: &ParseOptions) -> Result<Document, StageEr
     if !mesh.is_empty() {
         metadata.insert("mesh".to_string(), mesh);
     }
-    Ok(build(
-        pmid,
-        &options.default_tenant,
-        title,
-        abstract_text,
-        metadata,
-    ))
+    Ok(build(pmid, &options.default_tenant, title, abstract_text, metadata))
 }
 
 fn pub_year(date: Node<'_, '_>) -> Option<String> {
@@ -187,10 +154,7 @@ fn check_pmid(pmid: &str) -> Result<(), StageError> {
     if pmid.chars().all(|c| c.is_ascii_digit()) && pmid.len() <= 12 {
         Ok(())
     } else {
-        Err(StageError::permanent(
-            "bad_id",
-            format!("`{pmid}` is not a PMID (digits only)"),
-        ))
+        Err(StageError::permanent("bad_id", format!("`{pmid}` is not a PMID (digits only)")))
     }
 }
 
@@ -208,12 +172,5 @@ fn build(
     } else {
         vec![("abstract".to_string(), abstract_text)]
     };
-    Document::new(
-        format!("pmid:{pmid}"),
-        tenant,
-        SourceKind::Pubmed,
-        title,
-        sections,
-        metadata,
-    )
+    Document::new(format!("pmid:{pmid}"), tenant, SourceKind::Pubmed, title, sections, metadata)
 }

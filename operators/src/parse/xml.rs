@@ -6,30 +6,20 @@ use crate::StageError;
 
 /// Parses XML, allowing (but never fetching) a DOCTYPE.
 pub(crate) fn parse_xml(text: &str) -> Result<XmlDocument<'_>, StageError> {
-    let options = ParsingOptions {
-        allow_dtd: true,
-        ..ParsingOptions::default()
-    };
+    let options = ParsingOptions { allow_dtd: true, ..ParsingOptions::default() };
     XmlDocument::parse_with_options(text, options)
         .map_err(|e| StageError::permanent("bad_xml", format!("XML does not parse: {e}")))
 }
 
 /// The root element, which must be called `name` (`what` describes it).
-pub(crate) fn root<'a, 'i>(
-    xml: &'a XmlDocument<'i>,
-    name: &str,
-    what: &str,
-) -> Result<Node<'a, 'i>, StageError> {
+pub(crate) fn root<'a, 'i>(xml: &'a XmlDocument<'i>, name: &str, what: &str) -> Result<Node<'a, 'i>, StageError> {
     let root = xml.root_element();
     if root.tag_name().name() == name {
         Ok(root)
     } else {
         Err(StageError::permanent(
             "bad_record",
-            format!(
-                "root element is <{}>, expected {what}",
-                root.tag_name().name()
-            ),
+            format!("root element is <{}>, expected {what}", root.tag_name().name()),
         ))
     }
 }
@@ -42,11 +32,7 @@ pub(crate) fn root_name(text: &str) -> Option<&str> {
         rest = &rest[start + 1..];
         if rest.starts_with('?') || rest.starts_with('!') {
             // Declarations, comments and the DOCTYPE: skip to their end.
-            let end = if rest.starts_with("!--") {
-                rest.find("-->")? + 3
-            } else {
-                rest.find('>')? + 1
-            };
+            let end = if rest.starts_with("!--") { rest.find("-->")? + 3 } else { rest.find('>')? + 1 };
             rest = &rest[end..];
             continue;
         }
@@ -59,17 +45,12 @@ pub(crate) fn root_name(text: &str) -> Option<&str> {
 
 /// The first child element called `name`.
 pub(crate) fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
-    node.children()
-        .find(|n| n.is_element() && n.tag_name().name() == name)
+    node.children().find(|n| n.is_element() && n.tag_name().name() == name)
 }
 
 /// All child elements called `name`.
-pub(crate) fn children<'a, 'i: 'a>(
-    node: Node<'a, 'i>,
-    name: &'a str,
-) -> impl Iterator<Item = Node<'a, 'i>> + 'a {
-    node.children()
-        .filter(move |n| n.is_element() && n.tag_name().name() == name)
+pub(crate) fn children<'a, 'i: 'a>(node: Node<'a, 'i>, name: &'a str) -> impl Iterator<Item = Node<'a, 'i>> + 'a {
+    node.children().filter(move |n| n.is_element() && n.tag_name().name() == name)
 }
 
 /// Follows a path of child element names.
@@ -79,8 +60,7 @@ pub(crate) fn path<'a, 'i>(node: Node<'a, 'i>, names: &[&str]) -> Option<Node<'a
 
 /// The first descendant element called `name` (the node itself included).
 pub(crate) fn descendant<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
-    node.descendants()
-        .find(|n| n.is_element() && n.tag_name().name() == name)
+    node.descendants().find(|n| n.is_element() && n.tag_name().name() == name)
 }
 
 /// All text under `node`, whitespace-normalised, skipping the subtrees of

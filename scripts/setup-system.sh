@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# System packages the build needs: cmake and OpenBLAS for FAISS (built from
+# source by the faiss crate's `static` feature; Debian's libfaiss-dev has no
+# C API), cmake for nothing else. Installs them with apt-get when missing.
+set -euo pipefail
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+dpkg -s libopenblas-dev >/dev/null 2>&1 || missing+=(libopenblas-dev)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup-system.sh: installing ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
