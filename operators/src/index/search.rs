@@ -2,7 +2,10 @@
 //! summed over all shards (so a score means the same in every shard and the
 //! per-shard top-k lists merge exactly).
 
+use std::collections::HashMap;
+
 use tantivy::collector::{Count, TopDocs};
+use tantivy::columnar::StrColumn;
 use tantivy::postings::Postings;
 use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Value};
@@ -250,19 +253,15 @@ impl SearchIndex {
         Ok(hits)
     }
 
-    /// The chunk id of a document, from the `chunk_id` fast field.
-    fn chunk_id_at(&self, shard: usize, address: DocAddress) -> Result<String, StageError> {
-        let segment = self.shards[shard].1.segment_reader(address.segment_ord);
-        let column = segment
+    /// The `chunk_id` fast-field column of a segment.
+    fn chunk_ids(&self, shard: usize, segment: u32) -> Result<StrColumn, StageError> {
+        self.shards[shard]
+            .1
+            .segment_reader(segment)
             .fast_fields()
             .str("chunk_id")
             .map_err(|e| io_error("chunk_id column", e))?
-            .ok_or_else(|| io_error("chunk_id column", "missing: the index predates this version"))?;
-        let mut id = String::new();
-        if let Some(ord) = column.term_ords(address.doc_id).next() {
-            column.ord_to_str(ord, &mut id).map_err(|e| io_error("chunk_id column", e))?;
-        }
-        Ok(id)
+            .ok_or_else(|| io_error("chunk_id column", "missing: the index predates this version"))
     }
 
     /// Where a chunk is, in whichever shard holds it.
@@ -283,12 +282,23 @@ impl SearchIndex {
     fn ranked(&self, mut scored: Vec<(f32, usize, DocAddress)>, k: usize) -> Result<Vec<Ranked>, StageError> {
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         scored.truncate(k);
-        scored
-            .into_iter()
-            .map(|(score, shard, address)| {
-                Ok(Ranked { score, chunk_id: self.chunk_id_at(shard, address)?, at: Some((shard, address)) })
-            })
-            .collect()
+        // Each segment's column is opened once, however many of its chunks rank.
+        let mut columns: HashMap<(usize, u32), StrColumn> = HashMap::new();
+        let mut ranked = Vec::with_capacity(scored.len());
+        for (score, shard, address) in scored {
+            let column = match columns.entry((shard, address.segment_ord)) {
+                std::collections::hash_map::Entry::Occupied(c) => c.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(self.chunk_ids(shard, address.segment_ord)?)
+                }
+            };
+            let mut chunk_id = String::new();
+            if let Some(ord) = column.term_ords(address.doc_id).next() {
+                column.ord_to_str(ord, &mut chunk_id).map_err(|e| io_error("chunk_id column", e))?;
+            }
+            ranked.push(Ranked { score, chunk_id, at: Some((shard, address)) });
+        }
+        Ok(ranked)
     }
 
     /// The `k` best chunks for a free-text query within one tenant.

@@ -116,13 +116,15 @@ pub fn parse(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> Vec<Re
     let format = match options.format {
         Format::Auto => match sniff(text, name, json.as_ref()) {
             Some(format) => format,
-            None => return vec![Err(StageError::permanent(
-                "unknown_format",
-                format!(
+            None => {
+                return vec![Err(StageError::permanent(
+                    "unknown_format",
+                    format!(
                     "cannot tell the format of {}: neither a known JSON record nor a PubMed, JATS or TEI XML document",
                     name.unwrap_or("the payload")
                 ),
-            ))],
+                ))]
+            }
         },
         format => format,
     };
