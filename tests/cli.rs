@@ -3,39 +3,18 @@
 //! tantivy shards on disk, then searched; re-runs, crashes, bad input,
 //! tenants, directories and topology errors.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{medkg, pubmed_slice, repo, shared};
 use serde_json::Value;
-
-fn medkg() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_medkg"))
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn shared() -> PathBuf {
-    std::env::var_os("MEDKG_SHARED").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared"))
-}
 
 fn lexical() -> PathBuf {
     repo().join("config/pipelines/lexical.yaml")
-}
-
-/// The first `n` records of the PubMed sample, as a plain JSONL file.
-fn pubmed_slice(dir: &Path, n: usize) -> (PathBuf, Vec<Value>) {
-    use std::io::BufRead;
-    let file = std::fs::File::open(shared().join("data/pubmed_sample.jsonl.gz"))
-        .expect("../shared/data/pubmed_sample.jsonl.gz");
-    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
-    let lines: Vec<String> = reader.lines().take(n).map(|l| l.unwrap()).collect();
-    let path = dir.join(format!("pubmed-{n}.jsonl"));
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    (path, lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
 fn check(output: Output) -> Output {

@@ -2,33 +2,14 @@
 //! (all-MiniLM-L6-v2, SPLADE-tiny) into tantivy (BM25 + SPLADE) and FAISS,
 //! then known-item search in every mode; CUDA fail-fast; the bench.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+use std::process::Output;
+
+use common::{medkg, pubmed_slice, repo, shared};
 use medkg_dataflow::{Mode, Retriever};
 use serde_json::Value;
-
-fn medkg() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_medkg"))
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn shared() -> PathBuf {
-    std::env::var_os("MEDKG_SHARED").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared"))
-}
-
-fn pubmed_slice(dir: &Path, n: usize) -> (PathBuf, Vec<Value>) {
-    use std::io::BufRead;
-    let file = std::fs::File::open(shared().join("data/pubmed_sample.jsonl.gz")).unwrap();
-    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
-    let lines: Vec<String> = reader.lines().take(n).map(|l| l.unwrap()).collect();
-    let path = dir.join(format!("pubmed-{n}.jsonl"));
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    (path, lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect())
-}
 
 fn run_hybrid(source: &Path, data: &Path, extra: &[&str]) -> Output {
     medkg()

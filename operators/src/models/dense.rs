@@ -3,10 +3,9 @@
 use std::sync::Mutex;
 
 use ort::session::Session;
-use ort::value::TensorRef;
 use tokenizers::Tokenizer;
 
-use super::runtime::{session, Device, ModelFiles};
+use super::runtime::{run_rows, session, Device, ModelFiles};
 use super::tokenize::{self, Tokenized};
 use crate::StageError;
 
@@ -65,31 +64,13 @@ impl DenseEncoder {
 
     /// Runs the model on a tokenized batch.
     pub fn run(&self, batch: &Tokenized) -> Result<Vec<Vec<f32>>, StageError> {
-        let fail = |e: ort::Error| StageError::unavailable("inference", format!("dense model: {e}"));
-        let mut session =
-            self.session.lock().map_err(|_| StageError::unavailable("inference", "a dense model session panicked"))?;
-        let outputs = session
-            .run(ort::inputs![
-                "input_ids" => TensorRef::from_array_view(batch.input_ids.view()).map_err(fail)?,
-                "attention_mask" => TensorRef::from_array_view(batch.attention_mask.view()).map_err(fail)?,
-                "token_type_ids" => TensorRef::from_array_view(batch.token_type_ids.view()).map_err(fail)?,
-            ])
-            .map_err(fail)?;
-        let embeddings = outputs
-            .get("sentence_embedding")
-            .ok_or_else(|| StageError::unavailable("inference", "the dense model has no `sentence_embedding` output"))?
-            .try_extract_array::<f32>()
-            .map_err(fail)?;
-        Ok(embeddings
-            .outer_iter()
-            .map(|row| {
-                let mut v: Vec<f32> = row.iter().copied().collect();
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                if norm > 0.0 {
-                    v.iter_mut().for_each(|x| *x /= norm);
-                }
-                v
-            })
-            .collect())
+        run_rows(&self.session, batch, "sentence_embedding", "dense model", |row| {
+            let mut v: Vec<f32> = row.iter().copied().collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+            v
+        })
     }
 }

@@ -137,3 +137,34 @@ pub(crate) fn session(model: &Path, device: Device, intra_threads: usize) -> Res
     }
     builder.commit_from_file(model).map_err(|e| fail(&format!("cannot load {}", model.display()), &e))
 }
+
+/// Runs a BERT-style session (`input_ids`, `attention_mask`,
+/// `token_type_ids`) on a batch and maps each row of its 2-D `output`.
+pub(crate) fn run_rows<T>(
+    session: &std::sync::Mutex<Session>,
+    batch: &super::Tokenized,
+    output: &str,
+    model: &str,
+    row: impl FnMut(ndarray::ArrayView1<'_, f32>) -> T,
+) -> Result<Vec<T>, StageError> {
+    use ort::value::TensorRef;
+    let fail = |e: ort::Error| StageError::unavailable("inference", format!("{model}: {e}"));
+    let mut session =
+        session.lock().map_err(|_| StageError::unavailable("inference", format!("a {model} session panicked")))?;
+    let outputs = session
+        .run(ort::inputs![
+            "input_ids" => TensorRef::from_array_view(batch.input_ids.view()).map_err(fail)?,
+            "attention_mask" => TensorRef::from_array_view(batch.attention_mask.view()).map_err(fail)?,
+            "token_type_ids" => TensorRef::from_array_view(batch.token_type_ids.view()).map_err(fail)?,
+        ])
+        .map_err(fail)?;
+    let rows = outputs
+        .get(output)
+        .ok_or_else(|| StageError::unavailable("inference", format!("the {model} has no `{output}` output")))?
+        .try_extract_array::<f32>()
+        .map_err(fail)?;
+    let rows = rows.into_dimensionality::<ndarray::Ix2>().map_err(|e| {
+        StageError::unavailable("inference", format!("the {model}'s `{output}` is not [batch, dim]: {e}"))
+    })?;
+    Ok(rows.outer_iter().map(row).collect())
+}

@@ -3,11 +3,10 @@
 use std::sync::Mutex;
 
 use ort::session::Session;
-use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::runtime::{session, Device, ModelFiles};
+use super::runtime::{run_rows, session, Device, ModelFiles};
 use super::tokenize::{self, Tokenized};
 use crate::StageError;
 
@@ -95,22 +94,7 @@ impl SpladeEncoder {
 
     /// Runs the model on a tokenized batch.
     pub fn run(&self, batch: &Tokenized) -> Result<Vec<SparseVector>, StageError> {
-        let fail = |e: ort::Error| StageError::unavailable("inference", format!("SPLADE model: {e}"));
-        let mut session =
-            self.session.lock().map_err(|_| StageError::unavailable("inference", "a SPLADE session panicked"))?;
-        let outputs = session
-            .run(ort::inputs![
-                "input_ids" => TensorRef::from_array_view(batch.input_ids.view()).map_err(fail)?,
-                "attention_mask" => TensorRef::from_array_view(batch.attention_mask.view()).map_err(fail)?,
-                "token_type_ids" => TensorRef::from_array_view(batch.token_type_ids.view()).map_err(fail)?,
-            ])
-            .map_err(fail)?;
-        let pooled = outputs
-            .get("sparse_embedding")
-            .ok_or_else(|| StageError::unavailable("inference", "the SPLADE model has no `sparse_embedding` output"))?
-            .try_extract_array::<f32>()
-            .map_err(fail)?;
-        Ok(pooled.outer_iter().map(|row| self.sparsify(row.iter().copied())).collect())
+        run_rows(&self.session, batch, "sparse_embedding", "SPLADE model", |row| self.sparsify(row.iter().copied()))
     }
 
     fn sparsify(&self, row: impl Iterator<Item = f32>) -> SparseVector {
