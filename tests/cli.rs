@@ -285,6 +285,23 @@ fn tenants_only_see_their_own_documents() {
     assert_eq!(ids("b"), ["pmid:22"]);
     assert_eq!(ids("c"), ["pmid:33"]);
     assert!(ids("default").is_empty());
+
+    // The same PMID in two tenants: two documents. Re-ingesting one tenant's
+    // copy (with new text) must neither delete nor change the other's.
+    let shared_a = dir.path().join("shared-a.jsonl");
+    std::fs::write(&shared_a, "{\"pmid\": \"99\", \"title\": \"Warfarin and vitamin K\"}\n").unwrap();
+    run(&lexical(), &shared_a, &data, 1, &["--tenant", "a"]);
+    let shared_b = dir.path().join("shared-b.jsonl");
+    std::fs::write(&shared_b, "{\"pmid\": \"99\", \"title\": \"Warfarin dosing by genotype\"}\n").unwrap();
+    run(&lexical(), &shared_b, &data, 1, &["--tenant", "b"]);
+    let title = |tenant: &str| search(&data, tenant, 1, "warfarin")[0]["title"].as_str().unwrap().to_string();
+    assert_eq!(title("a"), "Warfarin and vitamin K");
+    assert_eq!(title("b"), "Warfarin dosing by genotype");
+    std::fs::write(&shared_b, "{\"pmid\": \"99\", \"title\": \"Warfarin dosing by CYP2C9 genotype\"}\n").unwrap();
+    run(&lexical(), &shared_b, &data, 1, &["--tenant", "b", "--from-start"]);
+    assert_eq!(title("a"), "Warfarin and vitamin K", "tenant b's re-ingest touched tenant a");
+    assert_eq!(title("b"), "Warfarin dosing by CYP2C9 genotype");
+    assert_eq!(stats(&data).0, 5);
 }
 
 #[test]

@@ -174,6 +174,12 @@ fn fnv_extend(mut hash: u64, bytes: &[u8]) -> u64 {
     (hash ^ 0xff).wrapping_mul(FNV_PRIME)
 }
 
+/// The key of a document in the indexes: its id *within its tenant* (two
+/// tenants may hold the same `pmid:`; neither may touch the other's copy).
+pub fn doc_key(tenant_id: &str, doc_id: &str) -> String {
+    format!("{tenant_id}\u{1f}{doc_id}")
+}
+
 /// A hash that never changes across runs, builds or machines (FNV-1a):
 /// what routes a document to its shard.
 ///

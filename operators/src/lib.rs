@@ -20,5 +20,5 @@ pub mod parse;
 pub mod retrieve;
 
 pub use chunk::{ChunkConfig, Chunker, SplitBy};
-pub use document::{stable_hash, Chunk, ChunkedDocument, Document, Section, SourceKind, IR_VERSION};
+pub use document::{doc_key, stable_hash, Chunk, ChunkedDocument, Document, Section, SourceKind, IR_VERSION};
 pub use error::{ErrorClass, StageError};

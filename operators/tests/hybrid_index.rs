@@ -95,6 +95,25 @@ fn reingesting_a_document_removes_its_old_vectors_and_postings() {
     assert_eq!(top.text, "epsilon");
 }
 
+#[test]
+fn the_same_document_id_in_two_tenants_is_two_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[doc("pmid:5", "a", &["alpha"], &[(20, 1.0)], 3), doc("pmid:5", "b", &["beta"], &[(20, 1.0)], 4)],
+    );
+    // Tenant b re-ingests its copy: tenant a's vectors and postings stay.
+    write(dir.path(), &[doc("pmid:5", "b", &["gamma"], &[(21, 1.0)], 6)]);
+    let mut index = SearchIndex::open(dir.path()).unwrap();
+    let sparse = SparseVector { indices: vec![20], weights: vec![1.0] };
+    assert_eq!(index.search_splade(&sparse, "a", 5).unwrap().len(), 1);
+    assert!(index.search_splade(&sparse, "b", 5).unwrap().is_empty());
+    let a = index.search_dense(&unit(3), "a", 5).unwrap();
+    assert_eq!((a.len(), a[0].text.as_str()), (1, "alpha"));
+    let b = index.search_dense(&unit(6), "b", 5).unwrap();
+    assert_eq!((b.len(), b[0].text.as_str()), (1, "gamma"));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
 

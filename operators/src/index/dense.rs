@@ -15,7 +15,7 @@ use faiss::{Idx, Index, MetricType};
 use serde::{Deserialize, Serialize};
 
 use super::io_error;
-use crate::{stable_hash, ChunkedDocument, StageError};
+use crate::{doc_key, stable_hash, ChunkedDocument, StageError};
 
 const INDEX_FILE: &str = "dense.faiss";
 const META_FILE: &str = "dense-meta.json";
@@ -52,8 +52,9 @@ fn faiss_error(what: &str, e: faiss::error::Error) -> StageError {
     io_error(&format!("FAISS: {what}"), e)
 }
 
-fn id_of(chunk_id: &str) -> i64 {
-    (stable_hash(chunk_id) >> 1) as i64
+/// A chunk's id in FAISS: chunk ids repeat across tenants, so the tenant is part of it.
+fn id_of(tenant_id: &str, chunk_id: &str) -> i64 {
+    (stable_hash(&doc_key(tenant_id, chunk_id)) >> 1) as i64
 }
 
 impl DenseShard {
@@ -84,7 +85,7 @@ impl DenseShard {
         };
         let mut by_doc: HashMap<String, Vec<i64>> = HashMap::new();
         for (id, m) in &meta {
-            by_doc.entry(m.doc_id.clone()).or_default().push(*id);
+            by_doc.entry(doc_key(&m.tenant_id, &m.doc_id)).or_default().push(*id);
         }
         let dim = index.d();
         Ok(DenseShard {
@@ -120,7 +121,7 @@ impl DenseShard {
 
     /// Replaces every vector of the document with those of its chunks.
     pub fn upsert(&mut self, doc: &ChunkedDocument) -> Result<(), StageError> {
-        self.delete(&doc.doc_id);
+        self.delete(&doc.tenant_id, &doc.doc_id);
         let mut ids = Vec::new();
         for chunk in &doc.chunks {
             let Some(vector) = &chunk.dense else { continue };
@@ -130,7 +131,7 @@ impl DenseShard {
                     format!("chunk {} has a {}-d vector, the index {}-d", chunk.id, vector.len(), self.dim),
                 ));
             }
-            let id = id_of(&chunk.id);
+            let id = id_of(&doc.tenant_id, &chunk.id);
             // Also remove the id itself: after a crash the index may hold it
             // while the map (written after it) does not.
             self.pending_remove.insert(id);
@@ -142,14 +143,14 @@ impl DenseShard {
             ids.push(id);
         }
         if !ids.is_empty() {
-            self.by_doc.insert(doc.doc_id.clone(), ids);
+            self.by_doc.insert(doc_key(&doc.tenant_id, &doc.doc_id), ids);
         }
         Ok(())
     }
 
-    /// Removes every vector of a document.
-    pub fn delete(&mut self, doc_id: &str) {
-        for id in self.by_doc.remove(doc_id).unwrap_or_default() {
+    /// Removes every vector of a tenant's document.
+    pub fn delete(&mut self, tenant_id: &str, doc_id: &str) {
+        for id in self.by_doc.remove(&doc_key(tenant_id, doc_id)).unwrap_or_default() {
             self.pending_remove.insert(id);
             self.pending_add.remove(&id);
             self.meta.remove(&id);

@@ -33,6 +33,8 @@ pub const TOKENIZER: &str = "en_stem";
 pub(crate) struct Fields {
     pub chunk_id: Field,
     pub doc_id: Field,
+    /// Tenant + document id: what an upsert or a delete replaces.
+    pub doc_key: Field,
     pub tenant_id: Field,
     pub chunk_no: Field,
     pub source: Field,
@@ -58,6 +60,7 @@ pub(crate) fn schema() -> (Schema, Fields) {
     let fields = Fields {
         chunk_id: builder.add_text_field("chunk_id", STRING | STORED | FAST),
         doc_id: builder.add_text_field("doc_id", STRING | STORED),
+        doc_key: builder.add_text_field("doc_key", STRING),
         tenant_id: builder.add_text_field("tenant_id", STRING | STORED),
         chunk_no: builder.add_u64_field("chunk_no", INDEXED | STORED),
         source: builder.add_text_field("source", STRING | STORED),
@@ -88,6 +91,7 @@ pub(crate) fn fields_of(schema: &Schema) -> Result<Fields, crate::StageError> {
     Ok(Fields {
         chunk_id: get("chunk_id")?,
         doc_id: get("doc_id")?,
+        doc_key: get("doc_key")?,
         tenant_id: get("tenant_id")?,
         chunk_no: get("chunk_no")?,
         source: get("source")?,

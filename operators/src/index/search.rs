@@ -160,7 +160,7 @@ impl SearchIndex {
             .into_iter()
             .map(|(chunk_id, score)| Ranked { score, at: at.get(&chunk_id).copied(), chunk_id })
             .collect();
-        self.materialize(fused)
+        self.materialize(fused, tenant)
     }
 
     /// Whether the directory holds dense vectors.
@@ -172,7 +172,7 @@ impl SearchIndex {
     /// `query`, scored term-at-a-time over the postings of the query's terms
     /// (a chunk's term frequency is its quantised weight).
     pub fn search_splade(&self, query: &SparseVector, tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
-        self.materialize(self.ranked_splade(query, tenant, k)?)
+        self.materialize(self.ranked_splade(query, tenant, k)?, tenant)
     }
 
     fn ranked_splade(&self, query: &SparseVector, tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
@@ -225,7 +225,7 @@ impl SearchIndex {
     /// The `k` chunks of `tenant` nearest to `query` in the dense indexes.
     pub fn search_dense(&mut self, query: &[f32], tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
         let ranked = self.ranked_dense(query, tenant, k)?;
-        self.materialize(ranked)
+        self.materialize(ranked, tenant)
     }
 
     fn ranked_dense(&mut self, query: &[f32], tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
@@ -239,12 +239,12 @@ impl SearchIndex {
     }
 
     /// Loads the stored fields of ranked chunks (finding those whose place is unknown).
-    fn materialize(&self, ranked: Vec<Ranked>) -> Result<Vec<Hit>, StageError> {
+    fn materialize(&self, ranked: Vec<Ranked>, tenant: &str) -> Result<Vec<Hit>, StageError> {
         let mut hits = Vec::with_capacity(ranked.len());
         for r in ranked {
             let place = match r.at {
                 Some(place) => Some(place),
-                None => self.locate(&r.chunk_id)?,
+                None => self.locate(&r.chunk_id, tenant)?,
             };
             if let Some((shard, address)) = place {
                 hits.push(self.hit(shard, address, r.score)?);
@@ -264,9 +264,11 @@ impl SearchIndex {
             .ok_or_else(|| io_error("chunk_id column", "missing: the index predates this version"))
     }
 
-    /// Where a chunk is, in whichever shard holds it.
-    fn locate(&self, chunk_id: &str) -> Result<Option<(usize, DocAddress)>, StageError> {
-        let query = TermQuery::new(Term::from_field_text(self.fields.chunk_id, chunk_id), IndexRecordOption::Basic);
+    /// Where a tenant's chunk is, in whichever shard holds it.
+    fn locate(&self, chunk_id: &str, tenant: &str) -> Result<Option<(usize, DocAddress)>, StageError> {
+        let chunk: Box<dyn Query> =
+            Box::new(TermQuery::new(Term::from_field_text(self.fields.chunk_id, chunk_id), IndexRecordOption::Basic));
+        let query = BooleanQuery::new(vec![(Occur::Must, chunk), (Occur::Must, self.tenant_filter(tenant))]);
         for (shard, (_, searcher)) in self.shards.iter().enumerate() {
             let top = searcher
                 .search(&query, &TopDocs::with_limit(1).order_by_score())
@@ -303,7 +305,7 @@ impl SearchIndex {
 
     /// The `k` best chunks for a free-text query within one tenant.
     pub fn search(&self, query: &str, tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
-        self.materialize(self.ranked_bm25(query, tenant, k)?)
+        self.materialize(self.ranked_bm25(query, tenant, k)?, tenant)
     }
 
     fn ranked_bm25(&self, query: &str, tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {

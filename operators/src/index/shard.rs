@@ -6,7 +6,7 @@ use tantivy::directory::MmapDirectory;
 use tantivy::{doc, Index, IndexWriter, Term};
 
 use super::{fields_of, io_error, schema, splade_tokens, Fields};
-use crate::{ChunkedDocument, StageError};
+use crate::{doc_key, ChunkedDocument, StageError};
 
 /// A tantivy index open for writing. Writes become visible (and durable)
 /// only at [`Bm25Shard::commit`].
@@ -38,11 +38,13 @@ impl Bm25Shard {
     /// SPLADE terms when `splade`).
     pub fn upsert(&mut self, doc: &ChunkedDocument, splade: bool) -> Result<(), StageError> {
         let f = self.fields;
-        self.writer.delete_term(Term::from_field_text(f.doc_id, &doc.doc_id));
+        let key = doc_key(&doc.tenant_id, &doc.doc_id);
+        self.writer.delete_term(Term::from_field_text(f.doc_key, &key));
         for chunk in &doc.chunks {
             let mut document = doc!(
                     f.chunk_id => chunk.id.as_str(),
                     f.doc_id => doc.doc_id.as_str(),
+                    f.doc_key => key.as_str(),
                     f.tenant_id => doc.tenant_id.as_str(),
                     f.chunk_no => u64::from(chunk.n),
                     f.source => doc.source.as_str(),
@@ -61,8 +63,8 @@ impl Bm25Shard {
     }
 
     /// Deletes every chunk of a document.
-    pub fn delete(&mut self, doc_id: &str) {
-        self.writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
+    pub fn delete(&mut self, tenant_id: &str, doc_id: &str) {
+        self.writer.delete_term(Term::from_field_text(self.fields.doc_key, &doc_key(tenant_id, doc_id)));
     }
 
     /// Makes every write so far durable and visible.
