@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# System packages the build needs: cmake and OpenBLAS for FAISS (built from
-# source by the faiss crate's `static` feature; Debian's libfaiss-dev has no
-# C API), cmake for nothing else. Installs them with apt-get when missing.
+# System packages the build needs, installed with apt-get when missing:
+# cmake and OpenBLAS for FAISS (built from source by the faiss crate's
+# `static` feature; Debian's libfaiss-dev has no C API), and cmake plus
+# libcurl's headers for librdkafka (vendored by rdkafka's `cmake-build`; its
+# CMake turns curl on whenever it finds the library, headers or not).
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 dpkg -s libopenblas-dev >/dev/null 2>&1 || missing+=(libopenblas-dev)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
+dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup-system.sh: installing ${missing[*]}" >&2
   SUDO=""

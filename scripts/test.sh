@@ -14,5 +14,13 @@ fi
 scripts/setup-system.sh
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}
 export MEDKG_MODELS=${MEDKG_MODELS:-$MEDKG_SHARED/models}
+# A real Kafka-protocol broker (tansu) on loopback for the Kafka tests,
+# stopped when the tests end, unless MEDKG_KAFKA_BROKERS names one already.
+if [ -z "${MEDKG_KAFKA_BROKERS:-}" ]; then
+  export KAFKA_PORT=${KAFKA_PORT:-19092}
+  MEDKG_KAFKA_BROKERS=$(PORT=$KAFKA_PORT scripts/kafka-broker.sh start)
+  export MEDKG_KAFKA_BROKERS
+  trap 'PORT=$KAFKA_PORT scripts/kafka-broker.sh stop' EXIT
+fi
 cargo test --workspace --all-targets
 cargo test --workspace --doc

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use medkg_dataflow::{Mode, Progress, Retriever, RunOptions};
+use medkg_connectors::kafka::KafkaSettings;
+use medkg_dataflow::{KafkaSource, Mode, Progress, Retriever, RunOptions};
 use medkg_operators::index::{SearchIndex, Weights};
 use medkg_operators::models::Device;
 use medkg_topology::{Plan, Policies, ValidationErrors};
@@ -32,7 +33,8 @@ enum Command {
         /// The pipeline (config/pipelines/*.yaml).
         #[arg(long)]
         pipeline: PathBuf,
-        /// `file:PATH`: a JSONL file (plain or .gz) or a directory of .xml/.nxml/.json/.jsonl files.
+        /// `file:PATH` (a JSONL file, plain or .gz, or a directory of .xml/.nxml/.json/.jsonl files;
+        /// runs to the end), or `kafka:TOPIC` (runs until SIGTERM; needs --brokers and --group).
         #[arg(long)]
         source: String,
         /// Where indexes, checkpoints and dead letters live.
@@ -52,6 +54,8 @@ enum Command {
         resilience: Option<PathBuf>,
         #[command(flatten)]
         models: ModelArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
     /// Search a data directory: BM25, dense, SPLADE, or their fusion.
     Search {
@@ -115,6 +119,19 @@ enum Command {
         #[command(flatten)]
         models: ModelArgs,
     },
+    /// Load JSONL records (plain or .gz) into a Kafka topic, keyed by document id.
+    Produce {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// Records per second (default: as fast as the broker takes them).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// The JSONL file.
+        file: PathBuf,
+    },
     /// Validate pipeline files; exit 0 when all are valid, 1 otherwise.
     Validate {
         /// Pipeline files.
@@ -124,6 +141,32 @@ enum Command {
         #[arg(long)]
         resilience: Option<PathBuf>,
     },
+}
+
+/// A Kafka source's connection.
+#[derive(clap::Args, Default)]
+struct KafkaArgs {
+    /// Kafka brokers, host:port[,host:port].
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Consumer group.
+    #[arg(long, default_value = "medkg")]
+    group: String,
+    /// librdkafka property key=value (repeatable), e.g. session.timeout.ms=2000.
+    #[arg(long = "kafka-option")]
+    kafka_options: Vec<String>,
+}
+
+impl KafkaArgs {
+    fn settings(&self) -> anyhow::Result<KafkaSettings> {
+        let brokers = self.brokers.clone().ok_or_else(|| anyhow!("a Kafka source needs --brokers HOST:PORT"))?;
+        let options = self
+            .kafka_options
+            .iter()
+            .map(|o| medkg_connectors::kafka::parse_option(o).map_err(|e| anyhow!(e)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(KafkaSettings { brokers, group: self.group.clone(), options })
+    }
 }
 
 /// Where models come from and where they run.
@@ -146,10 +189,21 @@ impl ModelArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { pipeline, source, data_dir, workers, tenant, from_start, resilience, models } => {
-            run_options(&pipeline, &source, data_dir, workers, tenant, from_start, resilience.as_deref(), &models)
-                .and_then(run)
+        Command::Run { pipeline, source, data_dir, workers, tenant, from_start, resilience, models, kafka } => {
+            run_options(
+                &pipeline,
+                &source,
+                data_dir,
+                workers,
+                tenant,
+                from_start,
+                resilience.as_deref(),
+                &models,
+                &kafka,
+            )
+            .and_then(run)
         }
+        Command::Produce { kafka, topic, file, rate } => produce(&kafka, &topic, &file, rate),
         Command::Search { data_dir, tenant, k, json, mode, weights, query } => {
             search(&data_dir, &tenant, k, json, &mode, &weights, &query.join(" "))
         }
@@ -226,17 +280,23 @@ fn run_options(
     from_start: bool,
     resilience: Option<&Path>,
     models: &ModelArgs,
+    kafka: &KafkaArgs,
 ) -> anyhow::Result<RunOptions> {
     let plan = load_plan(pipeline, resilience).map_err(|e| anyhow!("{e}"))?;
-    let Some(path) = source.strip_prefix("file:") else {
-        bail!("unsupported source `{source}`: this build reads `file:PATH`");
+    let (path, kafka) = if let Some(path) = source.strip_prefix("file:") {
+        (PathBuf::from(path), None)
+    } else if let Some(topic) = source.strip_prefix("kafka:") {
+        (PathBuf::new(), Some(KafkaSource { topic: topic.to_string(), settings: kafka.settings()? }))
+    } else {
+        bail!("unsupported source `{source}`: use file:PATH or kafka:TOPIC");
     };
     if workers == 0 {
         bail!("-w must be at least 1");
     }
     Ok(RunOptions {
         plan,
-        source: PathBuf::from(path),
+        source: path,
+        kafka,
         data_dir,
         workers,
         tenant,
@@ -285,7 +345,17 @@ fn bench(
 ) -> anyhow::Result<()> {
     let mut report = serde_json::Map::new();
     if let (Some(pipeline), Some(source)) = (pipeline, source) {
-        let options = run_options(pipeline, source, data_dir.clone(), workers, "default".into(), true, None, models)?;
+        let options = run_options(
+            pipeline,
+            source,
+            data_dir.clone(),
+            workers,
+            "default".into(),
+            true,
+            None,
+            models,
+            &KafkaArgs::default(),
+        )?;
         let result = medkg_dataflow::bench::pipeline(&options)?;
         if let serde_json::Value::Object(fields) = serde_json::to_value(&result)? {
             report.extend(fields);
@@ -306,6 +376,60 @@ fn bench(
             println!("{key}: {value}");
         }
     }
+    Ok(())
+}
+
+/// `medkg produce`: every record of a JSONL file to a topic, keyed by the
+/// document id its parser finds (unkeyed when it finds none: a bad record
+/// still travels, to be dead-lettered by the engine).
+fn produce(kafka: &KafkaArgs, topic: &str, file: &Path, rate: Option<f64>) -> anyhow::Result<()> {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let producer: rdkafka::producer::BaseProducer =
+        kafka.settings()?.producer_config().create().map_err(|e| anyhow!("cannot create a Kafka producer: {e}"))?;
+    let source = medkg_connectors::FileSource::open(file).map_err(|e| anyhow!("{e}"))?;
+    let began = std::time::Instant::now();
+    let mut sent = 0u64;
+    for (_, record) in source.records(0, 1, 0, 64 << 20) {
+        let Ok(payload) = record else { continue };
+        let key = medkg_operators::parse::parse(&Default::default(), &payload.bytes, None)
+            .into_iter()
+            .find_map(Result::ok)
+            .map(|doc| doc.id);
+        let mut message: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(payload.bytes.as_slice());
+        if let Some(key) = key.as_deref() {
+            message = message.key(key);
+        }
+        let mut message = Some(message);
+        while let Some(m) = message.take() {
+            match producer.send(m) {
+                Ok(()) => {}
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    m,
+                )) => {
+                    producer.poll(std::time::Duration::from_millis(50));
+                    message = Some(m);
+                }
+                Err((e, _)) => bail!("cannot produce to {topic}: {e}"),
+            }
+        }
+        producer.poll(std::time::Duration::ZERO);
+        sent += 1;
+        if let Some(rate) = rate.filter(|r| *r > 0.0) {
+            let due = std::time::Duration::from_secs_f64(sent as f64 / rate);
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    producer
+        .flush(std::time::Duration::from_secs(60))
+        .map_err(|e| anyhow!("not every record was acknowledged: {e}"))?;
+    let seconds = began.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"records": sent, "seconds": seconds, "records_per_sec": sent as f64 / seconds.max(1e-9)})
+    );
     Ok(())
 }
 

@@ -90,12 +90,32 @@ pub struct DeadLetterSink {
     path: PathBuf,
     out: Option<BufWriter<File>>,
     written: u64,
+    kafka: Option<crate::kafka::KafkaDeadLetters>,
 }
 
 impl DeadLetterSink {
     /// A sink writing `data_dir/dead-letter/{name}.jsonl` (opened on first use).
     pub fn new(data_dir: &Path, name: &str) -> DeadLetterSink {
-        DeadLetterSink { path: data_dir.join("dead-letter").join(format!("{name}.jsonl")), out: None, written: 0 }
+        DeadLetterSink {
+            path: data_dir.join("dead-letter").join(format!("{name}.jsonl")),
+            out: None,
+            written: 0,
+            kafka: None,
+        }
+    }
+
+    /// Also sends every dead letter to the Kafka dead-letter topic.
+    pub fn with_kafka(mut self, kafka: crate::kafka::KafkaDeadLetters) -> DeadLetterSink {
+        self.kafka = Some(kafka);
+        self
+    }
+
+    /// Waits until the Kafka dead-letter topic acknowledged everything sent.
+    pub fn flush(&self) -> std::io::Result<()> {
+        match &self.kafka {
+            Some(kafka) => kafka.flush().map_err(std::io::Error::other),
+            None => Ok(()),
+        }
     }
 
     /// Writes one dead letter.
@@ -111,6 +131,10 @@ impl DeadLetterSink {
         serde_json::to_writer(&mut *out, letter)?;
         out.write_all(b"\n")?;
         out.flush()?;
+        if let Some(kafka) = &self.kafka {
+            let key = letter.doc_id.as_deref();
+            kafka.send(letter, key).map_err(std::io::Error::other)?;
+        }
         self.written += 1;
         Ok(())
     }

@@ -162,7 +162,7 @@ impl Records<'_> {
     }
 
     fn position_of(&self, ordinal: u64, line: Option<u64>) -> Position {
-        Position { ordinal, file: self.source.files[self.file].path.display().to_string(), line }
+        Position { ordinal, file: self.source.files[self.file].path.display().to_string(), line, partition: None }
     }
 
     fn payload(&self, bytes: Vec<u8>, position: Position) -> RawPayload {
@@ -173,6 +173,8 @@ impl Records<'_> {
             bytes,
             name: file.path.file_name().map(|n| n.to_string_lossy().into_owned()),
             position,
+            tombstone: false,
+            tenant: None,
         }
     }
 
@@ -283,8 +285,12 @@ impl Iterator for Records<'_> {
                                 self.ordinal += 1;
                                 self.file += 1;
                                 if self.mine(ordinal) {
-                                    let position =
-                                        Position { ordinal, file: file.path.display().to_string(), line: None };
+                                    let position = Position {
+                                        ordinal,
+                                        file: file.path.display().to_string(),
+                                        line: None,
+                                        partition: None,
+                                    };
                                     return Some((ordinal, Err((position, e))));
                                 }
                                 continue;

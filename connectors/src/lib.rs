@@ -7,6 +7,7 @@
 
 pub mod dead_letter;
 pub mod file;
+pub mod kafka;
 
 pub use dead_letter::{DeadLetter, DeadLetterSink};
 pub use file::{Checkpoint, FileSource, SourceError};
@@ -23,13 +24,17 @@ pub struct Position {
     pub file: String,
     /// 1-based line within a JSONL file.
     pub line: Option<u64>,
+    /// The Kafka partition (then `file` is the topic and `ordinal` the offset).
+    #[serde(default)]
+    pub partition: Option<i32>,
 }
 
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{line}", self.file),
-            None => write!(f, "{}", self.file),
+        match (self.partition, self.line) {
+            (Some(partition), _) => write!(f, "{}[{partition}]@{}", self.file, self.ordinal),
+            (None, Some(line)) => write!(f, "{}:{line}", self.file),
+            (None, None) => write!(f, "{}", self.file),
         }
     }
 }
@@ -47,4 +52,10 @@ pub struct RawPayload {
     pub name: Option<String>,
     /// Where it came from.
     pub position: Position,
+    /// A Kafka tombstone (a key with no value): delete the document `key`.
+    #[serde(default)]
+    pub tombstone: bool,
+    /// The tenant a Kafka message names in its `tenant_id` header.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }

@@ -110,7 +110,7 @@ fn checkpoints_round_trip_atomically() {
 fn dead_letters_keep_the_original_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let mut sink = DeadLetterSink::new(dir.path(), "w0");
-    let position = Position { ordinal: 7, file: "f.jsonl".into(), line: Some(8) };
+    let position = Position { ordinal: 7, file: "f.jsonl".into(), line: Some(8), partition: None };
     sink.write(&DeadLetter::new(
         "parse",
         "file:f.jsonl",

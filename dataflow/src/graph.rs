@@ -270,6 +270,8 @@ fn chunk_stage<'s>(
                                 bytes: serde_json::to_vec(&envelope.item).unwrap_or_default(),
                                 name: None,
                                 position: envelope.position.clone(),
+                                tombstone: false,
+                                tenant: None,
                             };
                             fail(&shared, &letters, &stage, &payload, Some(chunked.doc_id), &error);
                             continue;
@@ -369,6 +371,8 @@ fn encode_stage<'s>(
                                     bytes: serde_json::to_vec(&envelope.item).unwrap_or_default(),
                                     name: None,
                                     position: envelope.position.clone(),
+                                    tombstone: false,
+                                    tenant: None,
                                 };
                                 fail(
                                     &shared,

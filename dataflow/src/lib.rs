@@ -21,6 +21,7 @@
 
 pub mod bench;
 mod graph;
+mod kafka_source;
 mod models;
 mod retriever;
 mod stages;
@@ -60,6 +61,17 @@ pub struct RunOptions {
     pub models: Option<PathBuf>,
     /// Device for every model stage (`--device`), overriding the pipeline.
     pub device: Option<Device>,
+    /// Read this Kafka topic (long-running) instead of `source`.
+    pub kafka: Option<KafkaSource>,
+}
+
+/// A Kafka topic consumed by a consumer group.
+#[derive(Clone, Debug)]
+pub struct KafkaSource {
+    /// The topic.
+    pub topic: String,
+    /// Brokers, group and librdkafka properties.
+    pub settings: medkg_connectors::kafka::KafkaSettings,
 }
 
 /// Live counters of a run, shared with whoever shows progress.
@@ -145,20 +157,32 @@ pub fn run(
     // Models load before any worker starts: a missing model or an absent
     // GPU stops the run here, with nothing half-written.
     let encoders = models::load_encoders(&settings, workers).map_err(|e| anyhow!("{e}"))?;
-    let source = FileSource::open(&options.source).map_err(|e| anyhow!("cannot read the source: {e}"))?;
-    for skipped in source.skipped() {
-        eprintln!("medkg: skipping {} (not .jsonl, .json, .xml or .nxml)", skipped.display());
-    }
+    let source = match options.kafka {
+        Some(_) => None,
+        None => {
+            let source = FileSource::open(&options.source).map_err(|e| anyhow!("cannot read the source: {e}"))?;
+            for skipped in source.skipped() {
+                eprintln!("medkg: skipping {} (not .jsonl, .json, .xml or .nxml)", skipped.display());
+            }
+            Some(source)
+        }
+    };
     let layout = Layout::open_or_create(&options.data_dir, workers as u32).map_err(|e| anyhow!("{e}"))?;
     ModelRecord::from_settings(&settings).reconcile(&options.data_dir).map_err(|e| anyhow!(e))?;
-    let start = if options.from_start {
-        0
-    } else {
-        Checkpoint::load(&options.data_dir, &source.name())
+    let start = match (&source, options.from_start) {
+        (Some(source), false) => Checkpoint::load(&options.data_dir, &source.name())
             .with_context(|| format!("cannot read the checkpoint in {}", options.data_dir.display()))?
             .map(|c| c.committed)
-            .unwrap_or(0)
+            .unwrap_or(0),
+        _ => 0,
     };
+    // A long-running source stops on SIGTERM or SIGINT: drain, commit, exit.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if options.kafka.is_some() {
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(signal, stop.clone()).context("cannot install the signal handler")?;
+        }
+    }
 
     let (finished_tx, finished_rx) = std::sync::mpsc::channel();
     let shared = Arc::new(Shared {
@@ -166,6 +190,8 @@ pub fn run(
         settings,
         source,
         layout,
+        stop,
+        began: Instant::now(),
         start,
         progress: progress.clone(),
         encoders,
@@ -227,8 +253,13 @@ pub fn run(
 pub(crate) struct Shared {
     pub options: RunOptions,
     pub settings: StageSettings,
-    pub source: FileSource,
+    /// The file source (`None` for Kafka).
+    pub source: Option<FileSource>,
     pub layout: Layout,
+    /// Set by SIGTERM/SIGINT: a long-running source drains, commits and stops.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+    /// When the run began (Kafka epochs are counted from here on every worker).
+    pub began: Instant,
     /// First ordinal to read (from the checkpoint).
     pub start: u64,
     pub progress: Arc<Progress>,
@@ -252,27 +283,48 @@ impl Shared {
     }
 }
 
+/// The input of a worker's dataflow and its two probes: `flow` on what
+/// enters the sinks, `committed` on what they have made durable.
+pub(crate) struct Feed {
+    pub input: InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<medkg_connectors::RawPayload>>>,
+    pub flow: ProbeHandle<u64>,
+    pub committed: ProbeHandle<u64>,
+    pub dead_letters: std::rc::Rc<std::cell::RefCell<DeadLetterSink>>,
+}
+
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyhow::Result<()> {
     let index = worker.index();
-    let peers = worker.peers();
     let mut input = InputHandle::new();
     let flow = ProbeHandle::new();
     let committed = ProbeHandle::new();
-    let dead_letters = std::rc::Rc::new(std::cell::RefCell::new(DeadLetterSink::new(
-        &shared.options.data_dir,
-        &format!("worker-{index}"),
-    )));
+    let mut sink = DeadLetterSink::new(&shared.options.data_dir, &format!("worker-{index}"));
+    if let Some(kafka) = &shared.options.kafka {
+        sink =
+            sink.with_kafka(medkg_connectors::kafka::KafkaDeadLetters::new(&kafka.settings).map_err(|e| anyhow!(e))?);
+    }
+    let dead_letters = std::rc::Rc::new(std::cell::RefCell::new(sink));
 
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = input.to_stream(scope);
         graph::build(scope, raw, shared, &dead_letters, &flow, &committed);
     });
+    let feed = Feed { input, flow, committed, dead_letters };
+    match &shared.options.kafka {
+        Some(kafka) => kafka_source::feed(worker, shared, feed, kafka),
+        None => feed_file(worker, shared, feed),
+    }
+}
 
+/// Feeds the file source, then waits until everything is durable.
+fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Feed) -> anyhow::Result<()> {
+    let Feed { mut input, flow, committed, dead_letters } = feed;
+    let (index, peers) = (worker.index(), worker.peers());
+    let source = shared.source.as_ref().ok_or_else(|| anyhow!("no file source"))?;
     let runtime = &shared.options.plan.runtime;
     let epoch_records = runtime.epoch_records.max(1);
     let window = runtime.max_epochs_in_flight.max(1);
     let mut checkpointer = Checkpointer { shared: shared.clone(), last: shared.start, last_write: Instant::now() };
-    let mut records = shared.source.records(index, peers, shared.start, shared.settings.max_record_bytes);
+    let mut records = source.records(index, peers, shared.start, shared.settings.max_record_bytes);
     let mut epoch = 0u64;
     for (ordinal, record) in records.by_ref() {
         let e = (ordinal - shared.start) / epoch_records;
@@ -297,7 +349,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
             Err((position, error)) => {
                 let letter = DeadLetter::new(
                     "source",
-                    &shared.source.name(),
+                    &source.name(),
                     &position,
                     None,
                     "permanent",
@@ -350,7 +402,8 @@ impl Checkpointer {
     }
 
     fn store(&mut self, complete: bool) -> anyhow::Result<()> {
-        let checkpoint = Checkpoint { source: self.shared.source.name(), committed: self.last, complete };
+        let name = self.shared.source.as_ref().map(FileSource::name).unwrap_or_default();
+        let checkpoint = Checkpoint { source: name, committed: self.last, complete };
         checkpoint
             .store(&self.shared.options.data_dir)
             .with_context(|| format!("cannot write the checkpoint in {}", self.shared.options.data_dir.display()))?;

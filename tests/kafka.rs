@@ -1,0 +1,278 @@
+//! medkg as a long-lived Kafka service, against a real Kafka-protocol broker
+//! (tansu on loopback, started by scripts/test.sh; `MEDKG_KAFKA_BROKERS`
+//! says where): crash recovery with exactly-once results, committed offsets
+//! at the end of every partition, and the dead-letter topic.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{medkg, pubmed_slice, repo};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::Value;
+
+fn brokers() -> String {
+    std::env::var("MEDKG_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A topic name of its own for each test run (the broker outlives runs).
+fn topic(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+fn create_topic(name: &str, partitions: usize) {
+    // tansu creates topics on first use with 3 partitions; ask for ours explicitly.
+    let tansu = std::env::var("MEDKG_TANSU")
+        .unwrap_or_else(|_| format!("{}/.cache/medkg/tansu/bin/tansu", std::env::var("HOME").unwrap_or_default()));
+    let status = std::process::Command::new(tansu)
+        .args([
+            "topic",
+            "create",
+            "--broker",
+            &format!("tcp://{}", brokers()),
+            "--partitions",
+            &partitions.to_string(),
+            name,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("tansu (scripts/kafka-broker.sh installs it)");
+    assert!(status.success(), "cannot create topic {name}");
+}
+
+fn engine(topic: &str, group: &str, data: &Path) -> Child {
+    engine_with(&repo().join("config/pipelines/lexical.yaml"), topic, group, data)
+}
+
+fn engine_with(pipeline: &Path, topic: &str, group: &str, data: &Path) -> Child {
+    medkg()
+        .args(["run", "--pipeline"])
+        .arg(pipeline)
+        .arg("--source")
+        .arg(format!("kafka:{topic}"))
+        .args(["--brokers", &brokers(), "--group", group])
+        .args(["--kafka-option", "session.timeout.ms=2000", "--kafka-option", "heartbeat.interval.ms=200"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["-w", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stats(data: &Path) -> Option<(u64, u64)> {
+    let output = medkg().args(["stats", "--json", "--data-dir"]).arg(data).output().ok()?;
+    let v: Value = serde_json::from_slice(&output.stdout).ok()?;
+    Some((v["docs"].as_u64()?, v["chunks"].as_u64()?))
+}
+
+fn wait_for(data: &Path, want: (u64, u64), limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while stats(data) != Some(want) {
+        assert!(Instant::now() < deadline, "index at {:?}, expected {want:?}", stats(data));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn terminate(mut child: Child) -> String {
+    // SIGTERM: drain, commit, exit 0.
+    unsafe_kill(child.id(), 15);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            assert!(status.success(), "engine exit {status}: {}", String::from_utf8_lossy(&output.stderr));
+            return String::from_utf8_lossy(&output.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "the engine did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: i32) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+fn produce_file(topic: &str, file: &Path) {
+    let output = medkg().args(["produce", "--brokers", &brokers(), "--topic", topic]).arg(file).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Per partition: the group's committed offset, and the partition's end (the
+/// offset after its last message). The end is found by reading the partition:
+/// tansu 0.6's reported high watermark lags the last offset.
+fn committed_and_end(topic: &str, group: &str, partitions: i32) -> Vec<(i64, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{group}-end-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    reader.assign(&all).unwrap();
+    let mut ends = vec![0i64; partitions as usize];
+    let mut idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
+            let slot = &mut ends[message.partition() as usize];
+            *slot = (*slot).max(message.offset() + 1);
+            idle_since = Instant::now();
+        }
+    }
+    (0..partitions)
+        .map(|p| {
+            let offset = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            };
+            (offset, ends[p as usize])
+        })
+        .collect()
+}
+
+#[test]
+fn kafka_crashes_lose_nothing_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = pubmed_slice(dir.path(), 5000);
+    // What an uninterrupted file run of the same records indexes.
+    let clean = dir.path().join("clean");
+    let output = medkg()
+        .args(["run", "--pipeline"])
+        .arg(repo().join("config/pipelines/lexical.yaml"))
+        .arg("--source")
+        .arg(format!("file:{}", file.display()))
+        .arg("--data-dir")
+        .arg(&clean)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let expected = stats(&clean).unwrap();
+
+    let topic = topic("crash");
+    create_topic(&topic, 4);
+    produce_file(&topic, &file);
+    let data = dir.path().join("data");
+    let group = format!("{topic}-group");
+    // Kill -9 at five moments, restarting each time.
+    let mut seed = 0x853C_49E6_748F_EA9Bu64;
+    for _ in 0..5 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = engine(&topic, &group, &data);
+        std::thread::sleep(Duration::from_millis(500 + seed % 2500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // Then let it finish, stop it cleanly, and compare.
+    let child = engine(&topic, &group, &data);
+    wait_for(&data, expected, Duration::from_secs(180));
+    let summary = terminate(child);
+    assert!(summary.lines().last().unwrap_or("").starts_with("{\"docs\":"), "{summary}");
+    assert_eq!(stats(&data), Some(expected), "every document's chunks exactly once");
+    for (partition, (committed, end)) in committed_and_end(&topic, &group, 4).into_iter().enumerate() {
+        assert_eq!(committed, end, "partition {partition}: committed offset {committed}, end {end}");
+    }
+}
+
+#[test]
+fn malformed_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = topic("bad");
+    create_topic(&topic, 2);
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    // Above this pipeline's 100 kB document cap, below the broker's 1 MB message cap.
+    let pipeline = dir.path().join("capped.yaml");
+    let text = std::fs::read_to_string(repo().join("config/pipelines/lexical.yaml")).unwrap();
+    std::fs::write(&pipeline, text.replace("max_doc_bytes: 8388608", "max_doc_bytes: 100000")).unwrap();
+    let big = format!("{{\"pmid\": \"4\", \"title\": \"big\", \"abstract\": \"{}\"}}", "word ".repeat(40_000));
+    let messages: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "pmid:1",
+            br#"{"pmid": "1", "title": "Aspirin and stroke", "abstract": "Aspirin lowers stroke risk."}"#.to_vec(),
+        ),
+        ("bad-json", br#"{"pmid": "2", "title": "#.to_vec()),
+        ("unknown", br#"{"colour": "blue"}"#.to_vec()),
+        ("utf8", b"{\"pmid\": \"3\", \"title\": \"caf\xe9\"}".to_vec()),
+        ("big", big.into_bytes()),
+        ("pmid:5", br#"{"pmid": "5", "title": "Statins after infarction", "abstract": "Statins help."}"#.to_vec()),
+    ];
+    for (key, value) in &messages {
+        producer.send(BaseRecord::to(&topic).key(*key).payload(value.as_slice())).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let data = dir.path().join("data");
+    let child = engine_with(&pipeline, &topic, &format!("{topic}-group"), &data);
+    wait_for(&data, (2, 2), Duration::from_secs(60));
+    // Dead letters of the epochs made durable are in their topic.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{topic}-dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["medkg.dlq.v1"]).unwrap();
+    let mut found = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while found.len() < 4 && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+            if !["bad-json", "unknown", "utf8", "big"].contains(&key.as_str()) {
+                continue; // dead letters of other runs
+            }
+            let headers = message.headers().unwrap();
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            let position = header("source_position").unwrap_or_default();
+            if !position.starts_with(&topic) {
+                continue;
+            }
+            found.insert(
+                key,
+                (
+                    header("error_kind").unwrap_or_default(),
+                    header("error_class"),
+                    message.payload().map(<[u8]>::to_vec),
+                ),
+            );
+        }
+    }
+    terminate(child);
+    assert_eq!(found.len(), 4, "{:?}", found.keys().collect::<Vec<_>>());
+    assert_eq!(found["bad-json"].0, "bad_json");
+    assert_eq!(found["unknown"].0, "unknown_format");
+    assert_eq!(found["utf8"].0, "invalid_utf8");
+    assert_eq!(found["big"].0, "too_large");
+    assert_eq!(found["utf8"].1.as_deref(), Some("permanent"));
+    assert_eq!(found["utf8"].2.as_deref(), Some(&b"{\"pmid\": \"3\", \"title\": \"caf\xe9\"}"[..]), "original bytes");
+}
