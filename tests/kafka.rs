@@ -276,3 +276,48 @@ fn malformed_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() {
     assert_eq!(found["utf8"].1.as_deref(), Some("permanent"));
     assert_eq!(found["utf8"].2.as_deref(), Some(&b"{\"pmid\": \"3\", \"title\": \"caf\xe9\"}"[..]), "original bytes");
 }
+
+#[test]
+fn tombstones_delete_and_a_resent_document_replaces_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = topic("tomb");
+    create_topic(&topic, 2);
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let send = |key: &str, value: Option<&str>| {
+        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&topic).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        producer.send(record).unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    send("pmid:1", Some(r#"{"pmid": "1", "title": "Heparin in pregnancy", "abstract": "Heparin is safe."}"#));
+    send("pmid:2", Some(r#"{"pmid": "2", "title": "Lithium toxicity", "abstract": "Lithium levels matter."}"#));
+    let data = dir.path().join("data");
+    let child = engine(&topic, &format!("{topic}-group"), &data);
+    wait_for(&data, (2, 2), Duration::from_secs(60));
+
+    // A tombstone deletes the document from the index.
+    send("pmid:1", None);
+    wait_for(&data, (1, 1), Duration::from_secs(60));
+    // Re-sent with new text, a document replaces its chunks (no duplicates).
+    send("pmid:2", Some(r#"{"pmid": "2", "title": "Lithium toxicity revisited", "abstract": "Levels and kidneys."}"#));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let output = medkg()
+            .args(["search", "--json", "--mode", "bm25", "-k", "5", "--data-dir"])
+            .arg(&data)
+            .arg("lithium")
+            .output()
+            .unwrap();
+        let hits: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        if hits[0]["title"] == "Lithium toxicity revisited" {
+            assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the re-sent document never replaced the old one: {hits}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(stats(&data), Some((1, 1)));
+    terminate(child);
+}

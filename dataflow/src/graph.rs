@@ -1,7 +1,7 @@
 //! The plan, compiled: one timely operator per stage, wired as the plan's DAG.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,6 +28,9 @@ pub(crate) struct Envelope<T> {
     pub source: String,
     pub position: Position,
     pub item: T,
+    /// A tombstone: delete the document `item` names (its chunks are empty).
+    #[serde(default)]
+    pub delete: bool,
 }
 
 /// The stream out of a stage, by what flows in it.
@@ -105,7 +108,8 @@ pub(crate) fn build<'s>(
                 is_sink,
             )),
             (StageKind::Index, StageConfig::Index { commit_interval, writer_memory_bytes, splade, dense }) => {
-                let input = chunks(scope, inputs).probe_with(flow);
+                let deletes = tombstones(raw.clone(), &shared.options.tenant);
+                let input = scope.concatenate(vec![chunks(scope, inputs), deletes]).probe_with(flow);
                 let backends = Backends { splade: *splade, dense: *dense };
                 let out =
                     index_stage(scope, input, name, *commit_interval, *writer_memory_bytes, backends, shared, is_sink);
@@ -151,6 +155,42 @@ fn chunks<'s>(scope: Scope<'s, u64>, inputs: Vec<Flow<'s>>) -> StreamVec<'s, u64
         Flow::Chunks(s) => Some(s),
         _ => None,
     })
+}
+
+/// Kafka tombstones (a key, no value) as deletions for the index stages.
+/// They skip parse, chunk and the models; the index orders them against
+/// upserts of the same document by source position.
+fn tombstones<'s>(raw: StreamVec<'s, u64, RawPayload>, tenant: &str) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
+    let tenant = tenant.to_string();
+    raw.unary::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(
+        Pipeline,
+        "tombstones",
+        move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let mut session = output.session(&cap);
+                    for batch in data {
+                        for payload in batch.drain(..).filter(|p| p.tombstone) {
+                            let Some(doc_id) = payload.key.clone() else { continue };
+                            session.give(Envelope {
+                                source: payload.source.clone(),
+                                position: payload.position.clone(),
+                                item: ChunkedDocument {
+                                    doc_id,
+                                    tenant_id: payload.tenant.clone().unwrap_or_else(|| tenant.clone()),
+                                    source: medkg_operators::SourceKind::Pubmed,
+                                    title: String::new(),
+                                    content_hash: 0,
+                                    chunks: Vec::new(),
+                                },
+                                delete: true,
+                            });
+                        }
+                    }
+                });
+            }
+        },
+    )
 }
 
 /// Records a failed record; an unwritable dead letter stops the run.
@@ -219,6 +259,9 @@ fn parse_stage<'s>(
                 let mut session = output.session(&cap);
                 for batch in data {
                     for payload in batch.drain(..) {
+                        if payload.tombstone {
+                            continue; // carried to the index by the deletes stream
+                        }
                         for result in parse::parse(&options, &payload.bytes, payload.name.as_deref()) {
                             match result {
                                 Ok(doc) => {
@@ -229,6 +272,7 @@ fn parse_stage<'s>(
                                         source: payload.source.clone(),
                                         position: payload.position.clone(),
                                         item: doc,
+                                        delete: false,
                                     });
                                 }
                                 Err(error) => fail(&shared, &letters, &stage, &payload, payload.key.clone(), &error),
@@ -280,7 +324,12 @@ fn chunk_stage<'s>(
                             shared.progress.docs.fetch_add(1, Ordering::Relaxed);
                             shared.progress.chunks.fetch_add(chunked.chunks.len() as u64, Ordering::Relaxed);
                         }
-                        session.give(Envelope { source: envelope.source, position: envelope.position, item: chunked });
+                        session.give(Envelope {
+                            source: envelope.source,
+                            position: envelope.position,
+                            item: chunked,
+                            delete: false,
+                        });
                     }
                 }
             });
@@ -488,6 +537,8 @@ fn index_stage<'s>(
         move |_, info| {
             let activator = scope.activator_for(info.address.clone());
             let mut shards: BTreeMap<u32, ShardWriter> = BTreeMap::new();
+            // Per document key: the source position (partition, offset) and epoch last applied.
+            let mut latest: HashMap<String, ((Option<i32>, u64), u64)> = HashMap::new();
             // Epochs written and not yet committed, with a capability for each.
             let mut pending: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             // What was written per epoch: (documents, chunks) and, if forwarding, the documents.
@@ -516,13 +567,32 @@ fn index_stage<'s>(
                                     }
                                 }
                             };
-                            if let Err(e) = shard.upsert(&envelope.item) {
+                            // Last writer by source position wins: a tombstone overtaking
+                            // its document's upsert (it skips parse and chunk) must not
+                            // be undone by it, nor an old upsert replace a newer one.
+                            let key = medkg_operators::doc_key(&envelope.item.tenant_id, &envelope.item.doc_id);
+                            let at = (envelope.position.partition, envelope.position.ordinal);
+                            if let Some(&(seen, _)) = latest.get(&key) {
+                                if seen.0 == at.0 && seen.1 > at.1 {
+                                    continue;
+                                }
+                            }
+                            latest.insert(key, (at, time));
+                            let written = if envelope.delete {
+                                shard.delete(&envelope.item.tenant_id, &envelope.item.doc_id);
+                                Ok(())
+                            } else {
+                                shard.upsert(&envelope.item)
+                            };
+                            if let Err(e) = written {
                                 shared.fail(format!("shard {shard_no}: {e}"));
                                 return;
                             }
                             dirty = true;
-                            entry.0 += 1;
-                            entry.1 += envelope.item.chunks.len() as u64;
+                            if !envelope.delete {
+                                entry.0 += 1;
+                                entry.1 += envelope.item.chunks.len() as u64;
+                            }
                             if forward {
                                 entry.2.push(envelope);
                             }
@@ -550,6 +620,12 @@ fn index_stage<'s>(
                     last_commit = Instant::now();
                 }
                 // Everything written so far is durable: release what the frontier passed.
+                // Nothing older than the frontier can arrive any more: forget it.
+                if let Some(oldest) = frontier.frontier().first().copied() {
+                    latest.retain(|_, (_, epoch)| *epoch >= oldest);
+                } else {
+                    latest.clear();
+                }
                 for time in passed {
                     let cap = pending.remove(&time).expect("time came from pending");
                     if let Some((docs, chunk_count, done)) = written.remove(&time) {

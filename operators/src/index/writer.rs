@@ -53,6 +53,24 @@ impl ShardWriter {
         Ok(())
     }
 
+    /// Deletes every chunk (text, SPLADE terms, vectors) of a tenant's document.
+    pub fn delete(&mut self, tenant_id: &str, doc_id: &str) {
+        self.bm25.delete(tenant_id, doc_id);
+        if self.backends.dense {
+            if self.dense.is_none() {
+                // No vector written yet by this writer: an index on disk may still hold some.
+                if let Ok(dense) = DenseShard::open(&self.dir, 0) {
+                    if dense.dim() > 0 {
+                        self.dense = Some(dense);
+                    }
+                }
+            }
+            if let Some(dense) = &mut self.dense {
+                dense.delete(tenant_id, doc_id);
+            }
+        }
+    }
+
     /// Makes every write durable.
     pub fn commit(&mut self) -> Result<(), StageError> {
         self.bm25.commit()?;
