@@ -313,8 +313,12 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
         if tty {
             let docs = p.docs.load(Ordering::Relaxed);
             let rate = docs as f64 / elapsed.as_secs_f64().max(1e-9);
+            let lag = match p.lag() {
+                0 => String::new(),
+                n => format!("  lag {n:>7}"),
+            };
             let line = format!(
-                "\r{:>6.1}s  read {:>9}  docs {:>9}  {:>8.0} docs/s  chunks {:>9}  failed {:>6}",
+                "\r{:>6.1}s  read {:>9}  docs {:>9}  {:>8.0} docs/s  chunks {:>9}  failed {:>6}{lag}",
                 elapsed.as_secs_f64(),
                 p.records.load(Ordering::Relaxed),
                 docs,

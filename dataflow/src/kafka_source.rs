@@ -100,6 +100,22 @@ impl ConsumerContext for Rebalancer {
     }
 }
 
+/// Messages between this consumer's positions and the ends of its partitions.
+fn consumer_lag<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> u64 {
+    let Ok(positions) = consumer.position() else { return 0 };
+    positions
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(position) => {
+                let (_, high) = consumer.fetch_watermarks(topic, e.partition(), Duration::from_millis(200)).ok()?;
+                Some((high - position).max(0) as u64)
+            }
+            _ => None,
+        })
+        .sum()
+}
+
 /// Consumes `kafka.topic` until stopped.
 pub(crate) fn feed(
     worker: &mut timely::worker::Worker,
@@ -137,9 +153,17 @@ pub(crate) fn feed(
         Ok(())
     };
 
+    let mut lag_measured = std::time::Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
         if let Some(fatal) = shared.failed() {
             bail!("{fatal}");
+        }
+        if lag_measured.elapsed() >= Duration::from_secs(2) {
+            lag_measured = std::time::Instant::now();
+            let lag = consumer_lag(&consumer, &kafka.topic);
+            if let Ok(mut lags) = shared.progress.lag.lock() {
+                lags.insert(worker.index(), lag);
+            }
         }
         // Close the epoch by time or by size.
         let by_time = shared.began.elapsed().as_millis() as u64 / epoch_ms;

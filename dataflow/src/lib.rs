@@ -85,6 +85,15 @@ pub struct Progress {
     pub chunks: AtomicU64,
     /// Records and documents dead-lettered.
     pub failed: AtomicU64,
+    /// Kafka consumer lag per worker (messages behind the partitions' ends).
+    pub lag: Mutex<std::collections::BTreeMap<usize, u64>>,
+}
+
+impl Progress {
+    /// Kafka consumer lag, summed over workers (0 for other sources).
+    pub fn lag(&self) -> u64 {
+        self.lag.lock().map(|l| l.values().sum()).unwrap_or(0)
+    }
 }
 
 /// What a finished run did.
