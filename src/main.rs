@@ -303,6 +303,7 @@ fn run_options(
         from_start,
         models: models.models.clone(),
         device: models.device()?,
+        stop: None,
     })
 }
 

@@ -216,7 +216,7 @@ fn malformed_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() {
             br#"{"pmid": "1", "title": "Aspirin and stroke", "abstract": "Aspirin lowers stroke risk."}"#.to_vec(),
         ),
         ("bad-json", br#"{"pmid": "2", "title": "#.to_vec()),
-        ("unknown", br#"{"colour": "blue"}"#.to_vec()),
+        ("unknown", br#"{"source": "martian-archive", "colour": "blue"}"#.to_vec()),
         ("utf8", b"{\"pmid\": \"3\", \"title\": \"caf\xe9\"}".to_vec()),
         ("big", big.into_bytes()),
         ("pmid:5", br#"{"pmid": "5", "title": "Statins after infarction", "abstract": "Statins help."}"#.to_vec()),
@@ -320,4 +320,58 @@ fn tombstones_delete_and_a_resent_document_replaces_its_chunks() {
     }
     assert_eq!(stats(&data), Some((1, 1)));
     terminate(child);
+}
+
+#[test]
+fn consumer_lag_is_measured_while_the_engine_is_behind() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let topic = topic("lag");
+    create_topic(&topic, 2);
+    let (file, _) = pubmed_slice(dir.path(), 400);
+    produce_file(&topic, &file);
+    // The model pipeline keeps the engine behind the topic for a while (about 30 docs/s here).
+    let policies = medkg_topology::Policies::builtin();
+    let plan = medkg_topology::Plan::from_path(&repo().join("config/pipelines/hybrid.yaml"), &policies).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let options = medkg_dataflow::RunOptions {
+        plan,
+        source: Default::default(),
+        data_dir: dir.path().join("data"),
+        workers: 2,
+        tenant: "default".into(),
+        from_start: false,
+        models: Some(common::shared().join("models")),
+        device: None,
+        kafka: Some(medkg_dataflow::KafkaSource {
+            topic: topic.clone(),
+            settings: medkg_connectors::kafka::KafkaSettings {
+                brokers: brokers(),
+                group: format!("{topic}-group"),
+                options: vec![
+                    ("session.timeout.ms".into(), "2000".into()),
+                    ("heartbeat.interval.ms".into(), "200".into()),
+                ],
+            },
+        }),
+        stop: Some(stop.clone()),
+    };
+    let progress = Arc::new(medkg_dataflow::Progress::default());
+    let engine = {
+        let progress = progress.clone();
+        std::thread::spawn(move || medkg_dataflow::run(options, progress, |_, _| {}))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = 0;
+    while Instant::now() < deadline && seen == 0 {
+        seen = progress.lag();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let summary = engine.join().unwrap().unwrap();
+    assert!(seen > 0 && seen <= 400, "lag {seen} while {} of 400 docs were done", summary.docs);
+    // Stopping drains: what was read is made durable before the run returns.
+    assert_eq!(summary.docs, 400);
 }

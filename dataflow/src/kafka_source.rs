@@ -100,18 +100,20 @@ impl ConsumerContext for Rebalancer {
     }
 }
 
-/// Messages between this consumer's positions and the ends of its partitions.
+/// Messages of this consumer's partitions not yet durable: each partition's
+/// end minus the group's committed offset (the beginning when none is).
 fn consumer_lag<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> u64 {
-    let Ok(positions) = consumer.position() else { return 0 };
-    positions
+    let Ok(committed) = consumer.committed(Duration::from_millis(500)) else { return 0 };
+    committed
         .elements()
         .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(position) => {
-                let (_, high) = consumer.fetch_watermarks(topic, e.partition(), Duration::from_millis(200)).ok()?;
-                Some((high - position).max(0) as u64)
-            }
-            _ => None,
+        .filter_map(|e| {
+            let (low, high) = consumer.fetch_watermarks(topic, e.partition(), Duration::from_millis(200)).ok()?;
+            let done = match e.offset() {
+                Offset::Offset(offset) => offset,
+                _ => low,
+            };
+            Some((high - done).max(0) as u64)
         })
         .sum()
 }

@@ -63,6 +63,9 @@ pub struct RunOptions {
     pub device: Option<Device>,
     /// Read this Kafka topic (long-running) instead of `source`.
     pub kafka: Option<KafkaSource>,
+    /// Set it to stop a long-running (Kafka) run: it drains, commits and
+    /// returns. SIGTERM and SIGINT set it too.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A Kafka topic consumed by a consumer group.
@@ -85,7 +88,8 @@ pub struct Progress {
     pub chunks: AtomicU64,
     /// Records and documents dead-lettered.
     pub failed: AtomicU64,
-    /// Kafka consumer lag per worker (messages behind the partitions' ends).
+    /// Kafka consumer lag per worker: messages of its partitions not yet
+    /// durable (partition end minus the group's committed offset).
     pub lag: Mutex<std::collections::BTreeMap<usize, u64>>,
 }
 
@@ -186,7 +190,7 @@ pub fn run(
         _ => 0,
     };
     // A long-running source stops on SIGTERM or SIGINT: drain, commit, exit.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = options.stop.clone().unwrap_or_default();
     if options.kafka.is_some() {
         for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(signal, stop.clone()).context("cannot install the signal handler")?;
