@@ -234,6 +234,8 @@ fn malformed_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() {
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("{topic}-dlq-reader"))
         .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "2000")
+        .set("heartbeat.interval.ms", "200")
         .create()
         .unwrap();
     consumer.subscribe(&["medkg.dlq.v1"]).unwrap();
@@ -374,4 +376,36 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
     assert!(seen > 0 && seen <= 400, "lag {seen} while {} of 400 docs were done", summary.docs);
     // Stopping drains: what was read is made durable before the run returns.
     assert_eq!(summary.docs, 400);
+}
+
+#[test]
+fn the_events_producer_publishes_keyed_json_with_headers() {
+    use medkg_connectors::kafka::{KafkaEvents, KafkaSettings};
+    let topic = topic("events");
+    create_topic(&topic, 1);
+    let settings = KafkaSettings { brokers: brokers(), group: String::new(), options: Vec::new() };
+    let events = KafkaEvents::new(&settings, &topic).unwrap();
+    let event = br#"{"specversion":"1.0","type":"org.medicalkg.orchestration.stage.completed","subject":"pmid:1"}"#;
+    events.send("pmid:1", event, &[("content-type", "application/cloudevents+json")]).unwrap();
+    events.flush().unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "2000")
+        .set("heartbeat.interval.ms", "200")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic.as_str()]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the event never arrived");
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            assert_eq!(message.key(), Some(&b"pmid:1"[..]));
+            assert_eq!(message.payload(), Some(&event[..]));
+            let headers = message.headers().unwrap();
+            assert_eq!(headers.get(0).key, "content-type");
+            break;
+        }
+    }
 }

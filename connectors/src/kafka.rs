@@ -18,6 +18,9 @@ use crate::{Position, RawPayload};
 /// The dead-letter topic.
 pub const DLQ_TOPIC: &str = "medkg.dlq.v1";
 
+/// The lifecycle events topic (CloudEvents, structured JSON).
+pub const EVENTS_TOPIC: &str = "orchestration.events.v1";
+
 /// How to reach a broker and which group to join.
 #[derive(Clone, Debug, Default)]
 pub struct KafkaSettings {
@@ -132,5 +135,39 @@ impl KafkaDeadLetters {
     /// Waits until every dead letter sent so far is acknowledged.
     pub fn flush(&self) -> Result<(), String> {
         self.producer.flush(Duration::from_secs(30)).map_err(|e| format!("dead letters not acknowledged: {e}"))
+    }
+}
+
+/// Produces lifecycle events (structured JSON, e.g. CloudEvents) to a topic,
+/// keyed by subject (the document id), so one document's events stay in
+/// order on one partition.
+pub struct KafkaEvents {
+    producer: BaseProducer,
+    topic: String,
+}
+
+impl KafkaEvents {
+    /// Connects a producer for `topic` (usually [`EVENTS_TOPIC`]).
+    pub fn new(settings: &KafkaSettings, topic: &str) -> Result<KafkaEvents, String> {
+        let producer =
+            settings.producer_config().create().map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
+        Ok(KafkaEvents { producer, topic: topic.to_string() })
+    }
+
+    /// Queues one event with its headers (`ce_type`, `content-type`, ...).
+    pub fn send(&self, key: &str, json: &[u8], headers: &[(&str, &str)]) -> Result<(), String> {
+        let mut owned = OwnedHeaders::new();
+        for (k, v) in headers {
+            owned = owned.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&self.topic).key(key).payload(json).headers(owned);
+        self.producer.send(record).map_err(|(e, _)| format!("cannot queue an event: {e}"))?;
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Waits until every queued event is acknowledged.
+    pub fn flush(&self) -> Result<(), String> {
+        self.producer.flush(Duration::from_secs(30)).map_err(|e| format!("events not acknowledged: {e}"))
     }
 }
