@@ -156,17 +156,22 @@ pub(crate) fn feed(
     };
 
     let mut lag_measured = std::time::Instant::now();
+    let index = worker.index();
+    // Every 2 s, also while the source waits for the sinks (when lag matters most).
+    let measure_lag = |last: &mut std::time::Instant| {
+        if last.elapsed() >= Duration::from_secs(2) {
+            *last = std::time::Instant::now();
+            let lag = consumer_lag(&consumer, &kafka.topic);
+            if let Ok(mut lags) = shared.progress.lag.lock() {
+                lags.insert(index, lag);
+            }
+        }
+    };
     while !shared.stop.load(Ordering::SeqCst) {
         if let Some(fatal) = shared.failed() {
             bail!("{fatal}");
         }
-        if lag_measured.elapsed() >= Duration::from_secs(2) {
-            lag_measured = std::time::Instant::now();
-            let lag = consumer_lag(&consumer, &kafka.topic);
-            if let Ok(mut lags) = shared.progress.lag.lock() {
-                lags.insert(worker.index(), lag);
-            }
-        }
+        measure_lag(&mut lag_measured);
         // Close the epoch by time or by size.
         let by_time = shared.began.elapsed().as_millis() as u64 / epoch_ms;
         if by_time > epoch || in_epoch >= epoch_records {
@@ -197,6 +202,7 @@ pub(crate) fn feed(
         while flow.less_than(&epoch.saturating_sub(window)) && !shared.stop.load(Ordering::SeqCst) {
             // (librdkafka heartbeats from its own thread meanwhile.)
             worker.step_or_park(Some(Duration::from_millis(5)));
+            measure_lag(&mut lag_measured);
         }
     }
 
