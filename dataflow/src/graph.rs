@@ -77,7 +77,7 @@ pub(crate) fn build<'s>(
         let name = stage.name.as_str();
         let output = match (stage.kind, config) {
             (StageKind::Ingest, StageConfig::Ingest { max_record_bytes }) => {
-                Flow::Raw(ingest(scope, raws(scope, inputs), name, *max_record_bytes, shared, letters))
+                Flow::Raw(ingest(raws(scope, inputs), name, *max_record_bytes, shared, letters))
             }
             (StageKind::Parse, StageConfig::Parse(options)) => {
                 let mut options = options.clone();
@@ -157,40 +157,53 @@ fn chunks<'s>(scope: Scope<'s, u64>, inputs: Vec<Flow<'s>>) -> StreamVec<'s, u64
     })
 }
 
+/// A stateless stage: `logic` turns each record into any number of
+/// outputs, emitted at the record's time.
+fn map_records<'s, I, O>(
+    input: StreamVec<'s, u64, I>,
+    name: &str,
+    mut logic: impl FnMut(I, &mut dyn FnMut(O)) + 'static,
+) -> StreamVec<'s, u64, O>
+where
+    I: Clone + 'static,
+    O: Clone + 'static,
+{
+    input.unary::<CapacityContainerBuilder<Vec<O>>, _, _, _>(Pipeline, name, move |_, _| {
+        move |input, output| {
+            input.for_each_stamp(|cap, data| {
+                let mut session = output.session(&cap);
+                for batch in data {
+                    for record in batch.drain(..) {
+                        logic(record, &mut |out| session.give(out));
+                    }
+                }
+            });
+        }
+    })
+}
+
 /// Kafka tombstones (a key, no value) as deletions for the index stages.
 /// They skip parse, chunk and the models; the index orders them against
 /// upserts of the same document by source position.
 fn tombstones<'s>(raw: StreamVec<'s, u64, RawPayload>, tenant: &str) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
     let tenant = tenant.to_string();
-    raw.unary::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(
-        Pipeline,
-        "tombstones",
-        move |_, _| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for batch in data {
-                        for payload in batch.drain(..).filter(|p| p.tombstone) {
-                            let Some(doc_id) = payload.key.clone() else { continue };
-                            session.give(Envelope {
-                                source: payload.source.clone(),
-                                position: payload.position.clone(),
-                                item: ChunkedDocument {
-                                    doc_id,
-                                    tenant_id: payload.tenant.clone().unwrap_or_else(|| tenant.clone()),
-                                    source: medkg_operators::SourceKind::Pubmed,
-                                    title: String::new(),
-                                    content_hash: 0,
-                                    chunks: Vec::new(),
-                                },
-                                delete: true,
-                            });
-                        }
-                    }
-                });
-            }
-        },
-    )
+    map_records(raw, "tombstones", move |payload: RawPayload, emit| {
+        let (true, Some(doc_id)) = (payload.tombstone, payload.key.clone()) else { return };
+        emit(Envelope {
+            item: ChunkedDocument {
+                doc_id,
+                tenant_id: payload.tenant.clone().unwrap_or_else(|| tenant.clone()),
+                // Never stored: a deletion only names the document.
+                source: medkg_operators::SourceKind::Pubmed,
+                title: String::new(),
+                content_hash: 0,
+                chunks: Vec::new(),
+            },
+            source: payload.source,
+            position: payload.position,
+            delete: true,
+        });
+    })
 }
 
 /// Records a failed record; an unwritable dead letter stops the run.
@@ -210,7 +223,6 @@ fn fail(
 
 /// `ingest`: enforces the record size cap and passes payloads on.
 fn ingest<'s>(
-    _scope: Scope<'s, u64>,
     input: StreamVec<'s, u64, RawPayload>,
     name: &str,
     max_record_bytes: usize,
@@ -218,27 +230,15 @@ fn ingest<'s>(
     letters: &Letters,
 ) -> StreamVec<'s, u64, RawPayload> {
     let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
-    input.unary::<CapacityContainerBuilder<Vec<RawPayload>>, _, _, _>(Pipeline, name, move |_, _| {
-        move |input, output| {
-            input.for_each_stamp(|cap, data| {
-                let mut session = output.session(&cap);
-                for batch in data {
-                    for payload in batch.drain(..) {
-                        if payload.bytes.len() > max_record_bytes {
-                            let error = StageError::permanent(
-                                "too_large",
-                                format!(
-                                    "record of {} bytes exceeds max_record_bytes ({max_record_bytes})",
-                                    payload.bytes.len()
-                                ),
-                            );
-                            fail(&shared, &letters, &stage, &payload, None, &error);
-                        } else {
-                            session.give(payload);
-                        }
-                    }
-                }
-            });
+    map_records(input, name, move |payload: RawPayload, emit| {
+        if payload.bytes.len() > max_record_bytes {
+            let error = StageError::permanent(
+                "too_large",
+                format!("record of {} bytes exceeds max_record_bytes ({max_record_bytes})", payload.bytes.len()),
+            );
+            fail(&shared, &letters, &stage, &payload, None, &error);
+        } else {
+            emit(payload);
         }
     })
 }
@@ -253,34 +253,25 @@ fn parse_stage<'s>(
     is_sink: bool,
 ) -> StreamVec<'s, u64, Envelope<Document>> {
     let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
-    input.unary::<CapacityContainerBuilder<Vec<Envelope<Document>>>, _, _, _>(Pipeline, name, move |_, _| {
-        move |input, output| {
-            input.for_each_stamp(|cap, data| {
-                let mut session = output.session(&cap);
-                for batch in data {
-                    for payload in batch.drain(..) {
-                        if payload.tombstone {
-                            continue; // carried to the index by the deletes stream
-                        }
-                        for result in parse::parse(&options, &payload.bytes, payload.name.as_deref()) {
-                            match result {
-                                Ok(doc) => {
-                                    if is_sink {
-                                        shared.progress.docs.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    session.give(Envelope {
-                                        source: payload.source.clone(),
-                                        position: payload.position.clone(),
-                                        item: doc,
-                                        delete: false,
-                                    });
-                                }
-                                Err(error) => fail(&shared, &letters, &stage, &payload, payload.key.clone(), &error),
-                            }
-                        }
+    map_records(input, name, move |payload: RawPayload, emit| {
+        if payload.tombstone {
+            return; // carried to the index by the tombstones stream
+        }
+        for result in parse::parse(&options, &payload.bytes, payload.name.as_deref()) {
+            match result {
+                Ok(doc) => {
+                    if is_sink {
+                        shared.progress.docs.fetch_add(1, Ordering::Relaxed);
                     }
+                    emit(Envelope {
+                        source: payload.source.clone(),
+                        position: payload.position.clone(),
+                        item: doc,
+                        delete: false,
+                    });
                 }
-            });
+                Err(error) => fail(&shared, &letters, &stage, &payload, payload.key.clone(), &error),
+            }
         }
     })
 }
@@ -295,46 +286,35 @@ fn chunk_stage<'s>(
     is_sink: bool,
 ) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
     let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
-    input.unary::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(Pipeline, name, move |_, _| {
-        move |input, output| {
-            input.for_each_stamp(|cap, data| {
-                let mut session = output.session(&cap);
-                for batch in data {
-                    for envelope in batch.drain(..) {
-                        let chunked = chunker.chunk(&envelope.item);
-                        if chunked.chunks.is_empty() {
-                            // Nothing to index would mean silently losing the document.
-                            let error = StageError::permanent(
-                                "empty_document",
-                                format!("document {} has no text to chunk", chunked.doc_id),
-                            );
-                            let payload = RawPayload {
-                                source: envelope.source.clone(),
-                                key: Some(chunked.doc_id.clone()),
-                                bytes: serde_json::to_vec(&envelope.item).unwrap_or_default(),
-                                name: None,
-                                position: envelope.position.clone(),
-                                tombstone: false,
-                                tenant: None,
-                            };
-                            fail(&shared, &letters, &stage, &payload, Some(chunked.doc_id), &error);
-                            continue;
-                        }
-                        if is_sink {
-                            shared.progress.docs.fetch_add(1, Ordering::Relaxed);
-                            shared.progress.chunks.fetch_add(chunked.chunks.len() as u64, Ordering::Relaxed);
-                        }
-                        session.give(Envelope {
-                            source: envelope.source,
-                            position: envelope.position,
-                            item: chunked,
-                            delete: false,
-                        });
-                    }
-                }
-            });
+    map_records(input, name, move |envelope: Envelope<Document>, emit| {
+        let chunked = chunker.chunk(&envelope.item);
+        if chunked.chunks.is_empty() {
+            // Nothing to index would mean silently losing the document.
+            let error =
+                StageError::permanent("empty_document", format!("document {} has no text to chunk", chunked.doc_id));
+            let payload = envelope_payload(&envelope.source, &envelope.position, &chunked.doc_id, &envelope.item);
+            fail(&shared, &letters, &stage, &payload, Some(chunked.doc_id), &error);
+            return;
         }
+        if is_sink {
+            shared.progress.docs.fetch_add(1, Ordering::Relaxed);
+            shared.progress.chunks.fetch_add(chunked.chunks.len() as u64, Ordering::Relaxed);
+        }
+        emit(Envelope { source: envelope.source, position: envelope.position, item: chunked, delete: false });
     })
+}
+
+/// A dead-letter payload for something past parsing: its IR as JSON.
+fn envelope_payload(source: &str, position: &Position, doc_id: &str, item: &impl Serialize) -> RawPayload {
+    RawPayload {
+        source: source.to_string(),
+        key: Some(doc_id.to_string()),
+        bytes: serde_json::to_vec(item).unwrap_or_default(),
+        name: None,
+        position: position.clone(),
+        tombstone: false,
+        tenant: None,
+    }
 }
 
 /// A model stage (`embed`, `splade`): stashes chunked documents per epoch
@@ -414,15 +394,12 @@ fn encode_stage<'s>(
                             }
                             Err(failed) => {
                                 let (envelope, error) = *failed;
-                                let payload = RawPayload {
-                                    source: envelope.source.clone(),
-                                    key: Some(envelope.item.doc_id.clone()),
-                                    bytes: serde_json::to_vec(&envelope.item).unwrap_or_default(),
-                                    name: None,
-                                    position: envelope.position.clone(),
-                                    tombstone: false,
-                                    tenant: None,
-                                };
+                                let payload = envelope_payload(
+                                    &envelope.source,
+                                    &envelope.position,
+                                    &envelope.item.doc_id,
+                                    &envelope.item,
+                                );
                                 fail(
                                     &shared,
                                     &letters,
