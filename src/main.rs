@@ -28,8 +28,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a pipeline over a source until the source is exhausted.
+    /// Run a pipeline over a source until the source is exhausted (files) or stopped (Kafka).
+    /// (`-h` is timely's hostfile flag here, as in every timely program; help is `--help`.)
+    #[command(disable_help_flag = true)]
     Run {
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
         /// The pipeline (config/pipelines/*.yaml).
         #[arg(long)]
         pipeline: PathBuf,
@@ -56,6 +61,8 @@ enum Command {
         models: ModelArgs,
         #[command(flatten)]
         kafka: KafkaArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Search a data directory: BM25, dense, SPLADE, or their fusion.
     Search {
@@ -143,6 +150,30 @@ enum Command {
     },
 }
 
+/// A timely cluster: several processes, `-w` workers each.
+#[derive(clap::Args, Default)]
+struct ClusterArgs {
+    /// Processes in the cluster.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    processes: usize,
+    /// This process's index, from 0.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    process: usize,
+    /// Hostfile: one host:port a line, process 0 first (needed when -n > 1).
+    #[arg(short = 'h', long = "hostfile")]
+    hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn cluster(&self) -> anyhow::Result<Option<medkg_dataflow::Cluster>> {
+        if self.processes <= 1 {
+            return Ok(None);
+        }
+        let hostfile = self.hostfile.as_deref().ok_or_else(|| anyhow!("-n {} needs -h HOSTFILE", self.processes))?;
+        medkg_dataflow::Cluster::from_hostfile(hostfile, self.processes, self.process).map(Some)
+    }
+}
+
 /// A Kafka source's connection.
 #[derive(clap::Args, Default)]
 struct KafkaArgs {
@@ -189,20 +220,33 @@ impl ModelArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { pipeline, source, data_dir, workers, tenant, from_start, resilience, models, kafka } => {
-            run_options(
-                &pipeline,
-                &source,
-                data_dir,
-                workers,
-                tenant,
-                from_start,
-                resilience.as_deref(),
-                &models,
-                &kafka,
-            )
-            .and_then(run)
-        }
+        Command::Run {
+            pipeline,
+            source,
+            data_dir,
+            workers,
+            tenant,
+            from_start,
+            resilience,
+            models,
+            kafka,
+            cluster,
+            ..
+        } => run_options(
+            &pipeline,
+            &source,
+            data_dir,
+            workers,
+            tenant,
+            from_start,
+            resilience.as_deref(),
+            &models,
+            &kafka,
+        )
+        .and_then(|mut options| {
+            options.cluster = cluster.cluster()?;
+            run(options)
+        }),
         Command::Produce { kafka, topic, file, rate } => produce(&kafka, &topic, &file, rate),
         Command::Search { data_dir, tenant, k, json, mode, weights, query } => {
             search(&data_dir, &tenant, k, json, &mode, &weights, &query.join(" "))
@@ -304,6 +348,7 @@ fn run_options(
         models: models.models.clone(),
         device: models.device()?,
         stop: None,
+        cluster: None,
     })
 }
 

@@ -348,3 +348,56 @@ fn a_pipeline_with_unimplemented_stages_fails_at_start_naming_them() {
         assert!(!dir.path().join("data/shard-0").exists(), "nothing may run");
     }
 }
+
+#[test]
+fn two_processes_form_a_timely_cluster_over_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, records) = pubmed_slice(dir.path(), 2000);
+    let ports: Vec<u16> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();
+    let data = dir.path().join("data");
+    let processes: Vec<_> = (0..2)
+        .map(|p| {
+            medkg()
+                .args(["run", "--pipeline"])
+                .arg(lexical())
+                .arg("--source")
+                .arg(format!("file:{}", source.display()))
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["-w", "1", "-n", "2", "-p", &p.to_string(), "-h"])
+                .arg(&hostfile)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // A process that dies before the cluster forms leaves the other waiting
+    // for it: bound the wait, and kill both on failure.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut processes = processes;
+    while processes.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        if Instant::now() > deadline {
+            for c in &mut processes {
+                let _ = c.kill();
+            }
+            panic!("the cluster did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut docs = 0;
+    for child in processes {
+        let output = check(child.wait_with_output().unwrap());
+        docs += last_json(&output)["docs"].as_u64().unwrap();
+    }
+    assert_eq!(docs, 2000, "the two processes together index every document once");
+    assert_eq!(stats(&data).0, 2000);
+    // Process 1's worker (global index 1) owns shard 1.
+    assert!(data.join("shard-0/bm25/meta.json").exists() && data.join("shard-1/bm25/meta.json").exists());
+    let title = records[7]["title"].as_str().unwrap();
+    let want = format!("pmid:{}", records[7]["pmid"].as_str().unwrap());
+    assert!(search(&data, "default", 3, title).iter().any(|h| h["doc_id"] == want.as_str()));
+}

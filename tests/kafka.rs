@@ -359,6 +359,7 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
             },
         }),
         stop: Some(stop.clone()),
+        cluster: None,
     };
     let progress = Arc::new(medkg_dataflow::Progress::default());
     let engine = {

@@ -66,6 +66,35 @@ pub struct RunOptions {
     /// Set it to stop a long-running (Kafka) run: it drains, commits and
     /// returns. SIGTERM and SIGINT set it too.
     pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Run as process `process` of a timely cluster (`-n/-p/-h`): `workers`
+    /// threads in each of `addresses.len()` processes, talking over TCP.
+    pub cluster: Option<Cluster>,
+}
+
+/// This process's place in a timely cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process, from 0.
+    pub process: usize,
+    /// `host:port` of every process, in process order.
+    pub addresses: Vec<String>,
+}
+
+impl Cluster {
+    /// Reads a hostfile: one `host:port` a line, process 0 first.
+    pub fn from_hostfile(path: &std::path::Path, processes: usize, process: usize) -> anyhow::Result<Cluster> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read the hostfile {}", path.display()))?;
+        let addresses: Vec<String> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+        if addresses.len() < processes {
+            bail!("{} lists {} addresses for {processes} processes", path.display(), addresses.len());
+        }
+        if process >= processes {
+            bail!("process {process} does not exist in a cluster of {processes}");
+        }
+        Ok(Cluster { process, addresses: addresses[..processes].to_vec() })
+    }
 }
 
 /// A Kafka topic consumed by a consumer group.
@@ -180,7 +209,8 @@ pub fn run(
             Some(source)
         }
     };
-    let layout = Layout::open_or_create(&options.data_dir, workers as u32).map_err(|e| anyhow!("{e}"))?;
+    let processes = options.cluster.as_ref().map_or(1, |c| c.addresses.len());
+    let layout = Layout::open_or_create(&options.data_dir, (workers * processes) as u32).map_err(|e| anyhow!("{e}"))?;
     ModelRecord::from_settings(&settings).reconcile(&options.data_dir).map_err(|e| anyhow!(e))?;
     let start = match (&source, options.from_start) {
         (Some(source), false) => Checkpoint::load(&options.data_dir, &source.name())
@@ -213,7 +243,20 @@ pub fn run(
     });
     let began = Instant::now();
     let worker_shared = shared.clone();
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let config = match &options.cluster {
+        None => timely::Config::process(workers),
+        Some(cluster) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: cluster.process,
+                addresses: cluster.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        },
+    };
+    let guards = timely::execute(config, move |worker| {
         let shared = worker_shared.clone();
         let result = run_worker(worker, &shared);
         if let Err(e) = &result {

@@ -32,7 +32,8 @@ impl Layout {
         std::fs::create_dir_all(root).map_err(|e| io_error(&format!("cannot create {}", root.display()), e))?;
         let layout = Layout { version: LAYOUT_VERSION, shards: shards.max(1), root: root.to_path_buf() };
         let text = serde_json::to_string_pretty(&layout).map_err(|e| io_error("layout", e))?;
-        let tmp = root.join(format!("{LAYOUT_FILE}.tmp"));
+        // Each process its own temp file: the processes of a cluster may race here.
+        let tmp = root.join(format!("{LAYOUT_FILE}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, &file))
             .map_err(|e| io_error("cannot write the layout", e))?;
