@@ -20,6 +20,8 @@ if [ -z "${MEDKG_KAFKA_BROKERS:-}" ]; then
   export KAFKA_PORT=${KAFKA_PORT:-19092}
   MEDKG_KAFKA_BROKERS=$(PORT=$KAFKA_PORT scripts/kafka-broker.sh start)
   export MEDKG_KAFKA_BROKERS
+  # The tests create their topics with the broker's own CLI.
+  export MEDKG_TANSU=${TANSU_DIR:-${MEDKG_CACHE:-$HOME/.cache/medkg}/tansu}/bin/tansu
   trap 'PORT=$KAFKA_PORT scripts/kafka-broker.sh stop' EXIT
 fi
 cargo test --workspace --all-targets
