@@ -14,9 +14,16 @@
 //! input frontier passes those epochs (and at most once per
 //! `commit_interval`) it commits every shard it owns and releases them. A
 //! probe after the index therefore reads *durably indexed up to epoch E*,
-//! and only then does worker 0 record the source's checkpoint. A crash at
-//! any moment re-reads at most the uncommitted epochs, whose writes are
-//! idempotent upserts keyed by chunk id: nothing lost, nothing doubled.
+//! and only then does the source record its position: worker 0 writes the
+//! file checkpoint, and every Kafka worker commits the offsets it read in
+//! those epochs (see `kafka_source`). A crash at any moment re-reads at most
+//! the uncommitted epochs, whose writes are idempotent upserts keyed by
+//! tenant and document: nothing lost, nothing doubled.
+//!
+//! Model stages (`embed`, `splade`) stash each epoch's chunks and encode
+//! them in token-budget batches when the frontier passes the epoch. Kafka
+//! tombstones travel straight to the index, which orders them against
+//! upserts by source position.
 #![warn(missing_docs)]
 
 pub mod bench;
@@ -183,7 +190,8 @@ pub fn check_implemented(plan: &Plan) -> Result<(), String> {
     }
 }
 
-/// Runs a pipeline over a file source to completion.
+/// Runs a pipeline: a file source to completion, a Kafka source until
+/// stopped (SIGTERM, SIGINT or [`RunOptions::stop`]).
 ///
 /// `on_progress` is called about five times a second from the calling
 /// thread while the workers run.
