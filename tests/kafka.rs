@@ -108,10 +108,8 @@ fn produce_file(topic: &str, file: &Path) {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
-/// Per partition: the group's committed offset, and the partition's end (the
-/// offset after its last message). The end is found by reading the partition:
-/// tansu 0.6's reported high watermark lags the last offset.
-fn committed_and_end(topic: &str, group: &str, partitions: i32) -> Vec<(i64, i64)> {
+/// The group's committed offset of each partition (-1 where none is).
+fn committed(topic: &str, group: &str, partitions: i32) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", group)
@@ -123,9 +121,20 @@ fn committed_and_end(topic: &str, group: &str, partitions: i32) -> Vec<(i64, i64
         list.add_partition(topic, p);
     }
     let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// Each partition's end (the offset after its last message), found by
+/// reading it: tansu 0.6's reported high watermark lags the last offset.
+fn ends(topic: &str, partitions: i32) -> Vec<i64> {
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
-        .set("group.id", format!("{group}-end-reader"))
+        .set("group.id", format!("{topic}-end-reader"))
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
@@ -143,15 +152,7 @@ fn committed_and_end(topic: &str, group: &str, partitions: i32) -> Vec<(i64, i64
             idle_since = Instant::now();
         }
     }
-    (0..partitions)
-        .map(|p| {
-            let offset = match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => -1,
-            };
-            (offset, ends[p as usize])
-        })
-        .collect()
+    ends
 }
 
 #[test]
@@ -188,15 +189,22 @@ fn kafka_crashes_lose_nothing_and_duplicate_nothing() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    // Then let it finish, stop it cleanly, and compare.
+    // Then let it catch up: the index may be complete already (earlier runs
+    // indexed durably but died before committing their offsets), so wait for
+    // the group's offsets to reach the end of every partition.
     let child = engine(&topic, &group, &data);
     wait_for(&data, expected, Duration::from_secs(180));
+    let end = ends(&topic, 4);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed(&topic, &group, 4) != end {
+        assert!(Instant::now() < deadline, "offsets {:?} never reached the ends {end:?}", committed(&topic, &group, 4));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // A clean stop keeps everything as it is.
     let summary = terminate(child);
     assert!(summary.lines().last().unwrap_or("").starts_with("{\"docs\":"), "{summary}");
     assert_eq!(stats(&data), Some(expected), "every document's chunks exactly once");
-    for (partition, (committed, end)) in committed_and_end(&topic, &group, 4).into_iter().enumerate() {
-        assert_eq!(committed, end, "partition {partition}: committed offset {committed}, end {end}");
-    }
+    assert_eq!(committed(&topic, &group, 4), end, "committed offsets at the end of every partition");
 }
 
 #[test]
