@@ -100,22 +100,53 @@ impl ConsumerContext for Rebalancer {
     }
 }
 
-/// Messages of this consumer's partitions not yet durable: each partition's
-/// end minus the group's committed offset (the beginning when none is).
-fn consumer_lag<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> u64 {
-    let Ok(committed) = consumer.committed(Duration::from_millis(500)) else { return 0 };
-    committed
-        .elements()
-        .iter()
-        .filter_map(|e| {
-            let (low, high) = consumer.fetch_watermarks(topic, e.partition(), Duration::from_millis(200)).ok()?;
-            let done = match e.offset() {
-                Offset::Offset(offset) => offset,
-                _ => low,
-            };
-            Some((high - done).max(0) as u64)
-        })
-        .sum()
+/// Watches the group's lag on its own thread (broker round trips never
+/// stall a worker): every 2 s, each partition's end minus the group's
+/// committed offset (the beginning where none is), summed, until `done`.
+pub(crate) fn monitor_lag(
+    kafka: KafkaSource,
+    progress: Arc<crate::Progress>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        // Same group id to read its commits, but never subscribed: not a member.
+        let Ok(consumer) = kafka.settings.consumer_config().create::<BaseConsumer>() else { return };
+        while !done.load(Ordering::SeqCst) {
+            if let Some(lag) = group_lag(&consumer, &kafka.topic) {
+                if let Ok(mut lags) = progress.lag.lock() {
+                    lags.insert(0, lag);
+                }
+            }
+            for _ in 0..20 {
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+}
+
+fn group_lag(consumer: &BaseConsumer, topic: &str) -> Option<u64> {
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+    let partitions: Vec<i32> =
+        metadata.topics().iter().find(|t| t.name() == topic)?.partitions().iter().map(|p| p.id()).collect();
+    let mut list = TopicPartitionList::new();
+    for &p in &partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, timeout).ok()?;
+    let mut lag = 0u64;
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).ok()?;
+        let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(offset)) => offset,
+            _ => low,
+        };
+        lag += (high - done).max(0) as u64;
+    }
+    Some(lag)
 }
 
 /// Consumes `kafka.topic` until stopped.
@@ -155,23 +186,10 @@ pub(crate) fn feed(
         Ok(())
     };
 
-    let mut lag_measured = std::time::Instant::now();
-    let index = worker.index();
-    // Every 2 s, also while the source waits for the sinks (when lag matters most).
-    let measure_lag = |last: &mut std::time::Instant| {
-        if last.elapsed() >= Duration::from_secs(2) {
-            *last = std::time::Instant::now();
-            let lag = consumer_lag(&consumer, &kafka.topic);
-            if let Ok(mut lags) = shared.progress.lag.lock() {
-                lags.insert(index, lag);
-            }
-        }
-    };
     while !shared.stop.load(Ordering::SeqCst) {
         if let Some(fatal) = shared.failed() {
             bail!("{fatal}");
         }
-        measure_lag(&mut lag_measured);
         // Close the epoch by time or by size.
         let by_time = shared.began.elapsed().as_millis() as u64 / epoch_ms;
         if by_time > epoch || in_epoch >= epoch_records {
@@ -202,7 +220,6 @@ pub(crate) fn feed(
         while flow.less_than(&epoch.saturating_sub(window)) && !shared.stop.load(Ordering::SeqCst) {
             // (librdkafka heartbeats from its own thread meanwhile.)
             worker.step_or_park(Some(Duration::from_millis(5)));
-            measure_lag(&mut lag_measured);
         }
     }
 
