@@ -87,26 +87,11 @@ pub(crate) fn build<'s>(
             (StageKind::Chunk, StageConfig::Chunk(chunker)) => {
                 Flow::Chunks(chunk_stage(docs(scope, inputs), name, chunker.clone(), shared, letters, is_sink))
             }
-            (StageKind::Embed, StageConfig::Embed(spec)) => Flow::Chunks(encode_stage(
-                scope,
-                chunks(scope, inputs),
-                name,
-                i,
-                spec.max_batch_tokens,
-                shared,
-                letters,
-                is_sink,
-            )),
-            (StageKind::Splade, StageConfig::Splade(spec)) => Flow::Chunks(encode_stage(
-                scope,
-                chunks(scope, inputs),
-                name,
-                i,
-                spec.max_batch_tokens,
-                shared,
-                letters,
-                is_sink,
-            )),
+            (StageKind::Embed, StageConfig::Embed(spec)) | (StageKind::Splade, StageConfig::Splade(spec)) => {
+                // Both model stages are the same operator; the sessions differ.
+                let input = chunks(scope, inputs);
+                Flow::Chunks(encode_stage(scope, input, name, i, spec.max_batch_tokens, shared, letters, is_sink))
+            }
             (StageKind::Index, StageConfig::Index { commit_interval, writer_memory_bytes, splade, dense }) => {
                 let deletes = tombstones(raw.clone(), &shared.options.tenant);
                 let input = scope.concatenate(vec![chunks(scope, inputs), deletes]).probe_with(flow);
