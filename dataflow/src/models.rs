@@ -133,7 +133,8 @@ impl ModelRecord {
         };
         if merged != existing {
             let text = serde_json::to_string_pretty(&merged).map_err(|e| e.to_string())?;
-            std::fs::write(data_dir.join(RECORD_FILE), text)
+            // Every process of a cluster writes this record: never half of it.
+            medkg_operators::index::write_atomically(&data_dir.join(RECORD_FILE), text.as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", data_dir.join(RECORD_FILE).display()))?;
         }
         Ok(())

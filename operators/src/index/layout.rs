@@ -32,11 +32,7 @@ impl Layout {
         std::fs::create_dir_all(root).map_err(|e| io_error(&format!("cannot create {}", root.display()), e))?;
         let layout = Layout { version: LAYOUT_VERSION, shards: shards.max(1), root: root.to_path_buf() };
         let text = serde_json::to_string_pretty(&layout).map_err(|e| io_error("layout", e))?;
-        // Each process its own temp file: the processes of a cluster may race here.
-        let tmp = root.join(format!("{LAYOUT_FILE}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &file))
-            .map_err(|e| io_error("cannot write the layout", e))?;
+        write_atomically(&file, text.as_bytes()).map_err(|e| io_error("cannot write the layout", e))?;
         Ok(layout)
     }
 
@@ -80,4 +76,14 @@ impl Layout {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// Replaces `path` with `bytes` all at once (a temp file of this process,
+/// then a rename), so a reader never sees a half-written file, even while
+/// the processes of a cluster race to write the same one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!("{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
