@@ -4,16 +4,21 @@
 # `static` feature; Debian's libfaiss-dev has no C API), and cmake plus
 # libcurl's headers for librdkafka (vendored by rdkafka's `cmake-build`; its
 # CMake turns curl on whenever it finds the library, headers or not).
+# The checks of the operations artefacts need promtool (Debian's prometheus)
+# and Node.js with npm (@asyncapi/parser); see scripts/check-docs.sh.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 dpkg -s libopenblas-dev >/dev/null 2>&1 || missing+=(libopenblas-dev)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup-system.sh: installing ${missing[*]}" >&2
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -14,6 +14,8 @@ fi
 scripts/setup-system.sh
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}
 export MEDKG_MODELS=${MEDKG_MODELS:-$MEDKG_SHARED/models}
+# Alert rules (promtool) and docs/asyncapi.yaml (@asyncapi/parser).
+scripts/check-docs.sh
 # A real Kafka-protocol broker (tansu) on loopback for the Kafka tests,
 # stopped when the tests end, unless MEDKG_KAFKA_BROKERS names one already.
 if [ -z "${MEDKG_KAFKA_BROKERS:-}" ]; then

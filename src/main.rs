@@ -22,11 +22,16 @@ use medkg_topology::{Plan, Policies, ValidationErrors};
     about = "Stream biomedical documents through a YAML topology into searchable indexes"
 )]
 struct Cli {
+    /// Log lines on stderr: text, or json (one object a line, with run_id, pipeline, stage and
+    /// doc_id fields). The level comes from MEDKG_LOG (e.g. `debug`, `medkg=info`; default info).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing would only obscure clap's derive
 enum Command {
     /// Run a pipeline over a source until the source is exhausted (files) or stopped (Kafka).
     /// (`-h` is timely's hostfile flag here, as in every timely program; help is `--help`.)
@@ -63,6 +68,27 @@ enum Command {
         kafka: KafkaArgs,
         #[command(flatten)]
         cluster: ClusterArgs,
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
+    },
+    /// Show the job ledger: where each document of a data directory stands.
+    Ledger {
+        /// The data directory a run wrote.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// Only documents with this status (running, in_progress, completed, failed, deleted,
+        /// waiting, gate_timeout).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this document.
+        #[arg(long)]
+        doc: Option<String>,
+        /// At most this many rows (newest first).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON (one array of rows; with no filter, the counts per status too).
+        #[arg(long)]
+        json: bool,
     },
     /// Search a data directory: BM25, dense, SPLADE, or their fusion.
     Search {
@@ -174,6 +200,64 @@ impl ClusterArgs {
     }
 }
 
+/// What a run reports, and where.
+#[derive(clap::Args)]
+struct TelemetryArgs {
+    /// Lifecycle CloudEvents: off, file:PATH (JSON lines) or kafka:TOPIC (e.g.
+    /// kafka:orchestration.events.v1; needs --brokers).
+    #[arg(long, default_value = "off")]
+    events: String,
+    /// One event per document per stage, or one per batch per stage.
+    #[arg(long, default_value = "document", value_parser = ["document", "batch"])]
+    event_granularity: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts; `off` serves none.
+    /// The default address is skipped with a warning when busy; an explicit one must bind.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// OpenLineage run events: file:PATH (JSON lines) or an http(s):// endpoint.
+    #[arg(long)]
+    lineage: Option<String>,
+    /// The run's id in events, lineage, logs and the ledger (default: a fresh UUID).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Keep no job ledger (DATA_DIR/ledger.sqlite), e.g. for throughput benchmarks.
+    #[arg(long)]
+    no_ledger: bool,
+}
+
+impl TelemetryArgs {
+    fn options(&self, kafka: &KafkaArgs) -> anyhow::Result<medkg_dataflow::TelemetryOptions> {
+        let mut options = medkg_dataflow::TelemetryOptions {
+            events: self.events.parse().map_err(|e: String| anyhow!("--events {e}"))?,
+            granularity: self.event_granularity.parse().map_err(|e: String| anyhow!("--event-granularity {e}"))?,
+            lineage: self
+                .lineage
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e: String| anyhow!("--lineage {e}"))?,
+            ..Default::default()
+        };
+        let (addr, required) = match self.metrics_addr.as_deref() {
+            Some("off") => (None, false),
+            Some(addr) => (Some(addr), true),
+            None => (Some(medkg_dataflow::DEFAULT_METRICS_ADDR), false),
+        };
+        options.metrics_addr = addr
+            .map(|a| a.parse().map_err(|e| anyhow!("--metrics-addr `{a}`: {e} (expected HOST:PORT or off)")))
+            .transpose()?;
+        options.metrics_required = required;
+        options.ledger = !self.no_ledger;
+        if let Some(id) = &self.run_id {
+            options.run_id = id.clone();
+        }
+        if kafka.brokers.is_some() {
+            options.kafka = Some(kafka.settings()?);
+        }
+        Ok(options)
+    }
+}
+
 /// A Kafka source's connection.
 #[derive(clap::Args, Default)]
 struct KafkaArgs {
@@ -219,6 +303,7 @@ impl ModelArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(&cli.log_format);
     let result = match cli.command {
         Command::Run {
             pipeline,
@@ -231,6 +316,7 @@ fn main() -> ExitCode {
             models,
             kafka,
             cluster,
+            telemetry,
             ..
         } => run_options(
             &pipeline,
@@ -245,8 +331,12 @@ fn main() -> ExitCode {
         )
         .and_then(|mut options| {
             options.cluster = cluster.cluster()?;
+            options.telemetry = telemetry.options(&kafka)?;
             run(options)
         }),
+        Command::Ledger { data_dir, status, doc, limit, json } => {
+            ledger(&data_dir, status.as_deref(), doc.as_deref(), limit, json)
+        }
         Command::Produce { kafka, topic, file, rate } => produce(&kafka, &topic, &file, rate),
         Command::Search { data_dir, tenant, k, json, mode, weights, query } => {
             search(&data_dir, &tenant, k, json, &mode, &weights, &query.join(" "))
@@ -263,6 +353,66 @@ fn main() -> ExitCode {
             eprintln!("medkg: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs on stderr, as text or JSON lines, filtered by MEDKG_LOG (default info).
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDKG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// `medkg ledger`: rows of the job ledger, as a table or JSON.
+fn ledger(data_dir: &Path, status: Option<&str>, doc: Option<&str>, limit: usize, json: bool) -> anyhow::Result<()> {
+    use medkg_connectors::ledger::{Ledger, Status};
+    let status: Option<Status> = status.map(str::parse).transpose().map_err(|e: String| anyhow!("--status {e}"))?;
+    let ledger = Ledger::open_existing(data_dir).map_err(|e| anyhow!(e))?;
+    let rows = ledger.query(status, doc, limit).map_err(|e| anyhow!(e))?;
+    let counts = ledger.counts().map_err(|e| anyhow!(e))?;
+    let mut out = std::io::stdout().lock();
+    let printed = (|| -> std::io::Result<()> {
+        if json {
+            let mut value = serde_json::json!({ "rows": rows });
+            if status.is_none() && doc.is_none() {
+                value["counts"] = serde_json::to_value(&counts)?;
+            }
+            return writeln!(out, "{}", serde_json::to_string_pretty(&value)?);
+        }
+        if status.is_none() && doc.is_none() {
+            let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            writeln!(out, "documents: {}", if summary.is_empty() { "none".to_string() } else { summary.join(", ") })?;
+        }
+        writeln!(
+            out,
+            "{:<28} {:<10} {:<12} {:<12} {:<16} {:<24} LAST ERROR",
+            "DOCUMENT", "TENANT", "STATUS", "STAGE", "RETRIES", "UPDATED"
+        )?;
+        for row in rows {
+            let retries: Vec<String> = row.retries.iter().map(|(s, n)| format!("{s}={n}")).collect();
+            writeln!(
+                out,
+                "{:<28} {:<10} {:<12} {:<12} {:<16} {:<24} {}",
+                row.doc_id,
+                row.tenant_id,
+                row.status,
+                row.stage,
+                if retries.is_empty() { "-".to_string() } else { retries.join(",") },
+                row.updated_at,
+                row.last_error.unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    })();
+    match printed {
+        // `medkg ledger | head` is fine.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot print the ledger"),
     }
 }
 
@@ -349,6 +499,7 @@ fn run_options(
         device: models.device()?,
         stop: None,
         cluster: None,
+        telemetry: Default::default(),
     })
 }
 

@@ -340,6 +340,8 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
     let dir = tempfile::tempdir().unwrap();
     let topic = topic("lag");
     create_topic(&topic, 2);
+    let events_topic = format!("{topic}-events");
+    create_topic(&events_topic, 1);
     let (file, _) = pubmed_slice(dir.path(), 400);
     produce_file(&topic, &file);
     // The model pipeline keeps the engine behind the topic for a while (about 30 docs/s here).
@@ -368,6 +370,12 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
         }),
         stop: Some(stop.clone()),
         cluster: None,
+        telemetry: medkg_dataflow::TelemetryOptions {
+            metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+            metrics_required: true,
+            events: medkg_connectors::events::EventTarget::Kafka(events_topic.clone()),
+            ..Default::default()
+        },
     };
     let progress = Arc::new(medkg_dataflow::Progress::default());
     let engine = {
@@ -376,15 +384,58 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = 0;
-    while Instant::now() < deadline && seen == 0 {
-        seen = progress.lag();
+    // Lag while the engine is behind, and its first documents durable.
+    while Instant::now() < deadline && (seen == 0 || progress.docs.load(Ordering::SeqCst) == 0) {
+        seen = seen.max(progress.lag());
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // The long-lived run serves /metrics while it runs, lag included.
+    let addr = progress.metrics_addr.lock().unwrap().expect("metrics are served");
+    let (status, metrics) = common::http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name}{{"))).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("medkg_docs_out_total") > 0.0 && value("medkg_docs_in_total") > 0.0, "{metrics}");
+    assert!(value("medkg_consumer_lag") >= 0.0);
+    for name in ["medkg_active_jobs", "medkg_stage_duration_seconds_bucket", "medkg_job_duration_seconds_bucket"] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
     stop.store(true, Ordering::SeqCst);
     let summary = engine.join().unwrap().unwrap();
     assert!(seen > 0 && seen <= 400, "lag {seen} while {} of 400 docs were done", summary.docs);
     // Stopped early, the run still returns cleanly with what it made durable.
     assert!(summary.docs <= 400, "{summary:?}");
+    // Its lifecycle events are on their topic, CloudEvents in structured JSON.
+    let consumer = reader(&events_topic);
+    let mut types = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && types.len() < 2 {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let event: cloudevents::Event = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            use cloudevents::AttributesReader;
+            assert_eq!(message.key().map(|k| k.to_vec()), event.subject().map(|s| s.as_bytes().to_vec()));
+            assert!(event.source().to_string().starts_with("/medkg/hybrid/"), "{event}");
+            types.insert(event.ty().to_string());
+        }
+    }
+    assert!(types.contains("org.medicalkg.orchestration.stage.started"), "{types:?}");
+    assert!(types.contains("org.medicalkg.orchestration.stage.completed"), "{types:?}");
+}
+
+/// A consumer reading `topic` from its start.
+fn reader(topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "2000")
+        .set("heartbeat.interval.ms", "200")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
 }
 
 #[test]

@@ -160,10 +160,25 @@ impl KafkaEvents {
         for (k, v) in headers {
             owned = owned.insert(Header { key: k, value: Some(v.as_bytes()) });
         }
-        let record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&self.topic).key(key).payload(json).headers(owned);
-        self.producer.send(record).map_err(|(e, _)| format!("cannot queue an event: {e}"))?;
-        self.producer.poll(Duration::ZERO);
-        Ok(())
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&self.topic).key(key).payload(json).headers(owned);
+        // A full local queue is back-pressure, not a failure: wait for deliveries.
+        for _ in 0..300 {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.producer.poll(Duration::ZERO);
+                    return Ok(());
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(100));
+                }
+                Err((e, _)) => return Err(format!("cannot queue an event: {e}")),
+            }
+        }
+        Err("cannot queue an event: the producer queue stayed full for 30 s".into())
     }
 
     /// Waits until every queued event is acknowledged.

@@ -3,11 +3,18 @@
 //! - [`file`]: JSONL (plain or gzip) and directories of document files,
 //!   split across workers by record number, with a durable [`Checkpoint`].
 //! - [`dead_letter`]: the dead-letter sink every failed record goes to.
+//! - [`kafka`]: Kafka settings, dead letters and events on topics.
+//! - [`events`]: CloudEvents lifecycle events to a file or a topic.
+//! - [`ledger`]: the SQLite job ledger, one row per document.
+//! - [`lineage`]: OpenLineage run events to a file or an HTTP endpoint.
 #![warn(missing_docs)]
 
 pub mod dead_letter;
+pub mod events;
 pub mod file;
 pub mod kafka;
+pub mod ledger;
+pub mod lineage;
 
 pub use dead_letter::{DeadLetter, DeadLetterSink};
 pub use file::{Checkpoint, FileSource, SourceError};

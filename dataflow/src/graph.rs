@@ -17,8 +17,11 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::{Capability, Concatenate, Operator, Probe};
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
+use medkg_connectors::ledger::{LedgerBuffer, Status};
+
 use crate::models::StageEncoders;
 use crate::stages::{dead_letter, StageConfig};
+use crate::telemetry::{Subject, Watch};
 use crate::Shared;
 
 /// A record on its way through the graph, with where it came from (for
@@ -53,6 +56,7 @@ impl Flow<'_> {
 }
 
 type Letters = Rc<RefCell<DeadLetterSink>>;
+type LedgerRef = Rc<RefCell<LedgerBuffer>>;
 
 /// Builds the plan's operators on `raw`; probes `flow` on what enters the
 /// sinks and `committed` on what the sinks have made durable.
@@ -61,6 +65,7 @@ pub(crate) fn build<'s>(
     raw: StreamVec<'s, u64, RawPayload>,
     shared: &Arc<Shared>,
     letters: &Letters,
+    ledger: &LedgerRef,
     flow: &ProbeHandle<u64>,
     committed: &ProbeHandle<u64>,
 ) {
@@ -75,29 +80,34 @@ pub(crate) fn build<'s>(
         let is_sink = plan.consumers_of(i).is_empty();
         let config = &shared.settings.stages[i];
         let name = stage.name.as_str();
+        let waits = matches!(stage.kind, StageKind::Fetch | StageKind::Download);
+        let watch = Watch::new(&shared.telemetry, name, i, is_sink, waits, ledger);
+        let ctx = Ctx { shared: shared.clone(), letters: letters.clone(), watch };
         let output = match (stage.kind, config) {
             (StageKind::Ingest, StageConfig::Ingest { max_record_bytes }) => {
-                Flow::Raw(ingest(raws(scope, inputs), name, *max_record_bytes, shared, letters))
+                Flow::Raw(ingest(raws(scope, inputs), ctx, *max_record_bytes))
+            }
+            (StageKind::Fetch, StageConfig::Fetch(config)) => {
+                Flow::Raw(crate::fetch::fetch_stage(scope, raws(scope, inputs), ctx, i, config.max_in_flight))
             }
             (StageKind::Parse, StageConfig::Parse(options)) => {
                 let mut options = options.clone();
                 options.default_tenant = shared.options.tenant.clone();
-                Flow::Docs(parse_stage(raws(scope, inputs), name, options, shared, letters, is_sink))
+                Flow::Docs(parse_stage(raws(scope, inputs), ctx, options, is_sink))
             }
             (StageKind::Chunk, StageConfig::Chunk(chunker)) => {
-                Flow::Chunks(chunk_stage(docs(scope, inputs), name, chunker.clone(), shared, letters, is_sink))
+                Flow::Chunks(chunk_stage(docs(scope, inputs), ctx, chunker.clone(), is_sink))
             }
             (StageKind::Embed, StageConfig::Embed(spec)) | (StageKind::Splade, StageConfig::Splade(spec)) => {
                 // Both model stages are the same operator; the sessions differ.
                 let input = chunks(scope, inputs);
-                Flow::Chunks(encode_stage(scope, input, name, i, spec.max_batch_tokens, shared, letters, is_sink))
+                Flow::Chunks(encode_stage(scope, input, ctx, i, spec.max_batch_tokens, is_sink))
             }
             (StageKind::Index, StageConfig::Index { commit_interval, writer_memory_bytes, splade, dense }) => {
                 let deletes = tombstones(raw.clone(), &shared.options.tenant);
                 let input = scope.concatenate(vec![chunks(scope, inputs), deletes]).probe_with(flow);
                 let backends = Backends { splade: *splade, dense: *dense };
-                let out =
-                    index_stage(scope, input, name, *commit_interval, *writer_memory_bytes, backends, shared, is_sink);
+                let out = index_stage(scope, input, ctx, *commit_interval, *writer_memory_bytes, backends, is_sink);
                 Flow::Chunks(out.probe_with(committed))
             }
             (kind, _) => unreachable!("stage {} ({}) passed check_implemented but has no operator", name, kind.name()),
@@ -142,11 +152,58 @@ fn chunks<'s>(scope: Scope<'s, u64>, inputs: Vec<Flow<'s>>) -> StreamVec<'s, u64
     })
 }
 
+/// What every stage operator needs: the run, its dead-letter sink and the
+/// stage's reporting.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub shared: Arc<Shared>,
+    pub letters: Letters,
+    pub watch: Watch,
+}
+
+impl Ctx {
+    /// A raw payload as a subject: its key (a document id) or its position.
+    pub fn subject_of<'a>(&'a self, payload: &'a RawPayload, position: &'a str) -> Subject<'a> {
+        Subject {
+            id: payload.key.as_deref().unwrap_or(position),
+            tenant: payload.tenant.as_deref().unwrap_or(&self.shared.options.tenant),
+            is_doc: payload.key.is_some(),
+        }
+    }
+
+    /// Dead-letters `payload`: counted, reported (event, ledger, log) and
+    /// written; an unwritable dead letter stops the run.
+    pub fn fail(
+        &self,
+        payload: &RawPayload,
+        subject: &Subject<'_>,
+        began: Option<Instant>,
+        attempts: u32,
+        error: &StageError,
+    ) {
+        let shared = &self.shared;
+        shared.progress.failed.fetch_add(1, Ordering::Relaxed);
+        let telemetry = &shared.telemetry;
+        telemetry
+            .metrics
+            .dead_letters
+            .with_label_values(&[telemetry.pipeline.as_str(), &self.watch.stage, error.kind.as_str()])
+            .inc();
+        self.watch.failed(subject, began, attempts, error);
+        let doc_id = subject.is_doc.then(|| subject.id.to_string());
+        if let Err(e) = dead_letter(&mut self.letters.borrow_mut(), &self.watch.stage, payload, doc_id, error) {
+            shared.fail(e);
+        }
+    }
+}
+
 /// A stateless stage: `logic` turns each record into any number of
-/// outputs, emitted at the record's time.
+/// outputs, emitted at the record's time. With a watch, each batch of
+/// records is reported (batch granularity).
 fn map_records<'s, I, O>(
     input: StreamVec<'s, u64, I>,
     name: &str,
+    watch: Option<Watch>,
     mut logic: impl FnMut(I, &mut dyn FnMut(O)) + 'static,
 ) -> StreamVec<'s, u64, O>
 where
@@ -156,11 +213,21 @@ where
     input.unary::<CapacityContainerBuilder<Vec<O>>, _, _, _>(Pipeline, name, move |_, _| {
         move |input, output| {
             input.for_each_stamp(|cap, data| {
+                let began = Instant::now();
+                let data: Vec<&mut Vec<I>> = data.collect();
+                let count: usize = data.iter().map(|b| b.len()).sum();
+                let epoch = cap.least().copied().unwrap_or_default();
+                if let Some(watch) = &watch {
+                    watch.batch_started(epoch, count);
+                }
                 let mut session = output.session(&cap);
                 for batch in data {
                     for record in batch.drain(..) {
                         logic(record, &mut |out| session.give(out));
                     }
+                }
+                if let Some(watch) = &watch {
+                    watch.batch_completed(epoch, count, began.elapsed());
                 }
             });
         }
@@ -172,7 +239,7 @@ where
 /// upserts of the same document by source position.
 fn tombstones<'s>(raw: StreamVec<'s, u64, RawPayload>, tenant: &str) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
     let tenant = tenant.to_string();
-    map_records(raw, "tombstones", move |payload: RawPayload, emit| {
+    map_records(raw, "tombstones", None, move |payload: RawPayload, emit| {
         let (true, Some(doc_id)) = (payload.tombstone, payload.key.clone()) else { return };
         emit(Envelope {
             item: ChunkedDocument {
@@ -191,38 +258,25 @@ fn tombstones<'s>(raw: StreamVec<'s, u64, RawPayload>, tenant: &str) -> StreamVe
     })
 }
 
-/// Records a failed record; an unwritable dead letter stops the run.
-fn fail(
-    shared: &Shared,
-    letters: &Letters,
-    stage: &str,
-    payload: &RawPayload,
-    doc_id: Option<String>,
-    error: &StageError,
-) {
-    shared.progress.failed.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = dead_letter(&mut letters.borrow_mut(), stage, payload, doc_id, error) {
-        shared.fail(e);
-    }
-}
-
 /// `ingest`: enforces the record size cap and passes payloads on.
 fn ingest<'s>(
     input: StreamVec<'s, u64, RawPayload>,
-    name: &str,
+    ctx: Ctx,
     max_record_bytes: usize,
-    shared: &Arc<Shared>,
-    letters: &Letters,
 ) -> StreamVec<'s, u64, RawPayload> {
-    let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
-    map_records(input, name, move |payload: RawPayload, emit| {
+    let name = ctx.watch.stage.clone();
+    map_records(input, &name, Some(ctx.watch.clone()), move |payload: RawPayload, emit| {
+        let position = payload.position.to_string();
+        let subject = ctx.subject_of(&payload, &position);
+        let began = ctx.watch.started(&subject);
         if payload.bytes.len() > max_record_bytes {
             let error = StageError::permanent(
                 "too_large",
                 format!("record of {} bytes exceeds max_record_bytes ({max_record_bytes})", payload.bytes.len()),
             );
-            fail(&shared, &letters, &stage, &payload, None, &error);
+            ctx.fail(&payload, &subject, Some(began), 1, &error);
         } else {
+            ctx.watch.completed(&subject, began, 1);
             emit(payload);
         }
     })
@@ -231,22 +285,25 @@ fn ingest<'s>(
 /// `parse`: payload → documents; failures are dead-lettered one by one.
 fn parse_stage<'s>(
     input: StreamVec<'s, u64, RawPayload>,
-    name: &str,
+    ctx: Ctx,
     options: parse::ParseOptions,
-    shared: &Arc<Shared>,
-    letters: &Letters,
     is_sink: bool,
 ) -> StreamVec<'s, u64, Envelope<Document>> {
-    let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
-    map_records(input, name, move |payload: RawPayload, emit| {
+    let name = ctx.watch.stage.clone();
+    map_records(input, &name, Some(ctx.watch.clone()), move |payload: RawPayload, emit| {
         if payload.tombstone {
             return; // carried to the index by the tombstones stream
         }
+        // Events name documents: `started` goes out once the document's id is known.
+        let began = Instant::now();
         for result in parse::parse(&options, &payload.bytes, payload.name.as_deref()) {
             match result {
                 Ok(doc) => {
+                    let subject = Subject { id: &doc.id, tenant: &doc.tenant_id, is_doc: true };
+                    ctx.watch.started(&subject);
+                    ctx.watch.completed(&subject, began, 1);
                     if is_sink {
-                        shared.progress.docs.fetch_add(1, Ordering::Relaxed);
+                        ctx.shared.progress.docs.fetch_add(1, Ordering::Relaxed);
                     }
                     emit(Envelope {
                         source: payload.source.clone(),
@@ -255,7 +312,12 @@ fn parse_stage<'s>(
                         delete: false,
                     });
                 }
-                Err(error) => fail(&shared, &letters, &stage, &payload, payload.key.clone(), &error),
+                Err(error) => {
+                    let position = payload.position.to_string();
+                    let record = ctx.subject_of(&payload, &position);
+                    ctx.watch.started(&record);
+                    ctx.fail(&payload, &record, Some(began), 1, &error);
+                }
             }
         }
     })
@@ -264,26 +326,27 @@ fn parse_stage<'s>(
 /// `chunk`: document → its chunks, travelling together.
 fn chunk_stage<'s>(
     input: StreamVec<'s, u64, Envelope<Document>>,
-    name: &str,
+    ctx: Ctx,
     chunker: medkg_operators::Chunker,
-    shared: &Arc<Shared>,
-    letters: &Letters,
     is_sink: bool,
 ) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
-    let (shared, letters, stage) = (shared.clone(), letters.clone(), name.to_string());
-    map_records(input, name, move |envelope: Envelope<Document>, emit| {
+    let name = ctx.watch.stage.clone();
+    map_records(input, &name, Some(ctx.watch.clone()), move |envelope: Envelope<Document>, emit| {
+        let subject = Subject { id: &envelope.item.id, tenant: &envelope.item.tenant_id, is_doc: true };
+        let began = ctx.watch.started(&subject);
         let chunked = chunker.chunk(&envelope.item);
         if chunked.chunks.is_empty() {
             // Nothing to index would mean silently losing the document.
             let error =
                 StageError::permanent("empty_document", format!("document {} has no text to chunk", chunked.doc_id));
             let payload = envelope_payload(&envelope.source, &envelope.position, &chunked.doc_id, &envelope.item);
-            fail(&shared, &letters, &stage, &payload, Some(chunked.doc_id), &error);
+            ctx.fail(&payload, &subject, Some(began), 1, &error);
             return;
         }
+        ctx.watch.completed(&subject, began, 1);
         if is_sink {
-            shared.progress.docs.fetch_add(1, Ordering::Relaxed);
-            shared.progress.chunks.fetch_add(chunked.chunks.len() as u64, Ordering::Relaxed);
+            ctx.shared.progress.docs.fetch_add(1, Ordering::Relaxed);
+            ctx.shared.progress.chunks.fetch_add(chunked.chunks.len() as u64, Ordering::Relaxed);
         }
         emit(Envelope { source: envelope.source, position: envelope.position, item: chunked, delete: false });
     })
@@ -310,20 +373,20 @@ fn envelope_payload(source: &str, position: &Position, doc_id: &str, item: &impl
 fn encode_stage<'s>(
     scope: Scope<'s, u64>,
     input: StreamVec<'s, u64, Envelope<ChunkedDocument>>,
-    name: &str,
+    ctx: Ctx,
     stage: usize,
     max_batch_tokens: usize,
-    shared: &Arc<Shared>,
-    letters: &Letters,
     is_sink: bool,
 ) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
     /// Encode early once a stash holds this many batches' worth of tokens.
     const FLUSH_BATCHES: usize = 4;
-    let (shared, letters, name_owned) = (shared.clone(), letters.clone(), name.to_string());
+    let shared = ctx.shared.clone();
+    let name = ctx.watch.stage.clone();
+    let operator_name = name.to_string();
     let worker = scope.index();
     input.unary_frontier::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(
         Pipeline,
-        name,
+        &operator_name,
         move |_, _| {
             let mut stash: BTreeMap<u64, Stash> = BTreeMap::new();
             move |(input, frontier), output| {
@@ -357,17 +420,32 @@ fn encode_stage<'s>(
                     let Some((cap, docs, _)) = stash.remove(&time) else {
                         continue;
                     };
+                    let watch = &ctx.watch;
+                    let count = docs.len();
+                    watch.batch_started(time, count);
+                    let began = Instant::now();
+                    for d in &docs {
+                        watch.started(&Subject { id: &d.item.doc_id, tenant: &d.item.tenant_id, is_doc: true });
+                    }
                     let encoded = match encode_docs(&shared, stage, worker, docs, max_batch_tokens) {
                         Ok(encoded) => encoded,
                         Err(e) => {
-                            shared.fail(format!("stage `{name_owned}`: {e}"));
+                            shared.fail(format!("stage `{name}`: {e}"));
                             return;
                         }
                     };
+                    watch.observe(began.elapsed());
+                    watch.batch_completed(time, count, began.elapsed());
                     let mut session = output.session(&cap);
                     for result in encoded {
                         match result {
                             Ok(envelope) => {
+                                let item = &envelope.item;
+                                watch.completed(
+                                    &Subject { id: &item.doc_id, tenant: &item.tenant_id, is_doc: true },
+                                    began,
+                                    1,
+                                );
                                 if is_sink {
                                     shared.progress.docs.fetch_add(1, Ordering::Relaxed);
                                     shared
@@ -385,14 +463,9 @@ fn encode_stage<'s>(
                                     &envelope.item.doc_id,
                                     &envelope.item,
                                 );
-                                fail(
-                                    &shared,
-                                    &letters,
-                                    &name_owned,
-                                    &payload,
-                                    Some(envelope.item.doc_id.clone()),
-                                    &error,
-                                );
+                                let item = &envelope.item;
+                                let subject = Subject { id: &item.doc_id, tenant: &item.tenant_id, is_doc: true };
+                                ctx.fail(&payload, &subject, Some(began), 1, &error);
                             }
                         }
                     }
@@ -401,6 +474,10 @@ fn encode_stage<'s>(
         },
     )
 }
+
+/// An epoch's writes at the index: documents, chunks, the documents to
+/// forward, and (tenant, document, deleted, when written) to report.
+type Written = (u64, u64, Vec<Envelope<ChunkedDocument>>, Vec<(String, String, bool, Instant)>);
 
 /// An epoch's documents waiting for a model: its capability, the
 /// documents, and an estimate of their tokens.
@@ -482,20 +559,21 @@ impl Vector {
 fn index_stage<'s>(
     scope: Scope<'s, u64>,
     input: StreamVec<'s, u64, Envelope<ChunkedDocument>>,
-    name: &str,
+    ctx: Ctx,
     commit_interval: Duration,
     writer_memory_bytes: usize,
     backends: Backends,
-    shared: &Arc<Shared>,
     forward: bool,
 ) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
-    let shared = shared.clone();
+    let shared = ctx.shared.clone();
+    let watch = ctx.watch.clone();
+    let name = watch.stage.clone();
     let layout = shared.layout.clone();
     let route = layout.clone();
     let exchange = Exchange::new(move |e: &Envelope<ChunkedDocument>| u64::from(route.shard_of(&e.item.doc_id)));
     input.unary_frontier::<CapacityContainerBuilder<Vec<Envelope<ChunkedDocument>>>, _, _, _>(
         exchange,
-        name,
+        &name,
         move |_, info| {
             let activator = scope.activator_for(info.address.clone());
             let mut shards: BTreeMap<u32, ShardWriter> = BTreeMap::new();
@@ -503,8 +581,9 @@ fn index_stage<'s>(
             let mut latest: HashMap<String, ((Option<i32>, u64), u64)> = HashMap::new();
             // Epochs written and not yet committed, with a capability for each.
             let mut pending: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-            // What was written per epoch: (documents, chunks) and, if forwarding, the documents.
-            let mut written: BTreeMap<u64, (u64, u64, Vec<Envelope<ChunkedDocument>>)> = BTreeMap::new();
+            // What was written per epoch: (documents, chunks), if forwarding the
+            // documents, and what to report once durable.
+            let mut written: BTreeMap<u64, Written> = BTreeMap::new();
             let mut dirty = false;
             let mut last_commit = Instant::now();
             move |(input, frontier), output| {
@@ -555,6 +634,10 @@ fn index_stage<'s>(
                                 entry.0 += 1;
                                 entry.1 += envelope.item.chunks.len() as u64;
                             }
+                            let item = &envelope.item;
+                            let subject = Subject { id: &item.doc_id, tenant: &item.tenant_id, is_doc: true };
+                            let began = watch.started(&subject);
+                            entry.3.push((item.tenant_id.clone(), item.doc_id.clone(), envelope.delete, began));
                             if forward {
                                 entry.2.push(envelope);
                             }
@@ -590,9 +673,18 @@ fn index_stage<'s>(
                 }
                 for time in passed {
                     let cap = pending.remove(&time).expect("time came from pending");
-                    if let Some((docs, chunk_count, done)) = written.remove(&time) {
+                    if let Some((docs, chunk_count, done, reports)) = written.remove(&time) {
                         shared.progress.docs.fetch_add(docs, Ordering::Relaxed);
                         shared.progress.chunks.fetch_add(chunk_count, Ordering::Relaxed);
+                        watch.batch_completed(time, reports.len(), last_commit.elapsed());
+                        for (tenant, doc_id, deleted, began) in reports {
+                            let subject = Subject { id: &doc_id, tenant: &tenant, is_doc: true };
+                            if deleted {
+                                watch.record(&subject, Status::Deleted, 1, None);
+                            } else {
+                                watch.completed(&subject, began, 1);
+                            }
+                        }
                         if !done.is_empty() {
                             output.session(&cap).give_iterator(done.into_iter());
                         }

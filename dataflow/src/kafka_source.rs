@@ -156,7 +156,8 @@ pub(crate) fn feed(
     feed: Feed,
     kafka: &KafkaSource,
 ) -> anyhow::Result<()> {
-    let Feed { mut input, flow, committed, dead_letters } = feed;
+    let Feed { mut input, flow, committed, dead_letters, mut books } = feed;
+    books.opened(0);
     let offsets = Arc::new(Offsets {
         topic: kafka.topic.clone(),
         pending: Mutex::new(BTreeMap::new()),
@@ -196,6 +197,7 @@ pub(crate) fn feed(
             epoch = by_time.max(epoch + 1);
             in_epoch = 0;
             input.advance_to(epoch);
+            books.opened(epoch);
             commit_durable(&consumer)?;
         }
         match consumer.poll(Duration::from_millis(20)) {
@@ -216,6 +218,7 @@ pub(crate) fn feed(
             None => {}
         }
         worker.step();
+        books.tick(&committed)?;
         // Flow control: stay within `window` epochs of what the sinks have seen.
         while flow.less_than(&epoch.saturating_sub(window)) && !shared.stop.load(Ordering::SeqCst) {
             // (librdkafka heartbeats from its own thread meanwhile.)
@@ -230,7 +233,9 @@ pub(crate) fn feed(
             bail!("{fatal}");
         }
         worker.step_or_park(Some(Duration::from_millis(20)));
+        books.tick(&committed)?;
     }
+    books.finish(&committed)?;
     commit_durable(&consumer)?;
     Ok(())
 }

@@ -27,11 +27,13 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+mod fetch;
 mod graph;
 mod kafka_source;
 mod models;
 mod retriever;
 mod stages;
+pub mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,15 +41,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use medkg_connectors::events::EventSink;
+use medkg_connectors::ledger::{Ledger, LedgerBuffer, LedgerWriter};
+use medkg_connectors::lineage::{Dataset, LineageSink, RunInfo, RunState};
 use medkg_connectors::{Checkpoint, DeadLetter, DeadLetterSink, FileSource};
 use medkg_operators::index::Layout;
 use medkg_operators::models::Device;
 use medkg_topology::{Plan, StageKind};
+use telemetry::Telemetry;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 pub use models::{ModelRecord, RecordedModel};
 pub use retriever::{Mode, Retriever, FUSION_DEPTH};
 pub use stages::{EncoderSpec, ModelOptions, StageConfig, StageSettings};
+pub use telemetry::{TelemetryOptions, DEFAULT_METRICS_ADDR};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -76,6 +83,8 @@ pub struct RunOptions {
     /// Run as process `process` of a timely cluster (`-n/-p/-h`): `workers`
     /// threads in each of `addresses.len()` processes, talking over TCP.
     pub cluster: Option<Cluster>,
+    /// Metrics, events, lineage.
+    pub telemetry: TelemetryOptions,
 }
 
 /// This process's place in a timely cluster.
@@ -128,6 +137,8 @@ pub struct Progress {
     /// partition's end minus the group's committed offset), measured every 2 s
     /// on a thread of its own (key 0).
     pub lag: Mutex<std::collections::BTreeMap<usize, u64>>,
+    /// Where `/metrics` is served, once it is.
+    pub metrics_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Progress {
@@ -148,6 +159,8 @@ pub struct RunSummary {
     pub failed: u64,
     /// Wall time of the run.
     pub seconds: f64,
+    /// The run's id (in events, lineage, logs and the ledger).
+    pub run_id: String,
     /// `docs / seconds`.
     pub docs_per_sec: f64,
 }
@@ -158,6 +171,7 @@ pub fn check_implemented(plan: &Plan) -> Result<(), String> {
     for stage in &plan.stages {
         match stage.kind {
             StageKind::Ingest
+            | StageKind::Fetch
             | StageKind::Parse
             | StageKind::Chunk
             | StageKind::Embed
@@ -199,9 +213,72 @@ pub fn check_implemented(plan: &Plan) -> Result<(), String> {
 pub fn run(
     options: RunOptions,
     progress: Arc<Progress>,
-    mut on_progress: impl FnMut(&Progress, Duration),
+    on_progress: impl FnMut(&Progress, Duration),
 ) -> anyhow::Result<RunSummary> {
     check_implemented(&options.plan).map_err(|e| anyhow!(e))?;
+    // HTTP calls, the metrics server and lineage run here, beside the workers.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("medkg-io")
+        .enable_all()
+        .build()
+        .context("cannot start the I/O runtime")?;
+    let lineage = match &options.telemetry.lineage {
+        Some(target) => Some(LineageSink::new(target.clone()).map_err(|e| anyhow!(e))?),
+        None => None,
+    };
+    let info = lineage_info(&options);
+    let run_id = options.telemetry.run_id.clone();
+    let span = tracing::info_span!("run", run_id = %run_id, pipeline = %options.plan.name);
+    let _entered = span.enter();
+    let report = |state: RunState, error: Option<&str>| {
+        if let Some(sink) = &lineage {
+            if let Err(e) = runtime.block_on(sink.emit(&info, state, error)) {
+                tracing::warn!(error = %e, "cannot send an OpenLineage event");
+            }
+        }
+    };
+    report(RunState::Start, None);
+    tracing::info!(workers = options.workers, "run started");
+    match run_workers(options, progress, on_progress, &runtime) {
+        Ok(summary) => {
+            report(RunState::Complete, None);
+            tracing::info!(docs = summary.docs, failed = summary.failed, seconds = summary.seconds, "run finished");
+            Ok(summary)
+        }
+        Err(e) => {
+            report(RunState::Fail, Some(&format!("{e:#}")));
+            tracing::error!(error = %format!("{e:#}"), "run failed");
+            Err(e)
+        }
+    }
+}
+
+/// The datasets a run reads and writes, for OpenLineage.
+fn lineage_info(options: &RunOptions) -> RunInfo {
+    let input = match &options.kafka {
+        Some(kafka) => Dataset { namespace: format!("kafka://{}", kafka.settings.brokers), name: kafka.topic.clone() },
+        None => Dataset { namespace: "file".into(), name: absolute(&options.source) },
+    };
+    RunInfo {
+        run_id: options.telemetry.run_id.clone(),
+        namespace: format!("medkg/{}", options.tenant),
+        job: options.plan.name.clone(),
+        inputs: vec![input],
+        outputs: vec![Dataset { namespace: "file".into(), name: absolute(&options.data_dir) }],
+    }
+}
+
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+fn run_workers(
+    options: RunOptions,
+    progress: Arc<Progress>,
+    mut on_progress: impl FnMut(&Progress, Duration),
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<RunSummary> {
     let workers = options.workers.max(1);
     let model_options = ModelOptions { models: options.models.clone(), device: options.device, workers };
     let settings = StageSettings::from_plan(&options.plan, &model_options).map_err(|e| anyhow!(e))?;
@@ -236,8 +313,51 @@ pub fn run(
         }
     }
 
+    let events = EventSink::open(
+        &options.telemetry.events,
+        options.kafka.as_ref().map(|k| &k.settings).or(options.telemetry.kafka.as_ref()),
+    )
+    .map_err(|e| anyhow!(e))?;
+    let telemetry =
+        Arc::new(Telemetry::new(&options.telemetry.run_id, &options.plan.name, events, options.telemetry.granularity));
+    let mut fetchers = Vec::with_capacity(options.plan.stages.len());
+    for (stage, config) in options.plan.stages.iter().zip(&settings.stages) {
+        fetchers.push(match config {
+            StageConfig::Fetch(fetch) => Some(Arc::new({
+                telemetry::Watch::calls_out(&telemetry, &stage.name);
+                fetch::FetchRuntime::new(fetch, &stage.policy)
+                    .map_err(|e| anyhow!("stage `{}`: {}", stage.name, e.message))?
+            })),
+            _ => None,
+        });
+    }
+    if let Some(addr) = options.telemetry.metrics_addr {
+        match telemetry::serve_metrics(runtime, addr, telemetry.clone(), progress.clone()) {
+            Ok(bound) => {
+                tracing::info!(addr = %bound, "serving metrics at http://{bound}/metrics");
+                if let Ok(mut slot) = progress.metrics_addr.lock() {
+                    *slot = Some(bound);
+                }
+            }
+            Err(e) if options.telemetry.metrics_required => bail!("cannot serve metrics on {addr}: {e}"),
+            Err(e) => {
+                tracing::warn!(addr = %addr, error = %e, "metrics not served (use --metrics-addr to pick another address)")
+            }
+        }
+    }
+    let ledger = match options.telemetry.ledger {
+        true => {
+            let ledger = Ledger::open(&options.data_dir).map_err(|e| anyhow!(e))?;
+            Some(LedgerWriter::start(ledger, &options.plan.name, &options.telemetry.run_id).map_err(|e| anyhow!(e))?)
+        }
+        false => None,
+    };
     let (finished_tx, finished_rx) = std::sync::mpsc::channel();
     let shared = Arc::new(Shared {
+        ledger: ledger.clone(),
+        telemetry: telemetry.clone(),
+        runtime: runtime.handle().clone(),
+        fetchers,
         options: options.clone(),
         settings,
         source,
@@ -281,6 +401,12 @@ pub fn run(
         let result = run_worker(worker, &shared);
         if let Err(e) = &result {
             shared.fail(e.to_string());
+            // timely steps a worker's dataflows until they complete; after a
+            // failure they never will (peers stop too): drop them, or this
+            // thread would park forever and the run never return.
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
         }
         if let Ok(finished) = shared.finished.lock() {
             let _ = finished.send(());
@@ -312,15 +438,22 @@ pub fn run(
             Err(panic) => first_error = first_error.or(Some(format!("a worker panicked: {panic}"))),
         }
     }
+    // Whatever happened, events and ledger rows so far reach their sinks.
+    let flushed = telemetry.events.flush();
+    let closed = ledger.as_ref().map_or(Ok(()), |l| l.close());
     if let Some(fatal) = shared.fatal.lock().map(|f| f.clone()).unwrap_or(None) {
         bail!("{fatal}");
     }
+    flushed.map_err(|e| anyhow!(e))?;
+    closed.map_err(|e| anyhow!(e))?;
     if let Some(e) = first_error {
         bail!("{e}");
     }
     on_progress(&progress, began.elapsed());
+    telemetry.events.flush().map_err(|e| anyhow!(e))?;
     let docs = progress.docs.load(Ordering::SeqCst);
     Ok(RunSummary {
+        run_id: options.telemetry.run_id.clone(),
         docs,
         chunks: progress.chunks.load(Ordering::SeqCst),
         failed: progress.failed.load(Ordering::SeqCst),
@@ -332,6 +465,14 @@ pub fn run(
 /// What every worker of the process shares.
 pub(crate) struct Shared {
     pub options: RunOptions,
+    /// Metrics, events, logs.
+    pub telemetry: Arc<Telemetry>,
+    /// The I/O runtime (HTTP stages).
+    pub runtime: tokio::runtime::Handle,
+    /// The process's ledger writer (`None` with `--no-ledger`).
+    pub ledger: Option<Arc<LedgerWriter>>,
+    /// Per stage (plan order): a fetch stage's client and policy.
+    pub fetchers: Vec<Option<Arc<fetch::FetchRuntime>>>,
     pub settings: StageSettings,
     /// The file source (`None` for Kafka).
     pub source: Option<FileSource>,
@@ -370,6 +511,51 @@ pub(crate) struct Feed {
     pub flow: ProbeHandle<u64>,
     pub committed: ProbeHandle<u64>,
     pub dead_letters: std::rc::Rc<std::cell::RefCell<DeadLetterSink>>,
+    pub books: Books,
+}
+
+/// A worker's bookkeeping between steps: its ledger updates, and (worker 0)
+/// how long each epoch takes from its first record to durable.
+pub(crate) struct Books {
+    shared: Arc<Shared>,
+    ledger: std::rc::Rc<std::cell::RefCell<LedgerBuffer>>,
+    /// Epochs opened and not yet durable, with when they opened (worker 0 only).
+    jobs: std::collections::BTreeMap<u64, Instant>,
+    leader: bool,
+}
+
+impl Books {
+    /// Epoch `epoch` received its first record.
+    pub fn opened(&mut self, epoch: u64) {
+        if self.leader {
+            self.jobs.entry(epoch).or_insert_with(Instant::now);
+        }
+    }
+
+    /// Writes due ledger updates; closes the jobs `committed` has passed.
+    pub fn tick(&mut self, committed: &ProbeHandle<u64>) -> anyhow::Result<()> {
+        let pipeline = &self.shared.telemetry.pipeline;
+        self.ledger.borrow_mut().write_if_due(Duration::from_millis(250)).map_err(|e| anyhow!(e))?;
+        if self.leader {
+            let frontier = committed.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX);
+            let metrics = &self.shared.telemetry.metrics;
+            while let Some(entry) = self.jobs.first_entry() {
+                if *entry.key() >= frontier {
+                    break;
+                }
+                let took = entry.remove().elapsed();
+                metrics.job_duration.with_label_values(&[pipeline]).observe(took.as_secs_f64());
+            }
+            metrics.active_jobs.with_label_values(&[pipeline]).set(self.jobs.len() as i64);
+        }
+        Ok(())
+    }
+
+    /// Writes every ledger update left, and waits until they are written.
+    pub fn finish(&mut self, committed: &ProbeHandle<u64>) -> anyhow::Result<()> {
+        self.tick(committed)?;
+        self.ledger.borrow_mut().sync().map_err(|e| anyhow!(e))
+    }
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyhow::Result<()> {
@@ -383,12 +569,18 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
             sink.with_kafka(medkg_connectors::kafka::KafkaDeadLetters::new(&kafka.settings).map_err(|e| anyhow!(e))?);
     }
     let dead_letters = std::rc::Rc::new(std::cell::RefCell::new(sink));
+    let ledger = match &shared.ledger {
+        Some(writer) => LedgerBuffer::new(writer.clone()),
+        None => LedgerBuffer::off(),
+    };
+    let ledger = std::rc::Rc::new(std::cell::RefCell::new(ledger));
 
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = input.to_stream(scope);
-        graph::build(scope, raw, shared, &dead_letters, &flow, &committed);
+        graph::build(scope, raw, shared, &dead_letters, &ledger, &flow, &committed);
     });
-    let feed = Feed { input, flow, committed, dead_letters };
+    let books = Books { shared: shared.clone(), ledger, jobs: Default::default(), leader: index == 0 };
+    let feed = Feed { input, flow, committed, dead_letters, books };
     match &shared.options.kafka {
         Some(kafka) => kafka_source::feed(worker, shared, feed, kafka),
         None => feed_file(worker, shared, feed),
@@ -397,7 +589,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
 
 /// Feeds the file source, then waits until everything is durable.
 fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Feed) -> anyhow::Result<()> {
-    let Feed { mut input, flow, committed, dead_letters } = feed;
+    let Feed { mut input, flow, committed, dead_letters, mut books } = feed;
     let (index, peers) = (worker.index(), worker.peers());
     let source = shared.source.as_ref().ok_or_else(|| anyhow!("no file source"))?;
     let runtime = &shared.options.plan.runtime;
@@ -406,18 +598,22 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
     let mut checkpointer = Checkpointer { shared: shared.clone(), last: shared.start, last_write: Instant::now() };
     let mut records = source.records(index, peers, shared.start, shared.settings.max_record_bytes);
     let mut epoch = 0u64;
+    books.opened(0);
     for (ordinal, record) in records.by_ref() {
         let e = (ordinal - shared.start) / epoch_records;
         if e > epoch {
             input.advance_to(e);
             epoch = e;
+            books.opened(e);
             worker.step();
+            books.tick(&committed)?;
             // Flow control: stay within `window` epochs of what the sinks have seen.
             while flow.less_than(&e.saturating_sub(window)) {
                 worker.step_or_park(Some(Duration::from_millis(10)));
                 if let Some(fatal) = shared.failed() {
                     bail!("{fatal}");
                 }
+                books.tick(&committed)?;
             }
             if index == 0 {
                 checkpointer.maybe_store(&committed, epoch_records)?;
@@ -439,6 +635,12 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
                 );
                 dead_letters.borrow_mut().write(&letter).context("cannot write a dead letter")?;
                 shared.progress.failed.fetch_add(1, Ordering::Relaxed);
+                let telemetry = &shared.telemetry;
+                telemetry.metrics.dead_letters.with_label_values(&[&telemetry.pipeline, "source", &error.kind]).inc();
+                tracing::warn!(
+                    run_id = %telemetry.run_id, pipeline = %telemetry.pipeline, stage = "source",
+                    position = %position, error_kind = %error.kind, "dead-lettered: {}", error.message
+                );
             }
         }
     }
@@ -452,7 +654,9 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
         if index == 0 {
             checkpointer.maybe_store(&committed, epoch_records)?;
         }
+        books.tick(&committed)?;
     }
+    books.finish(&committed)?;
     if index == 0 {
         checkpointer.last = total;
         checkpointer.store(true)?;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use medkg_connectors::{DeadLetter, DeadLetterSink, RawPayload};
+use medkg_operators::fetch::FetchConfig;
 use medkg_operators::models::{Device, ModelFiles};
 use medkg_operators::parse::{Format, ParseOptions};
 use medkg_operators::{ChunkConfig, Chunker, StageError};
@@ -31,6 +32,8 @@ pub enum StageConfig {
         /// Records above this size are dead-lettered.
         max_record_bytes: usize,
     },
+    /// `fetch`
+    Fetch(FetchConfig),
     /// `parse`
     Parse(ParseOptions),
     /// `chunk`
@@ -130,6 +133,18 @@ impl StageSettings {
                     let cap = u64_of("max_record_bytes").map(|b| b as usize).unwrap_or(DEFAULT_MAX_RECORD_BYTES);
                     max_record_bytes = max_record_bytes.min(cap);
                     StageConfig::Ingest { max_record_bytes: cap }
+                }
+                StageKind::Fetch => {
+                    let mut config = FetchConfig::default();
+                    let str_of = |key: &str| stage.config.get(key).and_then(Value::as_str).map(str::to_string);
+                    config.url_field = str_of("url_field").unwrap_or(config.url_field);
+                    config.id_field = str_of("id_field").unwrap_or(config.id_field);
+                    config.max_bytes = u64_of("max_bytes").map_or(config.max_bytes, |b| b as usize);
+                    config.max_in_flight = u64_of("max_in_flight").map_or(config.max_in_flight, |n| n as usize);
+                    if let Some(hosts) = stage.config.get("allow_hosts").and_then(Value::as_array) {
+                        config.allow_hosts = hosts.iter().filter_map(Value::as_str).map(str::to_string).collect();
+                    }
+                    StageConfig::Fetch(config)
                 }
                 StageKind::Parse => {
                     let mut options = ParseOptions::default();

@@ -41,6 +41,11 @@ impl StageError {
         StageError { class: ErrorClass::Permanent, kind: kind.to_string(), message: message.into() }
     }
 
+    /// A failure that may pass if tried again (a timeout, a 503).
+    pub fn transient(kind: &str, message: impl Into<String>) -> Self {
+        StageError { class: ErrorClass::Transient, kind: kind.to_string(), message: message.into() }
+    }
+
     /// A failure of a dependency that makes going on pointless.
     pub fn unavailable(kind: &str, message: impl Into<String>) -> Self {
         StageError { class: ErrorClass::Unavailable, kind: kind.to_string(), message: message.into() }

@@ -7,6 +7,10 @@
 //! - [`index`]: BM25 shards in tantivy (idempotent upserts keyed by chunk id)
 //!   and search across shards with global BM25 statistics.
 //!
+//! - [`resilience`]: a stage's named policy at run time: retries with
+//!   backoff, per-attempt timeout, circuit breaker and rate limit.
+//! - [`fetch`]: HTTP GET of a record's URL under that policy.
+//!
 //! Every failure is a [`StageError`] whose [`ErrorClass`] says what to do
 //! with it: retry, dead-letter, or fail fast.
 #![warn(missing_docs)]
@@ -14,9 +18,11 @@
 pub mod chunk;
 mod document;
 mod error;
+pub mod fetch;
 pub mod index;
 pub mod models;
 pub mod parse;
+pub mod resilience;
 pub mod retrieve;
 
 pub use chunk::{ChunkConfig, Chunker, SplitBy};

@@ -32,3 +32,108 @@ pub fn pubmed_slice(dir: &Path, n: usize) -> (PathBuf, Vec<Value>) {
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     (path, lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
+
+/// A plain HTTP/1.1 GET over loopback: (status, body).
+#[allow(dead_code)]
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// What the test server answers to one request.
+#[derive(Clone, Debug, Default)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    /// Answer only after this long.
+    pub delay: std::time::Duration,
+    /// Answer only once this is set.
+    pub hold: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Vec<u8>>) -> Reply {
+        Reply { status: 200, body: body.into(), ..Reply::default() }
+    }
+
+    pub fn status(status: u16) -> Reply {
+        Reply { status, body: format!("status {status}\n").into_bytes(), ..Reply::default() }
+    }
+}
+
+type Handler = dyn Fn(&str, u32) -> Reply + Send + Sync;
+
+/// A real HTTP server on loopback (hyper), answering with a handler given
+/// the path and how many times that path was asked for before, and logging
+/// every request with its arrival time.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TestServer {
+    pub fn start(handler: impl Fn(&str, u32) -> Reply + Send + Sync + 'static) -> TestServer {
+        use std::sync::{Arc, Mutex};
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log: Arc<Mutex<Vec<(String, std::time::Instant)>>> = Arc::default();
+        let seen: Arc<Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
+        let handler: Arc<Handler> = Arc::new(handler);
+        let state = (log.clone(), seen, handler);
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (log, seen, handler) = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (log, seen, handler) = (log.clone(), seen.clone(), handler.clone());
+                        async move {
+                            let path = request.uri().path().to_string();
+                            log.lock().unwrap().push((path.clone(), std::time::Instant::now()));
+                            let nth = {
+                                let mut seen = seen.lock().unwrap();
+                                let n = seen.entry(path.clone()).or_default();
+                                *n += 1;
+                                *n - 1
+                            };
+                            let reply = handler(&path, nth);
+                            tokio::time::sleep(reply.delay).await;
+                            if let Some(hold) = &reply.hold {
+                                while !hold.load(std::sync::atomic::Ordering::SeqCst) {
+                                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                                }
+                            }
+                            let mut response = hyper::Response::builder().status(reply.status);
+                            for (k, v) in &reply.headers {
+                                response = response.header(k, v);
+                            }
+                            response.body(http_body_util::Full::new(bytes::Bytes::from(reply.body)))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        TestServer { addr, log, _runtime: runtime }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Arrival times of the requests for paths starting with `prefix`, in order.
+    pub fn requests(&self, prefix: &str) -> Vec<(String, std::time::Instant)> {
+        self.log.lock().unwrap().iter().filter(|(p, _)| p.starts_with(prefix)).cloned().collect()
+    }
+}

@@ -224,8 +224,13 @@ impl StageKind {
                 K
             }
             StageKind::Fetch => {
-                const K: &[ConfigKey] =
-                    &[key("url_field", Text), key("max_bytes", PositiveInt), key("allow_hosts", ListOf(&[]))];
+                const K: &[ConfigKey] = &[
+                    key("url_field", Text),
+                    key("id_field", Text),
+                    key("max_bytes", PositiveInt),
+                    key("allow_hosts", ListOf(&[])),
+                    key("max_in_flight", PositiveInt),
+                ];
                 K
             }
             StageKind::Download => {

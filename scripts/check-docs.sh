@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Checks the operations artefacts with their own tools:
+#   - config/monitoring/alerts.yml and prometheus.yml with promtool (Debian package prometheus);
+#   - docs/asyncapi.yaml with the @asyncapi/parser npm package.
+# Installs what is missing (apt via setup-system.sh; the parser into
+# ~/.cache/medkg/npm). Run by scripts/test.sh, so by CI too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup-system.sh   # promtool, node and npm
+promtool check rules config/monitoring/alerts.yml
+promtool check config config/monitoring/prometheus.yml
+
+modules="${MEDKG_CACHE:-$HOME/.cache/medkg}/npm"
+if [ ! -d "$modules/node_modules/@asyncapi/parser" ]; then
+  mkdir -p "$modules"
+  npm install --prefix "$modules" --no-audit --no-fund --silent @asyncapi/parser@3 >/dev/null
+fi
+ASYNCAPI_MODULES="$modules/node_modules" node scripts/check-asyncapi.mjs docs/asyncapi.yaml
