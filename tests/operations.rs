@@ -391,3 +391,49 @@ fn the_polite_api_policy_holds_calls_to_5_a_second() {
         assert!(span >= Duration::from_millis(1150), "11 calls within {span:?}: more than 5 a second + burst");
     }
 }
+
+#[test]
+fn batch_events_and_lineage_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, _) = pubmed_slice(dir.path(), 1500);
+    let server = TestServer::start(|path, _| match path {
+        "/api/v1/lineage" => Reply::ok("{}"),
+        _ => Reply::status(404),
+    });
+    let events_path = dir.path().join("events.jsonl");
+    let out = medkg()
+        .args(["run", "--metrics-addr", "off", "--event-granularity", "batch", "--pipeline"])
+        .arg(common::repo().join("config/pipelines/lexical.yaml"))
+        .arg(format!("--source=file:{}", source.display()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg(format!("--events=file:{}", events_path.display()))
+        .arg(format!("--lineage={}", server.url("")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // One started and one completed per stage and batch; lexical.yaml cuts epochs of 1,024 records.
+    let mut per_stage: BTreeMap<(String, String), (usize, u64)> = BTreeMap::new();
+    for event in events(&events_path) {
+        let data = data_of(&event);
+        assert!(data["doc_id"].is_null(), "{data}");
+        let epoch = data["epoch"].as_u64().expect("an epoch");
+        assert_eq!(event.subject(), Some(format!("epoch:{epoch}").as_str()));
+        let step = event.ty().rsplit('.').next().unwrap().to_string();
+        let entry = per_stage.entry((data["stage"].as_str().unwrap().to_string(), step)).or_default();
+        entry.0 += 1;
+        entry.1 += data["docs"].as_u64().unwrap_or(0);
+    }
+    for stage in ["parse", "chunk", "index"] {
+        let (started, _) = per_stage[&(stage.to_string(), "started".to_string())];
+        let (completed, docs) = per_stage[&(stage.to_string(), "completed".to_string())];
+        assert!(started >= 2 && started == completed, "{stage}: {per_stage:?}");
+        assert_eq!(docs, 1500, "{stage}: every document in some batch");
+    }
+    // OpenLineage over HTTP: START then COMPLETE, POSTed where Marquez expects them.
+    let posted: Vec<Value> =
+        server.posted("/api/v1/lineage").iter().map(|b| serde_json::from_slice(b).unwrap()).collect();
+    assert_eq!(posted.iter().map(|e| e["eventType"].as_str().unwrap()).collect::<Vec<_>>(), ["START", "COMPLETE"]);
+    assert_eq!(posted[1]["job"]["name"], "lexical");
+    assert!(posted[1]["outputs"][0]["name"].as_str().unwrap().ends_with("data"));
+}

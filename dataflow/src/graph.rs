@@ -218,7 +218,7 @@ where
                 let count: usize = data.iter().map(|b| b.len()).sum();
                 let epoch = cap.least().copied().unwrap_or_default();
                 if let Some(watch) = &watch {
-                    watch.batch_started(epoch, count);
+                    watch.batch_started(epoch, Some(count));
                 }
                 let mut session = output.session(&cap);
                 for batch in data {
@@ -422,7 +422,7 @@ fn encode_stage<'s>(
                     };
                     let watch = &ctx.watch;
                     let count = docs.len();
-                    watch.batch_started(time, count);
+                    watch.batch_started(time, Some(count));
                     let began = Instant::now();
                     for d in &docs {
                         watch.started(&Subject { id: &d.item.doc_id, tenant: &d.item.tenant_id, is_doc: true });
@@ -591,6 +591,9 @@ fn index_stage<'s>(
                     let Some(&time) = cap.least() else { return };
                     if let Some(held) = cap.retain_least(0) {
                         pending.entry(time).or_insert(held);
+                    }
+                    if !written.contains_key(&time) {
+                        watch.batch_started(time, None);
                     }
                     let entry = written.entry(time).or_default();
                     for batch in data {

@@ -366,10 +366,12 @@ impl Watch {
         self.ledger.borrow_mut().record(update);
     }
 
-    /// The stage starts a batch of `docs` documents of `epoch` (batch granularity).
-    pub fn batch_started(&self, epoch: u64, docs: usize) {
+    /// The stage starts a batch of `docs` documents of `epoch` (batch
+    /// granularity; the index starts an epoch before it knows its size).
+    pub fn batch_started(&self, epoch: u64, docs: Option<usize>) {
         if self.per_batch() {
-            let data = EventData { docs: Some(docs as u64), epoch: Some(epoch), ..self.telemetry.data(&self.stage) };
+            let data =
+                EventData { docs: docs.map(|n| n as u64), epoch: Some(epoch), ..self.telemetry.data(&self.stage) };
             self.telemetry.emit(Lifecycle::Started, &data);
         }
     }

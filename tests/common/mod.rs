@@ -77,6 +77,7 @@ type Handler = dyn Fn(&str, u32) -> Reply + Send + Sync;
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     log: std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>>,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -87,19 +88,25 @@ impl TestServer {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let log: Arc<Mutex<Vec<(String, std::time::Instant)>>> = Arc::default();
+        let bodies: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
         let seen: Arc<Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
         let handler: Arc<Handler> = Arc::new(handler);
-        let state = (log.clone(), seen, handler);
+        let state = (log.clone(), seen, handler, bodies.clone());
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (log, seen, handler) = state.clone();
+                let (log, seen, handler, bodies) = state.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let (log, seen, handler) = (log.clone(), seen.clone(), handler.clone());
+                        let (log, seen, handler, bodies) = (log.clone(), seen.clone(), handler.clone(), bodies.clone());
                         async move {
                             let path = request.uri().path().to_string();
                             log.lock().unwrap().push((path.clone(), std::time::Instant::now()));
+                            if request.method() == hyper::Method::POST {
+                                use http_body_util::BodyExt;
+                                let body = request.into_body().collect().await.map(|b| b.to_bytes().to_vec());
+                                bodies.lock().unwrap().push((path.clone(), body.unwrap_or_default()));
+                            }
                             let nth = {
                                 let mut seen = seen.lock().unwrap();
                                 let n = seen.entry(path.clone()).or_default();
@@ -125,11 +132,16 @@ impl TestServer {
                 });
             }
         });
-        TestServer { addr, log, _runtime: runtime }
+        TestServer { addr, log, bodies, _runtime: runtime }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The bodies POSTed to `path`, in order.
+    pub fn posted(&self, path: &str) -> Vec<Vec<u8>> {
+        self.bodies.lock().unwrap().iter().filter(|(p, _)| p == path).map(|(_, b)| b.clone()).collect()
     }
 
     /// Arrival times of the requests for paths starting with `prefix`, in order.
