@@ -70,14 +70,16 @@ impl Reply {
 }
 
 type Handler = dyn Fn(&str, u32) -> Reply + Send + Sync;
+/// Shared lists of (path, what) the server records.
+type Records<T> = std::sync::Arc<std::sync::Mutex<Vec<(String, T)>>>;
 
 /// A real HTTP server on loopback (hyper), answering with a handler given
 /// the path and how many times that path was asked for before, and logging
 /// every request with its arrival time.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
-    log: std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>>,
-    bodies: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    log: Records<std::time::Instant>,
+    bodies: Records<Vec<u8>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -87,8 +89,8 @@ impl TestServer {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
-        let log: Arc<Mutex<Vec<(String, std::time::Instant)>>> = Arc::default();
-        let bodies: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+        let log: Records<std::time::Instant> = Arc::default();
+        let bodies: Records<Vec<u8>> = Arc::default();
         let seen: Arc<Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
         let handler: Arc<Handler> = Arc::new(handler);
         let state = (log.clone(), seen, handler, bodies.clone());
