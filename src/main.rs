@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+mod pdf_parser;
+
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use medkg_connectors::kafka::KafkaSettings;
@@ -70,6 +72,19 @@ enum Command {
         cluster: ClusterArgs,
         #[command(flatten)]
         telemetry: TelemetryArgs,
+    },
+    /// Turn downloaded PDFs into IR-ready records, as an external parser would: read downloaded
+    /// records (the download stage's output), extract each PDF's text and sections, publish.
+    PdfParser {
+        /// Downloaded records: dir:PATH (JSON files, e.g. DATA_DIR/downloaded).
+        #[arg(long)]
+        input: String,
+        /// IR-ready records: dir:PATH (e.g. DATA_DIR/ir-ready, where `run` reads them).
+        #[arg(long)]
+        output: String,
+        /// Process what is there and exit (default: keep watching until SIGTERM).
+        #[arg(long)]
+        once: bool,
     },
     /// Show the job ledger: where each document of a data directory stands.
     Ledger {
@@ -334,6 +349,7 @@ fn main() -> ExitCode {
             options.telemetry = telemetry.options(&kafka)?;
             run(options)
         }),
+        Command::PdfParser { input, output, once } => pdf_parser::run(&input, &output, once),
         Command::Ledger { data_dir, status, doc, limit, json } => {
             ledger(&data_dir, status.as_deref(), doc.as_deref(), limit, json)
         }
@@ -359,7 +375,8 @@ fn main() -> ExitCode {
 /// Logs on stderr, as text or JSON lines, filtered by MEDKG_LOG (default info).
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MEDKG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The PDF text extractor warns about every odd glyph: keep it to errors.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pdf_extract=error,lopdf=error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
@@ -500,6 +517,7 @@ fn run_options(
         stop: None,
         cluster: None,
         telemetry: Default::default(),
+        ir_ready: None,
     })
 }
 

@@ -329,7 +329,7 @@ fn a_pipeline_with_unimplemented_stages_fails_at_start_naming_them() {
     let (source, _) = pubmed_slice(dir.path(), 10);
     for (pipeline, missing) in [
         ("clinical-trials.yaml", &["extract (stage `extract`)", "kg (stage `kg`)"][..]),
-        ("pdf-two-phase.yaml", &["download (stage `download`)", "gates (`ir-ready`)"][..]),
+        ("pmc-fulltext.yaml", &["extract (stage `extract`)", "kg (stage `kg`)"][..]),
     ] {
         let output = medkg()
             .args(["run", "--pipeline"])

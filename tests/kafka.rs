@@ -376,6 +376,7 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
             events: medkg_connectors::events::EventTarget::Kafka(events_topic.clone()),
             ..Default::default()
         },
+        ir_ready: None,
     };
     let progress = Arc::new(medkg_dataflow::Progress::default());
     let engine = {

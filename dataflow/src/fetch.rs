@@ -15,7 +15,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use medkg_connectors::RawPayload;
-use medkg_operators::fetch::{body_name, request_of, FetchConfig, Fetched, Fetcher};
+use std::path::PathBuf;
+
+use medkg_connectors::ledger::{Status, Update};
+use medkg_operators::fetch::{body_name, request_of, FetchConfig, Fetcher};
+use medkg_operators::pdf::{check_pdf, Downloaded, ObjectStore};
 use medkg_operators::resilience::{Outcome, Resilience};
 use medkg_operators::StageError;
 use timely::container::CapacityContainerBuilder;
@@ -26,17 +30,107 @@ use timely::dataflow::{Scope, StreamVec};
 use crate::graph::Ctx;
 use crate::telemetry::{CallObserver, Subject};
 
-/// A fetch stage's process-wide parts: its policy runtime and its client.
+/// A fetch or download stage's process-wide parts: its policy runtime,
+/// its client, and (download) where PDFs and downloaded records go.
 pub(crate) struct FetchRuntime {
     pub config: FetchConfig,
     pub resilience: Resilience,
     pub fetcher: Fetcher,
+    /// `None` for `fetch`.
+    pub download: Option<Download>,
+}
+
+/// Where a download stage puts what it fetched.
+pub(crate) struct Download {
+    pub store: ObjectStore,
+    pub output: DownloadedOutput,
+}
+
+/// The downloaded stream: a folder of JSON records, or a Kafka topic.
+pub(crate) enum DownloadedOutput {
+    Dir(PathBuf),
+    Kafka(medkg_connectors::kafka::KafkaEvents),
+}
+
+impl DownloadedOutput {
+    /// `dir:PATH` or `kafka:TOPIC` (a topic needs the run's brokers).
+    pub fn open(
+        spec: &str,
+        kafka: Option<&medkg_connectors::kafka::KafkaSettings>,
+    ) -> Result<DownloadedOutput, String> {
+        if let Some(dir) = spec.strip_prefix("dir:") {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
+            Ok(DownloadedOutput::Dir(PathBuf::from(dir)))
+        } else if let Some(topic) = spec.strip_prefix("kafka:") {
+            let settings = kafka.ok_or_else(|| format!("output kafka:{topic} needs brokers (--brokers)"))?;
+            Ok(DownloadedOutput::Kafka(medkg_connectors::kafka::KafkaEvents::new(settings, topic)?))
+        } else {
+            Err(format!("output `{spec}`: expected dir:PATH or kafka:TOPIC"))
+        }
+    }
+
+    /// Publishes one record (durably, for a folder).
+    fn publish(&self, record: &Downloaded, json: &[u8]) -> Result<(), StageError> {
+        let fail = |e: String| StageError::unavailable("downloaded_output", e);
+        match self {
+            DownloadedOutput::Dir(dir) => {
+                medkg_operators::index::write_atomically(&dir.join(record.record_name()), json)
+                    .map_err(|e| fail(e.to_string()))
+            }
+            DownloadedOutput::Kafka(producer) => {
+                producer.send(&record.doc_id, json, &[("content-type", "application/json")]).map_err(fail)
+            }
+        }
+    }
 }
 
 impl FetchRuntime {
-    pub fn new(config: &FetchConfig, policy: &medkg_topology::Policy) -> Result<FetchRuntime, StageError> {
-        Ok(FetchRuntime { config: config.clone(), resilience: Resilience::new(policy), fetcher: Fetcher::new(config)? })
+    pub fn new(
+        config: &FetchConfig,
+        policy: &medkg_topology::Policy,
+        download: Option<Download>,
+    ) -> Result<FetchRuntime, StageError> {
+        Ok(FetchRuntime {
+            config: config.clone(),
+            resilience: Resilience::new(policy),
+            fetcher: Fetcher::new(config)?,
+            download,
+        })
     }
+
+    /// One attempt: GET, then (download) check, store and publish.
+    async fn attempt(
+        &self,
+        url: &medkg_operators::fetch::Url,
+        id: Option<&str>,
+        tenant: &str,
+    ) -> Result<Output, StageError> {
+        let fetched = self.fetcher.get(url).await?;
+        let Some(download) = &self.download else {
+            return Ok(Output { name: body_name(&fetched), bytes: fetched.body, downloaded: false });
+        };
+        check_pdf(&fetched.body)?;
+        let (sha256, path) = download.store.put(&fetched.body)?;
+        let record = Downloaded {
+            doc_id: id.unwrap_or_default().to_string(),
+            tenant_id: tenant.to_string(),
+            url: url.to_string(),
+            sha256,
+            bytes: fetched.body.len() as u64,
+            path: path.display().to_string(),
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| StageError::permanent("bad_record", e.to_string()))?;
+        download.output.publish(&record, &json)?;
+        Ok(Output { name: Some("downloaded.json".into()), bytes: json, downloaded: true })
+    }
+}
+
+/// What a settled call passes on: the next stage's payload.
+struct Output {
+    name: Option<String>,
+    bytes: Vec<u8>,
+    /// A download stage stored a PDF.
+    downloaded: bool,
 }
 
 /// A settled call, on its way back to the operator.
@@ -46,7 +140,7 @@ struct Settled {
     /// The document id the record named, if any.
     id: Option<String>,
     began: Instant,
-    outcome: Outcome<Fetched>,
+    outcome: Outcome<Output>,
 }
 
 pub(crate) fn fetch_stage<'s>(
@@ -103,12 +197,25 @@ pub(crate) fn fetch_stage<'s>(
                         is_doc: id.is_some() || payload.key.is_some(),
                     };
                     match outcome.result {
-                        Ok(fetched) => {
+                        Ok(out) => {
                             ctx.watch.completed(&subject, began, outcome.attempts);
+                            if out.downloaded {
+                                ctx.shared.downloaded_sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let watch = &ctx.watch;
+                                let mut update = Update::new(
+                                    subject.tenant,
+                                    subject.id,
+                                    &watch.stage,
+                                    watch.index(),
+                                    Status::Waiting,
+                                );
+                                update.pdf_downloaded = true;
+                                watch.update(update);
+                            }
                             let fetched_payload = RawPayload {
-                                name: body_name(&fetched),
+                                name: out.name,
                                 key: id.clone().or(payload.key.clone()),
-                                bytes: fetched.body,
+                                bytes: out.bytes,
                                 ..payload
                             };
                             if let Some((cap, _)) = held.get(&time) {
@@ -131,6 +238,15 @@ pub(crate) fn fetch_stage<'s>(
                         continue;
                     }
                     let request = match request_of(&runtime.config, &payload.bytes) {
+                        Ok(request) if runtime.download.is_some() && request.id.is_none() => {
+                            Err(StageError::permanent(
+                                "missing_id",
+                                format!("a download record needs the document id in `{}`", runtime.config.id_field),
+                            ))
+                        }
+                        other => other,
+                    };
+                    let request = match request {
                         Ok(request) => request,
                         Err(error) => {
                             let position = payload.position.to_string();
@@ -158,9 +274,8 @@ pub(crate) fn fetch_stage<'s>(
                     let (runtime, tx, activator) = (runtime.clone(), settled_tx.clone(), activator.clone());
                     in_flight += 1;
                     ctx.shared.runtime.spawn(async move {
-                        let fetcher = &runtime.fetcher;
-                        let url = &request.url;
-                        let outcome = runtime.resilience.call(&observer, |_| fetcher.get(url)).await;
+                        let (url, id, tenant) = (&request.url, request.id.as_deref(), observer.tenant.clone());
+                        let outcome = runtime.resilience.call(&observer, |_| runtime.attempt(url, id, &tenant)).await;
                         let settled = Settled { time, payload, id: request.id, began, outcome };
                         // A closed channel means the run is over: nothing left to tell.
                         if tx.send(settled).is_ok() {

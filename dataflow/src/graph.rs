@@ -58,6 +58,21 @@ impl Flow<'_> {
 type Letters = Rc<RefCell<DeadLetterSink>>;
 type LedgerRef = Rc<RefCell<LedgerBuffer>>;
 
+/// What a worker's dataflow is wired to besides its source.
+pub(crate) struct Wiring<'a, 's> {
+    pub ledger: &'a LedgerRef,
+    /// On what enters the sinks.
+    pub flow: &'a ProbeHandle<u64>,
+    /// On what the sinks made durable.
+    pub committed: &'a ProbeHandle<u64>,
+    /// The IR-ready stream, when the pipeline has gates.
+    pub ir: Option<StreamVec<'s, u64, RawPayload>>,
+    /// Each gate's state, by the stage it follows.
+    pub gates: &'a BTreeMap<usize, Rc<RefCell<crate::gate::GateState>>>,
+    /// On the downloaded streams entering the gates.
+    pub downloads: &'a ProbeHandle<u64>,
+}
+
 /// Builds the plan's operators on `raw`; probes `flow` on what enters the
 /// sinks and `committed` on what the sinks have made durable.
 pub(crate) fn build<'s>(
@@ -65,10 +80,9 @@ pub(crate) fn build<'s>(
     raw: StreamVec<'s, u64, RawPayload>,
     shared: &Arc<Shared>,
     letters: &Letters,
-    ledger: &LedgerRef,
-    flow: &ProbeHandle<u64>,
-    committed: &ProbeHandle<u64>,
+    wiring: Wiring<'_, 's>,
 ) {
+    let Wiring { ledger, flow, committed, ir, gates, downloads } = wiring;
     let plan = &shared.options.plan;
     let mut outputs: Vec<Flow<'s>> = Vec::with_capacity(plan.stages.len());
     for (i, stage) in plan.stages.iter().enumerate() {
@@ -86,6 +100,9 @@ pub(crate) fn build<'s>(
         let output = match (stage.kind, config) {
             (StageKind::Ingest, StageConfig::Ingest { max_record_bytes }) => {
                 Flow::Raw(ingest(raws(scope, inputs), ctx, *max_record_bytes))
+            }
+            (StageKind::Download, StageConfig::Download(config, _)) => {
+                Flow::Raw(crate::fetch::fetch_stage(scope, raws(scope, inputs), ctx, i, config.max_in_flight))
             }
             (StageKind::Fetch, StageConfig::Fetch(config)) => {
                 Flow::Raw(crate::fetch::fetch_stage(scope, raws(scope, inputs), ctx, i, config.max_in_flight))
@@ -111,6 +128,14 @@ pub(crate) fn build<'s>(
                 Flow::Chunks(out.probe_with(committed))
             }
             (kind, _) => unreachable!("stage {} ({}) passed check_implemented but has no operator", name, kind.name()),
+        };
+        // A gate after this stage: its consumers read the joined stream.
+        let output = match (gates.get(&i), output, &ir) {
+            (Some(state), Flow::Raw(downloaded), Some(ir)) => {
+                let gate_name = plan.gates.iter().find(|g| g.after == i).map_or("gate", |g| g.name.as_str());
+                Flow::Raw(crate::gate::gate(downloaded.probe_with(downloads), ir.clone(), gate_name, state.clone()))
+            }
+            (_, output, _) => output,
         };
         if is_sink && stage.kind != StageKind::Index {
             // A sink that is not an index is durable as soon as it has run.

@@ -156,7 +156,7 @@ pub(crate) fn feed(
     feed: Feed,
     kafka: &KafkaSource,
 ) -> anyhow::Result<()> {
-    let Feed { mut input, flow, committed, dead_letters, mut books } = feed;
+    let Feed { mut input, flow, committed, dead_letters, mut books, mut ir, downloads: _ } = feed;
     books.opened(0);
     let offsets = Arc::new(Offsets {
         topic: kafka.topic.clone(),
@@ -198,6 +198,10 @@ pub(crate) fn feed(
             in_epoch = 0;
             input.advance_to(epoch);
             books.opened(epoch);
+            if let Some(ir) = &mut ir {
+                ir.advance(epoch);
+                ir.poll();
+            }
             commit_durable(&consumer)?;
         }
         match consumer.poll(Duration::from_millis(20)) {
@@ -227,7 +231,9 @@ pub(crate) fn feed(
     }
 
     // Drain: no more input; wait until everything read is durable, commit it.
+    // (Documents still waiting at a gate stay waiting, durably, for the next run.)
     drop(input);
+    drop(ir);
     while !committed.done() {
         if let Some(fatal) = shared.failed() {
             bail!("{fatal}");

@@ -28,6 +28,7 @@
 
 pub mod bench;
 mod fetch;
+mod gate;
 mod graph;
 mod kafka_source;
 mod models;
@@ -85,6 +86,9 @@ pub struct RunOptions {
     pub cluster: Option<Cluster>,
     /// Metrics, events, lineage.
     pub telemetry: TelemetryOptions,
+    /// Where IR-ready records come from for the pipeline's gates
+    /// (`dir:PATH`; default `dir:DATA_DIR/ir-ready`).
+    pub ir_ready: Option<String>,
 }
 
 /// This process's place in a timely cluster.
@@ -172,6 +176,7 @@ pub fn check_implemented(plan: &Plan) -> Result<(), String> {
         match stage.kind {
             StageKind::Ingest
             | StageKind::Fetch
+            | StageKind::Download
             | StageKind::Parse
             | StageKind::Chunk
             | StageKind::Embed
@@ -180,11 +185,16 @@ pub fn check_implemented(plan: &Plan) -> Result<(), String> {
             other => missing.push(format!("{} (stage `{}`)", other.name(), stage.name)),
         }
     }
-    if !plan.gates.is_empty() {
-        missing.push(format!(
-            "gates ({})",
-            plan.gates.iter().map(|g| format!("`{}`", g.name)).collect::<Vec<_>>().join(", ")
-        ));
+    // The gate this build has joins downloaded PDFs with their IR.
+    for gate in &plan.gates {
+        if gate.condition != "ir_ready" || plan.stages[gate.after].kind != StageKind::Download {
+            missing.push(format!(
+                "gate `{}` (condition `{}` after a {} stage; this build gates `ir_ready` after `download`)",
+                gate.name,
+                gate.condition,
+                plan.stages[gate.after].kind.name()
+            ));
+        }
     }
     let indexes = plan.stages.iter().filter(|s| s.kind == StageKind::Index).count();
     if indexes > 1 {
@@ -307,7 +317,7 @@ fn run_workers(
     };
     // A long-running source stops on SIGTERM or SIGINT: drain, commit, exit.
     let stop = options.stop.clone().unwrap_or_default();
-    if options.kafka.is_some() {
+    if options.kafka.is_some() || !options.plan.gates.is_empty() {
         for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(signal, stop.clone()).context("cannot install the signal handler")?;
         }
@@ -325,7 +335,17 @@ fn run_workers(
         fetchers.push(match config {
             StageConfig::Fetch(fetch) => Some(Arc::new({
                 telemetry::Watch::calls_out(&telemetry, &stage.name);
-                fetch::FetchRuntime::new(fetch, &stage.policy)
+                fetch::FetchRuntime::new(fetch, &stage.policy, None)
+                    .map_err(|e| anyhow!("stage `{}`: {}", stage.name, e.message))?
+            })),
+            StageConfig::Download(fetch, output) => Some(Arc::new({
+                telemetry::Watch::calls_out(&telemetry, &stage.name);
+                let default = format!("dir:{}", options.data_dir.join("downloaded").display());
+                let kafka = options.kafka.as_ref().map(|k| &k.settings).or(options.telemetry.kafka.as_ref());
+                let output = fetch::DownloadedOutput::open(output.as_deref().unwrap_or(&default), kafka)
+                    .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+                let store = medkg_operators::pdf::ObjectStore::new(options.data_dir.join("objects"));
+                fetch::FetchRuntime::new(fetch, &stage.policy, Some(fetch::Download { store, output }))
                     .map_err(|e| anyhow!("stage `{}`: {}", stage.name, e.message))?
             })),
             _ => None,
@@ -354,6 +374,9 @@ fn run_workers(
     };
     let (finished_tx, finished_rx) = std::sync::mpsc::channel();
     let shared = Arc::new(Shared {
+        gate_pending: Default::default(),
+        downloaded_sent: Default::default(),
+        downloaded_seen: Default::default(),
         ledger: ledger.clone(),
         telemetry: telemetry.clone(),
         runtime: runtime.handle().clone(),
@@ -471,6 +494,12 @@ pub(crate) struct Shared {
     pub runtime: tokio::runtime::Handle,
     /// The process's ledger writer (`None` with `--no-ledger`).
     pub ledger: Option<Arc<LedgerWriter>>,
+    /// Documents waiting at this process's gates.
+    pub gate_pending: std::sync::atomic::AtomicI64,
+    /// Downloaded records a download stage passed on, and those its gate
+    /// took in: equal when none is in flight between them.
+    pub downloaded_sent: AtomicU64,
+    pub downloaded_seen: AtomicU64,
     /// Per stage (plan order): a fetch stage's client and policy.
     pub fetchers: Vec<Option<Arc<fetch::FetchRuntime>>>,
     pub settings: StageSettings,
@@ -512,6 +541,67 @@ pub(crate) struct Feed {
     pub committed: ProbeHandle<u64>,
     pub dead_letters: std::rc::Rc<std::cell::RefCell<DeadLetterSink>>,
     pub books: Books,
+    /// The IR-ready input of the pipeline's gates, if it has any.
+    pub ir: Option<IrFeed>,
+    /// On the downloaded streams entering the gates.
+    pub downloads: ProbeHandle<u64>,
+}
+
+/// The IR-ready input: a folder of IR-ready records (JSON), read by worker 0
+/// and exchanged to the gates by document id.
+pub(crate) struct IrFeed {
+    input: InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<medkg_connectors::RawPayload>>>,
+    dir: PathBuf,
+    seen: std::collections::HashSet<PathBuf>,
+    leader: bool,
+    epoch: u64,
+}
+
+impl IrFeed {
+    /// Moves the input to `epoch`.
+    pub fn advance(&mut self, epoch: u64) {
+        if epoch > self.epoch {
+            self.input.advance_to(epoch);
+            self.epoch = epoch;
+        }
+    }
+
+    /// Sends the records that appeared in the folder since the last poll
+    /// (worker 0). A file is read once it is complete: writers rename it
+    /// into place, and names starting with `.` are skipped.
+    pub fn poll(&mut self) {
+        if !self.leader {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let mut fresh: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+            .filter(|p| !self.seen.contains(p))
+            .collect();
+        fresh.sort();
+        for path in fresh {
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            self.seen.insert(path.clone());
+            let fields: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let text = |k: &str| fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            self.input.send(medkg_connectors::RawPayload {
+                source: format!("dir:{}", self.dir.display()),
+                key: text("doc_id"),
+                name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                position: medkg_connectors::Position {
+                    ordinal: 0,
+                    file: path.display().to_string(),
+                    line: None,
+                    partition: None,
+                },
+                tombstone: false,
+                tenant: text("tenant_id"),
+                bytes,
+            });
+        }
+    }
 }
 
 /// A worker's bookkeeping between steps: its ledger updates, and (worker 0)
@@ -519,6 +609,8 @@ pub(crate) struct Feed {
 pub(crate) struct Books {
     shared: Arc<Shared>,
     ledger: std::rc::Rc<std::cell::RefCell<LedgerBuffer>>,
+    /// This worker's gates.
+    gates: Vec<std::rc::Rc<std::cell::RefCell<gate::GateState>>>,
     /// Epochs opened and not yet durable, with when they opened (worker 0 only).
     jobs: std::collections::BTreeMap<u64, Instant>,
     leader: bool,
@@ -534,6 +626,9 @@ impl Books {
 
     /// Writes due ledger updates; closes the jobs `committed` has passed.
     pub fn tick(&mut self, committed: &ProbeHandle<u64>) -> anyhow::Result<()> {
+        for gate in &self.gates {
+            gate.borrow_mut().tick(committed);
+        }
         let pipeline = &self.shared.telemetry.pipeline;
         self.ledger.borrow_mut().write_if_due(Duration::from_millis(250)).map_err(|e| anyhow!(e))?;
         if self.leader {
@@ -569,18 +664,51 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
             sink.with_kafka(medkg_connectors::kafka::KafkaDeadLetters::new(&kafka.settings).map_err(|e| anyhow!(e))?);
     }
     let dead_letters = std::rc::Rc::new(std::cell::RefCell::new(sink));
+    let downloads = ProbeHandle::new();
     let ledger = match &shared.ledger {
         Some(writer) => LedgerBuffer::new(writer.clone()),
         None => LedgerBuffer::off(),
     };
     let ledger = std::rc::Rc::new(std::cell::RefCell::new(ledger));
 
+    // The gates' state lives beside the dataflow: bookkeeping between steps
+    // settles what the index made durable and times out stalled documents.
+    let mut gates = std::collections::BTreeMap::new();
+    for gate in &shared.options.plan.gates {
+        let watch = telemetry::Watch::new(&shared.telemetry, &gate.name, gate.after, false, true, &ledger);
+        let ctx = graph::Ctx { shared: shared.clone(), letters: dead_letters.clone(), watch };
+        let state = gate::GateState::open(ctx, gate, index, worker.peers()).map_err(|e| anyhow!(e))?;
+        gates.insert(gate.after, std::rc::Rc::new(std::cell::RefCell::new(state)));
+    }
+    let mut ir_input = InputHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = input.to_stream(scope);
-        graph::build(scope, raw, shared, &dead_letters, &ledger, &flow, &committed);
+        let ir = (!gates.is_empty()).then(|| ir_input.to_stream(scope));
+        let wiring = graph::Wiring {
+            ledger: &ledger,
+            flow: &flow,
+            committed: &committed,
+            ir,
+            gates: &gates,
+            downloads: &downloads,
+        };
+        graph::build(scope, raw, shared, &dead_letters, wiring);
     });
-    let books = Books { shared: shared.clone(), ledger, jobs: Default::default(), leader: index == 0 };
-    let feed = Feed { input, flow, committed, dead_letters, books };
+    let ir = (!gates.is_empty()).then(|| {
+        let dir = match shared.options.ir_ready.as_deref().and_then(|s| s.strip_prefix("dir:")) {
+            Some(dir) => PathBuf::from(dir),
+            None => shared.options.data_dir.join("ir-ready"),
+        };
+        IrFeed { input: ir_input, dir, seen: Default::default(), leader: index == 0, epoch: 0 }
+    });
+    let books = Books {
+        shared: shared.clone(),
+        ledger,
+        gates: gates.into_values().collect(),
+        jobs: Default::default(),
+        leader: index == 0,
+    };
+    let feed = Feed { input, flow, committed, dead_letters, books, ir, downloads };
     match &shared.options.kafka {
         Some(kafka) => kafka_source::feed(worker, shared, feed, kafka),
         None => feed_file(worker, shared, feed),
@@ -589,7 +717,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
 
 /// Feeds the file source, then waits until everything is durable.
 fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Feed) -> anyhow::Result<()> {
-    let Feed { mut input, flow, committed, dead_letters, mut books } = feed;
+    let Feed { mut input, flow, committed, dead_letters, mut books, mut ir, downloads } = feed;
     let (index, peers) = (worker.index(), worker.peers());
     let source = shared.source.as_ref().ok_or_else(|| anyhow!("no file source"))?;
     let runtime = &shared.options.plan.runtime;
@@ -605,6 +733,10 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
             input.advance_to(e);
             epoch = e;
             books.opened(e);
+            if let Some(ir) = &mut ir {
+                ir.advance(e);
+                ir.poll();
+            }
             worker.step();
             books.tick(&committed)?;
             // Flow control: stay within `window` epochs of what the sinks have seen.
@@ -646,6 +778,29 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
     }
     let total = records.ordinal();
     drop(input);
+    // Documents wait at the gates: keep reading IR-ready records until every
+    // downloaded one has arrived and none waits (joined or timed out), or
+    // until stopped (they stay waiting, durably, for the next run).
+    if let Some(mut ir) = ir {
+        loop {
+            ir.poll();
+            ir.advance(ir.epoch + 1);
+            worker.step_or_park(Some(Duration::from_millis(50)));
+            if let Some(fatal) = shared.failed() {
+                bail!("{fatal}");
+            }
+            books.tick(&committed)?;
+            if index == 0 {
+                checkpointer.maybe_store(&committed, epoch_records)?;
+            }
+            let waiting = shared.gate_pending.load(Ordering::SeqCst) > 0;
+            let arrived =
+                shared.downloaded_sent.load(Ordering::SeqCst) == shared.downloaded_seen.load(Ordering::SeqCst);
+            if (downloads.done() && arrived && !waiting) || shared.stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+    }
     while !committed.done() {
         worker.step_or_park(Some(Duration::from_millis(50)));
         if let Some(fatal) = shared.failed() {

@@ -34,6 +34,9 @@ pub enum StageConfig {
     },
     /// `fetch`
     Fetch(FetchConfig),
+    /// `download`: the call's settings, and where downloaded records go
+    /// (`dir:PATH` or `kafka:TOPIC`; default `dir:DATA_DIR/downloaded`).
+    Download(FetchConfig, Option<String>),
     /// `parse`
     Parse(ParseOptions),
     /// `chunk`
@@ -134,8 +137,12 @@ impl StageSettings {
                     max_record_bytes = max_record_bytes.min(cap);
                     StageConfig::Ingest { max_record_bytes: cap }
                 }
-                StageKind::Fetch => {
+                StageKind::Fetch | StageKind::Download => {
                     let mut config = FetchConfig::default();
+                    if stage.kind == StageKind::Download {
+                        config.url_field = "pdf_url".into();
+                        config.max_bytes = 64 << 20;
+                    }
                     let str_of = |key: &str| stage.config.get(key).and_then(Value::as_str).map(str::to_string);
                     config.url_field = str_of("url_field").unwrap_or(config.url_field);
                     config.id_field = str_of("id_field").unwrap_or(config.id_field);
@@ -144,7 +151,10 @@ impl StageSettings {
                     if let Some(hosts) = stage.config.get("allow_hosts").and_then(Value::as_array) {
                         config.allow_hosts = hosts.iter().filter_map(Value::as_str).map(str::to_string).collect();
                     }
-                    StageConfig::Fetch(config)
+                    match stage.kind {
+                        StageKind::Download => StageConfig::Download(config, str_of("output")),
+                        _ => StageConfig::Fetch(config),
+                    }
                 }
                 StageKind::Parse => {
                     let mut options = ParseOptions::default();

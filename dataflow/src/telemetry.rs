@@ -358,6 +358,16 @@ impl Watch {
         self.record(subject, Status::Failed, attempts, Some(error.to_string()));
     }
 
+    /// The stage's position in the plan.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// A ledger update as it is.
+    pub fn update(&self, update: Update) {
+        self.ledger.borrow_mut().record(update);
+    }
+
     /// A ledger row for a document this stage has seen.
     pub fn record(&self, subject: &Subject<'_>, status: Status, attempts: u32, error: Option<String>) {
         let mut update = Update::new(subject.tenant, subject.id, &self.stage, self.index, status);

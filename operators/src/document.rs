@@ -19,6 +19,8 @@ pub enum SourceKind {
     ClinicalTrials,
     /// A PDF parsed to GROBID TEI XML.
     Tei,
+    /// A PDF whose text medkg extracted itself (`medkg pdf-parser`).
+    Pdf,
 }
 
 impl SourceKind {
@@ -29,6 +31,7 @@ impl SourceKind {
             SourceKind::Pmc => "pmc",
             SourceKind::ClinicalTrials => "clinical_trials",
             SourceKind::Tei => "tei",
+            SourceKind::Pdf => "pdf",
         }
     }
 }

@@ -33,22 +33,37 @@ pub struct StageError {
     pub kind: String,
     /// What went wrong, for people.
     pub message: String,
+    /// The earliest a retry may come (an HTTP `Retry-After`): the policy
+    /// waits at least this long before the next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl StageError {
     /// A permanent failure of the input.
     pub fn permanent(kind: &str, message: impl Into<String>) -> Self {
-        StageError { class: ErrorClass::Permanent, kind: kind.to_string(), message: message.into() }
+        StageError { class: ErrorClass::Permanent, kind: kind.to_string(), message: message.into(), retry_after: None }
     }
 
     /// A failure that may pass if tried again (a timeout, a 503).
     pub fn transient(kind: &str, message: impl Into<String>) -> Self {
-        StageError { class: ErrorClass::Transient, kind: kind.to_string(), message: message.into() }
+        StageError { class: ErrorClass::Transient, kind: kind.to_string(), message: message.into(), retry_after: None }
+    }
+
+    /// The same error, asking the next attempt to wait at least `after`.
+    pub fn with_retry_after(mut self, after: Option<std::time::Duration>) -> Self {
+        self.retry_after = after;
+        self
     }
 
     /// A failure of a dependency that makes going on pointless.
     pub fn unavailable(kind: &str, message: impl Into<String>) -> Self {
-        StageError { class: ErrorClass::Unavailable, kind: kind.to_string(), message: message.into() }
+        StageError {
+            class: ErrorClass::Unavailable,
+            kind: kind.to_string(),
+            message: message.into(),
+            retry_after: None,
+        }
     }
 }
 

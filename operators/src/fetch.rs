@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Url;
+pub use reqwest::Url;
 
 use crate::StageError;
 
@@ -190,7 +190,8 @@ impl Fetcher {
             let kind = format!("http_{}", status.as_u16());
             let transient = status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
             return Err(if transient {
-                StageError::transient(&kind, message)
+                let after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
+                StageError::transient(&kind, message).with_retry_after(after.and_then(retry_after))
             } else {
                 StageError::permanent(&kind, message)
             });
@@ -218,6 +219,19 @@ impl Fetcher {
         }
         Ok(Fetched { body, content_type, url: final_url })
     }
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (capped at an hour).
+pub fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let after = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(after.min(Duration::from_secs(3600)))
 }
 
 /// Classifies a failed request.
@@ -282,6 +296,14 @@ mod tests {
         ] {
             assert_eq!(request_of(&config, bad).unwrap_err().kind, kind, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after("86400"), Some(Duration::from_secs(3600)));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(retry_after("soon"), None);
     }
 
     #[test]

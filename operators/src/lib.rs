@@ -10,6 +10,8 @@
 //! - [`resilience`]: a stage's named policy at run time: retries with
 //!   backoff, per-attempt timeout, circuit breaker and rate limit.
 //! - [`fetch`]: HTTP GET of a record's URL under that policy.
+//! - [`pdf`]: PDF checks, the content-addressed object store, text → IR,
+//!   and the downloaded / IR-ready records of the PDF gate.
 //!
 //! Every failure is a [`StageError`] whose [`ErrorClass`] says what to do
 //! with it: retry, dead-letter, or fail fast.
@@ -22,6 +24,7 @@ pub mod fetch;
 pub mod index;
 pub mod models;
 pub mod parse;
+pub mod pdf;
 pub mod resilience;
 pub mod retrieve;
 

@@ -11,7 +11,8 @@
 //!    is a [`ErrorClass::Transient`] `timeout`;
 //! 4. a transient failure is **retried** (`backon`) after the policy's delay
 //!    (exponential, linear or constant, capped by `max_delay`, optionally
-//!    jittered), up to `max_retries` times. Permanent and unavailable
+//!    jittered, and never shorter than a `Retry-After` the error carries),
+//!    up to `max_retries` times. Permanent and unavailable
 //!    failures are never retried.
 //!
 //! The breaker counts transient and unavailable failures only: a 404 says
@@ -146,6 +147,8 @@ impl Resilience {
             .retry(delays(&self.policy, self.policy.jitter).into_iter())
             .sleep(tokio::time::sleep)
             .when(|e: &StageError| e.class == ErrorClass::Transient)
+            // A server's Retry-After is a floor under the policy's delay.
+            .adjust(|e: &StageError, delay| delay.map(|d| e.retry_after.map_or(d, |after| after.max(d))))
             .notify(|e: &StageError, delay| observer.retrying(attempts.load(Ordering::SeqCst), e, delay))
             .await;
         Outcome { result, attempts: attempts.load(Ordering::SeqCst) }
@@ -386,6 +389,23 @@ mod tests {
         let outcome: Outcome<()> =
             rt.block_on(resilience.call(&Silent, |_| async { Err(StageError::transient("http_503", "busy")) }));
         assert_eq!(outcome.attempts, 4, "the first attempt and three retries");
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_under_the_delay() {
+        let rt = runtime();
+        let resilience = Resilience::new(&policy(1, Backoff::Constant));
+        let log = Log::default();
+        let outcome =
+            rt.block_on(resilience.call(&log, |n| async move {
+                match n {
+                    1 => Err(StageError::transient("http_429", "slow down")
+                        .with_retry_after(Some(Duration::from_millis(120)))),
+                    _ => Ok(()),
+                }
+            }));
+        assert_eq!((outcome.result, outcome.attempts), (Ok(()), 2));
+        assert_eq!(log.retries.lock().unwrap()[0].2, Duration::from_millis(120));
     }
 
     #[test]

@@ -123,7 +123,7 @@ const fn key(name: &'static str, kind: ValueKind) -> ConfigKey {
 }
 
 /// Formats `parse` understands; `auto` sniffs each payload.
-pub const PARSE_FORMATS: &[&str] = &["auto", "pubmed-jsonl", "pubmed-xml", "jats", "ctgov", "tei"];
+pub const PARSE_FORMATS: &[&str] = &["auto", "pubmed-jsonl", "pubmed-xml", "jats", "ctgov", "tei", "ir"];
 const DEVICES: &[&str] = &["cpu", "cuda"];
 /// Index backends; this build implements `bm25`.
 pub const INDEX_BACKENDS: &[&str] = &["bm25", "splade", "dense"];
@@ -236,8 +236,10 @@ impl StageKind {
             StageKind::Download => {
                 const K: &[ConfigKey] = &[
                     key("url_field", Text),
+                    key("id_field", Text),
                     key("max_bytes", PositiveInt),
                     key("allow_hosts", ListOf(&[])),
+                    key("max_in_flight", PositiveInt),
                     key("output", Text),
                 ];
                 K

@@ -42,6 +42,8 @@ pub enum Format {
     Ctgov,
     /// GROBID TEI XML.
     Tei,
+    /// An IR-ready record of the PDF gate (`{"doc_id", "ir" | "tei", ...}`).
+    Ir,
 }
 
 impl FromStr for Format {
@@ -54,6 +56,7 @@ impl FromStr for Format {
             "jats" => Format::Jats,
             "ctgov" => Format::Ctgov,
             "tei" => Format::Tei,
+            "ir" => Format::Ir,
             other => return Err(format!("unknown format `{other}`")),
         })
     }
@@ -90,7 +93,7 @@ pub fn parse(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> Vec<Re
     // JSON is parsed once, here: sniffing reads its keys, the parser its values.
     let trimmed = text.trim_start();
     let is_json = match options.format {
-        Format::PubmedJsonl | Format::Ctgov => true,
+        Format::PubmedJsonl | Format::Ctgov | Format::Ir => true,
         Format::Auto => trimmed.starts_with('{'),
         _ => false,
     };
@@ -137,7 +140,10 @@ pub fn parse(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> Vec<Re
         (Format::PubmedXml, _) => pubmed::parse_set(text, options),
         (Format::Jats, _) => vec![jats::parse(text, options)],
         (Format::Tei, _) => vec![tei::parse(text, options)],
-        (Format::PubmedJsonl | Format::Ctgov, None) => {
+        (Format::Ir, Some(value)) => vec![serde_json::from_value::<crate::pdf::IrReady>(value.clone())
+            .map_err(|e| StageError::permanent("bad_ir_ready", format!("not an IR-ready record: {e}")))
+            .and_then(|ready| ready.document(options))],
+        (Format::PubmedJsonl | Format::Ctgov | Format::Ir, None) => {
             unreachable!("JSON formats were parsed above")
         }
         (Format::Auto, _) => unreachable!("auto was resolved above"),
@@ -153,6 +159,14 @@ pub fn parse(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> Vec<Re
             other => other,
         })
         .collect()
+}
+
+/// A GROBID TEI document (for IR-ready records that carry TEI).
+pub(crate) fn tei_document(text: &str, options: &ParseOptions) -> Result<Document, StageError> {
+    if text.len() > options.max_doc_bytes {
+        return Err(too_large(text.len(), options.max_doc_bytes));
+    }
+    tei::parse(text, options)
 }
 
 pub(crate) fn too_large(size: usize, cap: usize) -> StageError {
@@ -181,6 +195,9 @@ fn sniff(text: &str, name: Option<&str>, json: Option<&serde_json::Value>) -> Op
                 "pubmed" => return Some(Format::PubmedJsonl),
                 _ => {}
             }
+        }
+        if object.contains_key("doc_id") && (object.contains_key("ir") || object.contains_key("tei")) {
+            return Some(Format::Ir);
         }
         if object.contains_key("protocolSection") || object.contains_key("studies") {
             return Some(Format::Ctgov);
