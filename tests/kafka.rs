@@ -238,15 +238,7 @@ fn malformed_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() {
     let child = engine_with(&pipeline, &topic, &format!("{topic}-group"), &data);
     wait_for(&data, (2, 2), Duration::from_secs(60));
     // Dead letters of the epochs made durable are in their topic.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("{topic}-dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "2000")
-        .set("heartbeat.interval.ms", "200")
-        .create()
-        .unwrap();
-    consumer.subscribe(&["medkg.dlq.v1"]).unwrap();
+    let consumer = reader("medkg.dlq.v1", &format!("{topic}-dlq-reader"));
     let mut found = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while found.len() < 4 && Instant::now() < deadline {
@@ -409,7 +401,7 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
     // Stopped early, the run still returns cleanly with what it made durable.
     assert!(summary.docs <= 400, "{summary:?}");
     // Its lifecycle events are on their topic, CloudEvents in structured JSON.
-    let consumer = reader(&events_topic);
+    let consumer = reader(&events_topic, &format!("{events_topic}-reader"));
     let mut types = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && types.len() < 2 {
@@ -425,11 +417,11 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
     assert!(types.contains("org.medicalkg.orchestration.stage.completed"), "{types:?}");
 }
 
-/// A consumer reading `topic` from its start.
-fn reader(topic: &str) -> BaseConsumer {
+/// A consumer of group `group` reading `topic` from its start.
+fn reader(topic: &str, group: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
-        .set("group.id", format!("{topic}-reader"))
+        .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "2000")
         .set("heartbeat.interval.ms", "200")
@@ -449,15 +441,7 @@ fn the_events_producer_publishes_keyed_json_with_headers() {
     let event = br#"{"specversion":"1.0","type":"org.medicalkg.orchestration.stage.completed","subject":"pmid:1"}"#;
     events.send("pmid:1", event, &[("content-type", "application/cloudevents+json")]).unwrap();
     events.flush().unwrap();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("{topic}-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "2000")
-        .set("heartbeat.interval.ms", "200")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic.as_str()]).unwrap();
+    let consumer = reader(&topic, &format!("{topic}-reader"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(Instant::now() < deadline, "the event never arrived");

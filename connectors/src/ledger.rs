@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 
 /// The ledger file in a data directory.
@@ -529,18 +529,6 @@ impl Ledger {
             self.connection.prepare("SELECT status, COUNT(*) FROM documents GROUP BY status").map_err(fail)?;
         let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(fail)?;
         rows.collect::<Result<_, _>>().map_err(fail)
-    }
-
-    /// One document's row, if the ledger has it (first tenant found).
-    pub fn get(&self, tenant_id: &str, doc_id: &str) -> Result<Option<String>, String> {
-        self.connection
-            .query_row(
-                "SELECT status FROM documents WHERE tenant_id = ?1 AND doc_id = ?2",
-                params![tenant_id, doc_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| format!("ledger {}: {e}", self.path.display()))
     }
 }
 

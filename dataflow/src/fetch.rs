@@ -28,7 +28,7 @@ use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::graph::Ctx;
-use crate::telemetry::{CallObserver, Subject};
+use crate::telemetry::CallObserver;
 
 /// A fetch or download stage's process-wide parts: its policy runtime,
 /// its client, and (download) where PDFs and downloaded records go.
@@ -191,11 +191,7 @@ pub(crate) fn fetch_stage<'s>(
                     in_flight -= 1;
                     let Settled { time, payload, id, began, outcome } = settled;
                     let position = payload.position.to_string();
-                    let subject = Subject {
-                        id: id.as_deref().or(payload.key.as_deref()).unwrap_or(&position),
-                        tenant: payload.tenant.as_deref().unwrap_or(&ctx.shared.options.tenant),
-                        is_doc: id.is_some() || payload.key.is_some(),
-                    };
+                    let subject = ctx.subject_named(&payload, id.as_deref(), &position);
                     match outcome.result {
                         Ok(out) => {
                             ctx.watch.completed(&subject, began, outcome.attempts);
@@ -258,11 +254,7 @@ pub(crate) fn fetch_stage<'s>(
                         }
                     };
                     let url = request.url.to_string();
-                    let subject = Subject {
-                        id: request.id.as_deref().or(payload.key.as_deref()).unwrap_or(&url),
-                        tenant: payload.tenant.as_deref().unwrap_or(&ctx.shared.options.tenant),
-                        is_doc: request.id.is_some() || payload.key.is_some(),
-                    };
+                    let subject = ctx.subject_named(&payload, request.id.as_deref(), &url);
                     let began = ctx.watch.started(&subject);
                     let observer = CallObserver {
                         telemetry: ctx.shared.telemetry.clone(),

@@ -189,10 +189,22 @@ pub(crate) struct Ctx {
 impl Ctx {
     /// A raw payload as a subject: its key (a document id) or its position.
     pub fn subject_of<'a>(&'a self, payload: &'a RawPayload, position: &'a str) -> Subject<'a> {
+        self.subject_named(payload, None, position)
+    }
+
+    /// A raw payload as a subject: the document id it names (a fetch
+    /// record's `id`), else its key, else `fallback`.
+    pub fn subject_named<'a>(
+        &'a self,
+        payload: &'a RawPayload,
+        named: Option<&'a str>,
+        fallback: &'a str,
+    ) -> Subject<'a> {
+        let id = named.or(payload.key.as_deref());
         Subject {
-            id: payload.key.as_deref().unwrap_or(position),
+            id: id.unwrap_or(fallback),
             tenant: payload.tenant.as_deref().unwrap_or(&self.shared.options.tenant),
-            is_doc: payload.key.is_some(),
+            is_doc: id.is_some(),
         }
     }
 
@@ -394,7 +406,6 @@ fn envelope_payload(source: &str, position: &Position, doc_id: &str, item: &impl
 /// and encodes them in token-budget batches when the input frontier has
 /// passed the epoch (no chunk waits for a timer behind a closed epoch) or
 /// when the stash holds several batches' worth of tokens already.
-#[allow(clippy::too_many_arguments)]
 fn encode_stage<'s>(
     scope: Scope<'s, u64>,
     input: StreamVec<'s, u64, Envelope<ChunkedDocument>>,
@@ -580,7 +591,6 @@ impl Vector {
 /// the input frontier has passed such epochs (at most once per
 /// `commit_interval`, and always when the input ends). What it emits, at
 /// the time of its epoch, are the documents it has made durable.
-#[allow(clippy::too_many_arguments)]
 fn index_stage<'s>(
     scope: Scope<'s, u64>,
     input: StreamVec<'s, u64, Envelope<ChunkedDocument>>,

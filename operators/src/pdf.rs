@@ -260,7 +260,7 @@ pub fn from_text(text: &str, doc_id: &str, tenant: &str) -> Document {
         sections.push(current);
     }
     let mut title = String::new();
-    if let Some((name, front)) = sections.first_mut().filter(|(name, _)| name == "front") {
+    if let Some((_, front)) = sections.first_mut().filter(|(name, _)| name == "front") {
         let blocks: Vec<String> =
             front.split("\n\n").map(|b| b.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
         let is_title = |b: &String| {
@@ -280,7 +280,6 @@ pub fn from_text(text: &str, doc_id: &str, tenant: &str) -> Document {
                 .collect::<Vec<_>>()
                 .join("\n\n");
         }
-        let _ = name;
     }
     let sections = sections
         .into_iter()
