@@ -72,6 +72,9 @@ enum Command {
         cluster: ClusterArgs,
         #[command(flatten)]
         telemetry: TelemetryArgs,
+        /// Where the pipeline's gates read IR-ready records: dir:PATH (default dir:DATA_DIR/ir-ready).
+        #[arg(long)]
+        ir_ready: Option<String>,
     },
     /// Turn downloaded PDFs into IR-ready records, as an external parser would: read downloaded
     /// records (the download stage's output), extract each PDF's text and sections, publish.
@@ -332,6 +335,7 @@ fn main() -> ExitCode {
             kafka,
             cluster,
             telemetry,
+            ir_ready,
             ..
         } => run_options(
             &pipeline,
@@ -347,6 +351,12 @@ fn main() -> ExitCode {
         .and_then(|mut options| {
             options.cluster = cluster.cluster()?;
             options.telemetry = telemetry.options(&kafka)?;
+            if let Some(spec) = &ir_ready {
+                if !spec.starts_with("dir:") || spec.len() == 4 {
+                    bail!("--ir-ready `{spec}`: expected dir:PATH");
+                }
+            }
+            options.ir_ready = ir_ready;
             run(options)
         }),
         Command::PdfParser { input, output, once } => pdf_parser::run(&input, &output, once),

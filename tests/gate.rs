@@ -73,10 +73,14 @@ fn records(dir: &Path, docs: &[(&str, String)]) -> PathBuf {
 
 /// An IR-ready record carrying the shared TEI, as GROBID would publish it.
 fn tei_ready(ir_dir: &Path, doc_id: &str) {
+    tei_ready_as(ir_dir, doc_id, &format!("{}.json", doc_id.replace(['/', ':'], "_")));
+}
+
+/// The same, under a file name of the caller's (a duplicate, say).
+fn tei_ready_as(ir_dir: &Path, doc_id: &str, name: &str) {
     std::fs::create_dir_all(ir_dir).unwrap();
     let tei = std::fs::read_to_string(common::shared().join(TEI)).unwrap();
     let record = serde_json::json!({ "doc_id": doc_id, "parser": "grobid", "tei": tei });
-    let name = format!("{}.json", doc_id.replace(['/', ':'], "_"));
     let temp = ir_dir.join(format!(".{name}"));
     std::fs::write(&temp, record.to_string()).unwrap();
     std::fs::rename(temp, ir_dir.join(name)).unwrap();
@@ -286,4 +290,119 @@ fn gate_download_refuses_what_it_must_and_honours_retry_after() {
     assert_eq!(times.len(), 2);
     assert!(times[1] - times[0] >= Duration::from_millis(990), "{:?}", times[1] - times[0]);
     assert_eq!(ledger(&data)["doi:busy"]["retries"]["download"], 1);
+}
+
+#[test]
+fn gate_bad_ir_ready_records_are_dead_lettered_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = pdf_server();
+    let data = dir.path().join("data");
+    // Elsewhere than the default folder: --ir-ready names it.
+    let ir = dir.path().join("parsed");
+    std::fs::create_dir_all(&ir).unwrap();
+    std::fs::write(ir.join("a-broken.json"), "{not json").unwrap();
+    std::fs::write(ir.join("b-empty.json"), r#"{"doc_id": "doi:ok"}"#).unwrap();
+    tei_ready(&ir, "doi:ok");
+    let source = records(dir.path(), &[("doi:ok", server.url("/pdf/ok"))]);
+    let mut engine = run(&pipeline(dir.path(), "1m"), &source, &data);
+    engine.arg(format!("--ir-ready=dir:{}", ir.display()));
+    let summary = finish(engine.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    assert_eq!((summary["docs"].as_u64(), summary["failed"].as_u64()), (Some(1), Some(2)), "{summary}");
+    let letters = std::fs::read_to_string(data.join("dead-letter/worker-0.jsonl")).unwrap();
+    assert_eq!(letters.matches("\"error_kind\":\"bad_ir_ready\"").count(), 2, "{letters}");
+    assert!(letters.contains("{not json"), "the original bytes are kept: {letters}");
+    assert_eq!(ledger(&data)["doi:ok"]["status"], "completed");
+}
+
+#[test]
+fn gate_duplicate_downloads_and_ir_join_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = pdf_server();
+    let data = dir.path().join("data");
+    tei_ready(&data.join("ir-ready"), "doi:twice");
+    tei_ready_as(&data.join("ir-ready"), "doi:twice", "again.json");
+    let source = records(dir.path(), &[("doi:twice", server.url("/pdf/1")), ("doi:twice", server.url("/pdf/2"))]);
+    // A duplicate left waiting would time out and fail: 5 s bounds the test.
+    let summary = finish(
+        run(&pipeline(dir.path(), "5s"), &source, &data).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+    );
+    assert_eq!((summary["docs"].as_u64(), summary["failed"].as_u64()), (Some(1), Some(0)), "{summary}");
+    assert_eq!(indexed_docs(&data), 1);
+}
+
+mod interleavings {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Per document: its IR is there before the first run (else it comes
+    /// while the engine is down, after a SIGTERM), its download record is
+    /// duplicated, its IR-ready record is duplicated.
+    fn case() -> impl Strategy<Value = Vec<(bool, bool, bool)>> {
+        prop::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 1..4)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn gate_joins_and_indexes_each_document_exactly_once(docs in case()) {
+            let dir = tempfile::tempdir().unwrap();
+            let server = pdf_server();
+            let data = dir.path().join("data");
+            let ir = data.join("ir-ready");
+            let ids: Vec<String> = (0..docs.len()).map(|i| format!("doi:p{i}")).collect();
+            let mut input: Vec<(&str, String)> = ids.iter().map(|id| (id.as_str(), server.url(&format!("/pdf/{id}")))).collect();
+            for (i, (_, dup_download, _)) in docs.iter().enumerate() {
+                if *dup_download {
+                    input.push((ids[i].as_str(), server.url(&format!("/pdf/{}-again", ids[i]))));
+                }
+            }
+            let source = records(dir.path(), &input);
+            let write_ir = |before: bool| {
+                for (i, (ir_before, _, dup_ir)) in docs.iter().enumerate() {
+                    if *ir_before == before {
+                        tei_ready(&ir, &ids[i]);
+                        if *dup_ir {
+                            tei_ready_as(&ir, &ids[i], &format!("again-{i}.json"));
+                        }
+                    }
+                }
+            };
+            // Long enough for every wait here; a duplicate left waiting by
+            // mistake times out and fails the case instead of hanging it.
+            let pipeline = pipeline(dir.path(), "20s");
+            write_ir(true);
+            let mut indexed = 0;
+            let first = run(&pipeline, &source, &data).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            let later: Vec<&String> = ids.iter().zip(&docs).filter(|(_, d)| !d.0).map(|(id, _)| id).collect();
+            if !later.is_empty() {
+                // Stop the engine once the later ones wait at the gate.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let rows = ledger(&data);
+                    if later.iter().all(|id| rows.get(id.as_str()).is_some_and(|r| r["status"] == "waiting")) {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "never waited: {rows:?}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+            }
+            let summary = finish(first);
+            indexed += summary["docs"].as_u64().unwrap();
+            prop_assert_eq!(summary["failed"].as_u64(), Some(0));
+            write_ir(false);
+            for _ in 0..2 {
+                let summary = finish(run(&pipeline, &source, &data).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+                indexed += summary["docs"].as_u64().unwrap();
+                prop_assert_eq!(summary["failed"].as_u64(), Some(0));
+            }
+            // Joined once each over all runs, and each in the index once.
+            prop_assert_eq!(indexed, ids.len() as u64);
+            prop_assert_eq!(indexed_docs(&data), ids.len() as u64);
+            let rows = ledger(&data);
+            for id in &ids {
+                prop_assert_eq!(&rows[id.as_str()]["status"], "completed");
+            }
+        }
+    }
 }

@@ -55,7 +55,8 @@ pub(crate) struct GateState {
     /// IR that came before its PDF (kept in memory: an IR folder is re-read
     /// on restart), with when it came.
     early: HashMap<Key, (IrReady, Instant)>,
-    /// Joined documents and their PDF hash, durable downstream.
+    /// Joined documents and their PDF hash: restored ones are durable
+    /// downstream; this run's are marked durable by `tick`.
     done: HashMap<Key, String>,
     /// Joined documents by the epoch they were emitted at, until durable.
     joined: BTreeMap<u64, Vec<(Key, String)>>,
@@ -186,6 +187,9 @@ impl GateState {
         payload: RawPayload,
         mut ir: IrReady,
     ) -> (RawPayload, Key, String) {
+        // Duplicates that come before the join is durable are dropped too
+        // (the durable marker waits for the index; memory does not need to).
+        self.done.insert(key.clone(), record.sha256.clone());
         ir.sha256 = Some(record.sha256.clone());
         ir.pdf_url = Some(record.url.clone());
         ir.tenant_id = Some(record.tenant_id.clone());
