@@ -105,6 +105,9 @@ fn finish(child: Child) -> Value {
 
 fn ledger(data: &Path) -> std::collections::BTreeMap<String, Value> {
     let out = medkg().args(["ledger", "--json", "--data-dir"]).arg(data).output().unwrap();
+    if !out.status.success() && data.join("ledger.sqlite").exists() {
+        eprintln!("medkg ledger: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     json["rows"]
         .as_array()

@@ -437,3 +437,36 @@ fn batch_events_and_lineage_over_http() {
     assert_eq!(posted[1]["job"]["name"], "lexical");
     assert!(posted[1]["outputs"][0]["name"].as_str().unwrap().ends_with("data"));
 }
+
+#[test]
+fn bad_fetch_records_are_dead_lettered_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, docs) = pubmed_slice(dir.path(), 1);
+    let body = docs[0].to_string();
+    let pmid = format!("pmid:{}", docs[0]["pmid"].as_str().unwrap());
+    let server = TestServer::start(move |_, _| Reply::ok(body.clone()));
+    let input = dir.path().join("urls.jsonl");
+    let good = serde_json::json!({ "id": pmid, "url": server.url("/doc/0") }).to_string();
+    std::fs::write(
+        &input,
+        format!("{{\"id\": \"x\", \"url\":\n{{\"id\": \"no-url\"}}\n{{\"id\": \"ftp\", \"url\": \"ftp://example.org/a\"}}\n{good}\n"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let out = medkg()
+        .args(["run", "--metrics-addr", "off", "--pipeline"])
+        .arg(pipeline(dir.path(), "polite-api", 4))
+        .arg(format!("--source=file:{}", input.display()))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!((summary["docs"].as_u64(), summary["failed"].as_u64()), (Some(1), Some(3)), "{summary}");
+    let letters = std::fs::read_to_string(data.join("dead-letter/worker-0.jsonl")).unwrap();
+    for kind in ["bad_json", "missing_url", "bad_url"] {
+        assert!(letters.contains(&format!("\"error_kind\":\"{kind}\"")), "{kind} missing: {letters}");
+    }
+    assert_eq!(ledger_rows(&data)[&pmid]["status"], "completed");
+}

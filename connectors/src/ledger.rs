@@ -433,13 +433,18 @@ impl Ledger {
         Ok(Ledger { connection, path })
     }
 
-    /// Opens an existing ledger for reading (`medkg ledger`).
+    /// Opens an existing ledger read-only (`medkg ledger`, beside a running
+    /// engine): no pragma or schema statement that would need a write lock.
     pub fn open_existing(data_dir: &Path) -> Result<Ledger, String> {
         let path = data_dir.join(LEDGER_FILE);
         if !path.exists() {
             return Err(format!("{} has no ledger ({LEDGER_FILE}): nothing has run there", data_dir.display()));
         }
-        Ledger::open(data_dir)
+        let fail = |e: rusqlite::Error| format!("ledger {}: {e}", path.display());
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection = Connection::open_with_flags(&path, flags).map_err(fail)?;
+        connection.busy_timeout(std::time::Duration::from_secs(30)).map_err(fail)?;
+        Ok(Ledger { connection, path })
     }
 
     fn write(&mut self, pipeline: &str, run_id: &str, pending: &[Pending]) -> Result<(), String> {
