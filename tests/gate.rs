@@ -409,3 +409,46 @@ mod interleavings {
         }
     }
 }
+
+/// The shipped PDF pipelines, models included, with loopback allowed (their
+/// own allowlists name the real archives).
+#[test]
+fn gate_the_shipped_pdf_pipelines_run_end_to_end() {
+    for file in ["pdf-two-phase.yaml", "pmc-fulltext.yaml"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = pdf_server();
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(config.join("pipelines")).unwrap();
+        std::fs::copy(common::repo().join("config/resilience.yaml"), config.join("resilience.yaml")).unwrap();
+        let text = std::fs::read_to_string(common::repo().join("config/pipelines").join(file)).unwrap();
+        let start = text.find("allow_hosts: [").expect("an allowlist");
+        let end = start + text[start..].find(']').unwrap() + 1;
+        let text = format!("{}allow_hosts: [127.0.0.1]{}", &text[..start], &text[end..]);
+        let pipeline = config.join("pipelines").join(file);
+        std::fs::write(&pipeline, text).unwrap();
+        let data = dir.path().join("data");
+        let source = records(dir.path(), &[("doi:10.1186/s12984-016-0129-6", server.url("/pdf/1"))]);
+        let mut parser = medkg()
+            .args(["pdf-parser", "--input"])
+            .arg(format!("dir:{}", data.join("downloaded").display()))
+            .arg("--output")
+            .arg(format!("dir:{}", data.join("ir-ready").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let engine = run(&pipeline, &source, &data).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let summary = finish(engine);
+        let _ = parser.kill();
+        let _ = parser.wait();
+        assert_eq!((summary["docs"].as_u64(), summary["failed"].as_u64()), (Some(1), Some(0)), "{file}: {summary}");
+        let out = medkg()
+            .args(["search", "--json", "--data-dir"])
+            .arg(&data)
+            .arg("multi-contact functional electrical stimulation for hand opening")
+            .output()
+            .unwrap();
+        let hits: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(hits[0]["doc_id"], "doi:10.1186/s12984-016-0129-6", "{file}: {hits:?}");
+    }
+}
