@@ -72,22 +72,29 @@ enum Command {
         cluster: ClusterArgs,
         #[command(flatten)]
         telemetry: TelemetryArgs,
-        /// Where the pipeline's gates read IR-ready records: dir:PATH (default dir:DATA_DIR/ir-ready).
+        /// Where the pipeline's gates read IR-ready records: dir:PATH or kafka:TOPIC (default
+        /// kafka:pdf.ir-ready.v1 with a Kafka source, else dir:DATA_DIR/ir-ready). A topic is read
+        /// by the consumer group GROUP.ir-ready.
         #[arg(long)]
         ir_ready: Option<String>,
     },
     /// Turn downloaded PDFs into IR-ready records, as an external parser would: read downloaded
     /// records (the download stage's output), extract each PDF's text and sections, publish.
     PdfParser {
-        /// Downloaded records: dir:PATH (JSON files, e.g. DATA_DIR/downloaded).
+        /// Downloaded records: dir:PATH (JSON files, e.g. DATA_DIR/downloaded) or kafka:TOPIC
+        /// (e.g. kafka:pdf.downloaded.v1; consumer group from --group, default medkg-pdf-parser).
         #[arg(long)]
         input: String,
-        /// IR-ready records: dir:PATH (e.g. DATA_DIR/ir-ready, where `run` reads them).
+        /// IR-ready records: dir:PATH (e.g. DATA_DIR/ir-ready, where `run` reads them) or
+        /// kafka:TOPIC (e.g. kafka:pdf.ir-ready.v1; failures go to the dead-letter topic).
         #[arg(long)]
         output: String,
-        /// Process what is there and exit (default: keep watching until SIGTERM).
+        /// Process what is there and exit (a topic: once it has been quiet for 5 s);
+        /// default: keep watching until SIGTERM.
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
     /// Show the job ledger: where each document of a data directory stands.
     Ledger {
@@ -235,7 +242,8 @@ struct TelemetryArgs {
     /// OpenLineage run events: file:PATH (JSON lines) or an http(s):// endpoint.
     #[arg(long)]
     lineage: Option<String>,
-    /// The run's id in events, lineage, logs and the ledger (default: a fresh UUID).
+    /// The run's id in events, lineage, logs and the ledger (default: a fresh UUID; the
+    /// processes of a cluster need one, the same in each).
     #[arg(long)]
     run_id: Option<String>,
     /// Keep no job ledger (DATA_DIR/ledger.sqlite), e.g. for throughput benchmarks.
@@ -282,9 +290,9 @@ struct KafkaArgs {
     /// Kafka brokers, host:port[,host:port].
     #[arg(long)]
     brokers: Option<String>,
-    /// Consumer group.
-    #[arg(long, default_value = "medkg")]
-    group: String,
+    /// Consumer group (default: medkg; pdf-parser: medkg-pdf-parser).
+    #[arg(long)]
+    group: Option<String>,
     /// librdkafka property key=value (repeatable), e.g. session.timeout.ms=2000.
     #[arg(long = "kafka-option")]
     kafka_options: Vec<String>,
@@ -292,13 +300,18 @@ struct KafkaArgs {
 
 impl KafkaArgs {
     fn settings(&self) -> anyhow::Result<KafkaSettings> {
+        self.settings_or("medkg")
+    }
+
+    /// The settings, with `group` unless --group names one.
+    fn settings_or(&self, group: &str) -> anyhow::Result<KafkaSettings> {
         let brokers = self.brokers.clone().ok_or_else(|| anyhow!("a Kafka source needs --brokers HOST:PORT"))?;
         let options = self
             .kafka_options
             .iter()
             .map(|o| medkg_connectors::kafka::parse_option(o).map_err(|e| anyhow!(e)))
             .collect::<anyhow::Result<_>>()?;
-        Ok(KafkaSettings { brokers, group: self.group.clone(), options })
+        Ok(KafkaSettings { brokers, group: self.group.clone().unwrap_or_else(|| group.to_string()), options })
     }
 }
 
@@ -351,15 +364,25 @@ fn main() -> ExitCode {
         .and_then(|mut options| {
             options.cluster = cluster.cluster()?;
             options.telemetry = telemetry.options(&kafka)?;
+            // One run, one id: the ledger, events and lineage of every process must agree.
+            if options.cluster.is_some() && telemetry.run_id.is_none() {
+                bail!("-n {} needs --run-id ID, the same in every process of the cluster", cluster.processes);
+            }
             if let Some(spec) = &ir_ready {
-                if !spec.starts_with("dir:") || spec.len() == 4 {
-                    bail!("--ir-ready `{spec}`: expected dir:PATH");
+                let topic_or_dir = spec.strip_prefix("dir:").or(spec.strip_prefix("kafka:"));
+                if topic_or_dir.is_none_or(str::is_empty) {
+                    bail!("--ir-ready `{spec}`: expected dir:PATH or kafka:TOPIC");
                 }
             }
             options.ir_ready = ir_ready;
             run(options)
         }),
-        Command::PdfParser { input, output, once } => pdf_parser::run(&input, &output, once),
+        Command::PdfParser { input, output, once, kafka } => kafka
+            .brokers
+            .is_some()
+            .then(|| kafka.settings_or("medkg-pdf-parser"))
+            .transpose()
+            .and_then(|settings| pdf_parser::run(&input, &output, once, settings)),
         Command::Ledger { data_dir, status, doc, limit, json } => {
             ledger(&data_dir, status.as_deref(), doc.as_deref(), limit, json)
         }

@@ -2,94 +2,325 @@
 //! process of its own (as GROBID or MinerU would be).
 //!
 //! It reads downloaded records (`{"doc_id","tenant_id","url","sha256","bytes","path"}`)
-//! from a folder, extracts each PDF's text and sections into the document
-//! IR, and publishes an IR-ready record (`{"doc_id","tenant_id","sha256",
-//! "parser","ir"}`) to the output folder as `{sha256}.json`, written to a
-//! temp name and renamed so a reader never sees half a file. A PDF it
-//! cannot read gets `failed/{sha256}.json` with the error instead, and the
-//! gate times its document out. Records already published are skipped, so
-//! a restart redoes nothing.
+//! from a folder or a Kafka topic, extracts each PDF's text and sections
+//! into the document IR, and publishes an IR-ready record (`{"doc_id",
+//! "tenant_id","sha256","parser","ir"}`):
+//!
+//! - to a folder as `{sha256}.json`, written to a temp name and renamed so a
+//!   reader never sees half a file; a PDF it cannot read gets
+//!   `failed/{name}.json` with the error instead (and the gate times its
+//!   document out). Records already published are skipped, so a restart
+//!   redoes nothing;
+//! - or to a Kafka topic, keyed by document id; a PDF it cannot read goes to
+//!   the dead-letter topic. A Kafka input's offset is committed only once
+//!   what the message produced is acknowledged, so a crash re-parses at most
+//!   the message in hand (the gate drops the duplicate).
 
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
+use medkg_connectors::dead_letter::DeadLetter;
+use medkg_connectors::kafka::{KafkaDeadLetters, KafkaJson, KafkaSettings};
+use medkg_connectors::Position;
 use medkg_operators::index::write_atomically;
 use medkg_operators::pdf::{extract, Downloaded, IrReady};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
-fn dir_of(spec: &str, what: &str) -> anyhow::Result<PathBuf> {
-    spec.strip_prefix("dir:").map(PathBuf::from).ok_or_else(|| {
-        anyhow!("--{what} `{spec}`: expected dir:PATH (Kafka topics are not supported by pdf-parser yet)")
-    })
+/// Where downloaded records come from.
+enum Input {
+    Dir { dir: PathBuf, seen: HashSet<PathBuf> },
+    Kafka { consumer: BaseConsumer, topic: String },
 }
 
-pub fn run(input: &str, output: &str, once: bool) -> anyhow::Result<()> {
-    let (input, output) = (dir_of(input, "input")?, dir_of(output, "output")?);
-    std::fs::create_dir_all(output.join("failed")).with_context(|| format!("cannot create {}", output.display()))?;
+/// One downloaded record in hand, and how to acknowledge it.
+struct Pending {
+    bytes: Vec<u8>,
+    position: Position,
+    ack: Ack,
+}
+
+enum Ack {
+    File(PathBuf),
+    Offset { partition: i32, next: i64 },
+}
+
+/// Where IR-ready records (and failures) go.
+enum Output {
+    Dir(PathBuf),
+    Kafka { records: KafkaJson, dead_letters: KafkaDeadLetters },
+}
+
+/// What happened to one record.
+enum Outcome {
+    Parsed,
+    Skipped,
+    Failed(String),
+}
+
+pub fn run(input: &str, output: &str, once: bool, kafka: Option<KafkaSettings>) -> anyhow::Result<()> {
+    let kafka_for = |spec: &str| kafka.clone().ok_or_else(|| anyhow!("`{spec}` needs --brokers HOST:PORT"));
+    let mut input = if let Some(dir) = input.strip_prefix("dir:") {
+        Input::Dir { dir: PathBuf::from(dir), seen: HashSet::new() }
+    } else if let Some(topic) = input.strip_prefix("kafka:") {
+        let consumer: BaseConsumer =
+            kafka_for(input)?.consumer_config().create().map_err(|e| anyhow!("cannot create a Kafka consumer: {e}"))?;
+        consumer.subscribe(&[topic]).map_err(|e| anyhow!("cannot subscribe to {topic}: {e}"))?;
+        Input::Kafka { consumer, topic: topic.to_string() }
+    } else {
+        bail!("--input `{input}`: expected dir:PATH or kafka:TOPIC");
+    };
+    let output = if let Some(dir) = output.strip_prefix("dir:") {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(dir.join("failed")).with_context(|| format!("cannot create {}", dir.display()))?;
+        Output::Dir(dir)
+    } else if let Some(topic) = output.strip_prefix("kafka:") {
+        let settings = kafka_for(output)?;
+        Output::Kafka {
+            records: KafkaJson::new(&settings, topic).map_err(|e| anyhow!(e))?,
+            dead_letters: KafkaDeadLetters::new(&settings).map_err(|e| anyhow!(e))?,
+        }
+    } else {
+        bail!("--output `{output}`: expected dir:PATH or kafka:TOPIC");
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("cannot install the signal handler")?;
     }
     let (mut parsed, mut failed) = (0u64, 0u64);
+    // `--once` on a topic: stop once it has been quiet for 5 s with partitions assigned.
+    let mut busy = std::time::Instant::now();
     loop {
-        let mut records: Vec<PathBuf> = match std::fs::read_dir(&input) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
-                .collect(),
-            Err(_) => Vec::new(), // not created yet
-        };
-        records.sort();
-        for path in records {
-            match parse_one(&path, &output) {
-                Ok(true) => parsed += 1,
-                Ok(false) => {}
-                Err(e) => {
+        let batch = input.next_batch()?;
+        if !batch.is_empty() || !input.assigned() {
+            busy = std::time::Instant::now();
+        }
+        for pending in batch {
+            match output.parse(&pending)? {
+                Outcome::Parsed => parsed += 1,
+                Outcome::Skipped => {}
+                Outcome::Failed(error) => {
                     failed += 1;
-                    tracing::warn!(record = %path.display(), error = %e, "pdf-parser: cannot parse");
+                    tracing::warn!(record = %pending.position, error = %error, "pdf-parser: cannot parse");
                 }
             }
+            input.ack(pending.ack)?;
         }
-        if once || stop.load(Ordering::SeqCst) {
+        let drained = match input {
+            Input::Dir { .. } => true,
+            Input::Kafka { .. } => busy.elapsed() >= Duration::from_secs(5),
+        };
+        if (once && drained) || stop.load(Ordering::SeqCst) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        if let Input::Dir { .. } = input {
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     println!("{}", serde_json::json!({ "parsed": parsed, "failed": failed }));
     Ok(())
 }
 
-/// Parses one downloaded record; `Ok(false)` when it was done before.
-fn parse_one(record_path: &Path, output: &Path) -> anyhow::Result<bool> {
-    let bytes = std::fs::read(record_path)?;
-    let record: Downloaded = serde_json::from_slice(&bytes).context("not a downloaded record")?;
-    let name = record.record_name();
-    let (done, failed) = (output.join(&name), output.join("failed").join(&name));
-    if done.exists() || failed.exists() {
-        return Ok(false);
+impl Input {
+    /// A folder always is; a topic once the group gave this member partitions.
+    fn assigned(&self) -> bool {
+        match self {
+            Input::Dir { .. } => true,
+            Input::Kafka { consumer, .. } => consumer.assignment().is_ok_and(|a| a.count() > 0),
+        }
     }
-    let pdf = std::fs::read(&record.path).with_context(|| format!("cannot read the PDF {}", record.path))?;
-    match extract(&pdf, &record.doc_id, &record.tenant_id) {
-        Ok(document) => {
-            let ready = IrReady {
-                doc_id: record.doc_id.clone(),
-                tenant_id: Some(record.tenant_id.clone()),
-                sha256: Some(record.sha256.clone()),
-                parser: Some(concat!("medkg-pdf-parser/", env!("CARGO_PKG_VERSION")).into()),
-                ir: Some(document),
-                tei: None,
-                pdf_url: None,
-            };
-            write_atomically(&done, &serde_json::to_vec(&ready)?)?;
-            Ok(true)
+
+    /// The records that came since the last call (a topic: what arrives
+    /// within 200 ms, at most 64).
+    fn next_batch(&mut self) -> anyhow::Result<Vec<Pending>> {
+        match self {
+            Input::Dir { dir, seen } => {
+                let mut paths: Vec<PathBuf> = match std::fs::read_dir(&*dir) {
+                    Ok(entries) => entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+                        .filter(|p| !seen.contains(p))
+                        .collect(),
+                    Err(_) => Vec::new(), // not created yet
+                };
+                paths.sort();
+                let mut batch = Vec::with_capacity(paths.len());
+                for path in paths {
+                    // A file that cannot be read now (still being moved in) is tried again next round.
+                    let Ok(bytes) = std::fs::read(&path) else { continue };
+                    let position =
+                        Position { ordinal: 0, file: path.display().to_string(), line: None, partition: None };
+                    batch.push(Pending { bytes, position, ack: Ack::File(path) });
+                }
+                Ok(batch)
+            }
+            Input::Kafka { consumer, topic } => {
+                let mut batch = Vec::new();
+                let mut wait = Duration::from_millis(200);
+                while batch.len() < 64 {
+                    match consumer.poll(wait) {
+                        Some(Ok(message)) => {
+                            let position = Position {
+                                ordinal: message.offset().max(0) as u64,
+                                file: topic.clone(),
+                                line: None,
+                                partition: Some(message.partition()),
+                            };
+                            batch.push(Pending {
+                                bytes: message.payload().unwrap_or_default().to_vec(),
+                                position,
+                                ack: Ack::Offset { partition: message.partition(), next: message.offset() + 1 },
+                            });
+                            wait = Duration::ZERO;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(topic = %topic, error = %e, "pdf-parser: kafka consumer");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                Ok(batch)
+            }
         }
-        Err(error) => {
-            let failure = serde_json::json!({ "doc_id": record.doc_id, "sha256": record.sha256, "error": error });
-            write_atomically(&failed, &serde_json::to_vec(&failure)?)?;
-            Err(anyhow!("{error}"))
+    }
+
+    /// The record's outcome is published: never hand it out again.
+    fn ack(&mut self, ack: Ack) -> anyhow::Result<()> {
+        match (self, ack) {
+            (Input::Dir { seen, .. }, Ack::File(path)) => {
+                seen.insert(path);
+            }
+            (Input::Kafka { consumer, topic }, Ack::Offset { partition, next }) => {
+                let mut list = TopicPartitionList::new();
+                list.add_partition_offset(topic, partition, Offset::Offset(next))
+                    .map_err(|e| anyhow!("offset list: {e}"))?;
+                consumer.commit(&list, CommitMode::Sync).map_err(|e| anyhow!("cannot commit offsets: {e}"))?;
+            }
+            _ => {}
         }
+        Ok(())
+    }
+}
+
+impl Output {
+    /// Parses one downloaded record and publishes the result (IR or failure).
+    /// `Err` only when the output itself refuses.
+    fn parse(&self, pending: &Pending) -> anyhow::Result<Outcome> {
+        let record: Downloaded = match serde_json::from_slice(&pending.bytes) {
+            Ok(record) => record,
+            Err(e) => {
+                let error = format!("not a downloaded record: {e}");
+                self.fail(pending, None, &fallback_name(&pending.position), "bad_downloaded", &error)?;
+                return Ok(Outcome::Failed(error));
+            }
+        };
+        let name = record.record_name();
+        if let Output::Dir(dir) = self {
+            if dir.join(&name).exists() || dir.join("failed").join(&name).exists() {
+                return Ok(Outcome::Skipped);
+            }
+        }
+        let pdf = match std::fs::read(&record.path) {
+            Ok(pdf) => pdf,
+            Err(e) => {
+                let error = format!("cannot read the PDF {}: {e}", record.path);
+                self.fail(pending, Some(&record), &name, "pdf_unreadable", &error)?;
+                return Ok(Outcome::Failed(error));
+            }
+        };
+        match extract(&pdf, &record.doc_id, &record.tenant_id) {
+            Ok(document) => {
+                let ready = IrReady {
+                    doc_id: record.doc_id.clone(),
+                    tenant_id: Some(record.tenant_id.clone()),
+                    sha256: Some(record.sha256.clone()),
+                    parser: Some(concat!("medkg-pdf-parser/", env!("CARGO_PKG_VERSION")).into()),
+                    ir: Some(document),
+                    tei: None,
+                    pdf_url: None,
+                };
+                let json = serde_json::to_vec(&ready)?;
+                match self {
+                    Output::Dir(dir) => write_atomically(&dir.join(&name), &json)?,
+                    Output::Kafka { records, .. } => {
+                        records
+                            .send(&record.doc_id, &json, &[("content-type", "application/json")])
+                            .map_err(|e| anyhow!(e))?;
+                        records.flush().map_err(|e| anyhow!(e))?;
+                    }
+                }
+                Ok(Outcome::Parsed)
+            }
+            Err(error) => {
+                self.fail(pending, Some(&record), &name, &error.kind, &error.message)?;
+                Ok(Outcome::Failed(error.to_string()))
+            }
+        }
+    }
+
+    /// Publishes a failure: `failed/NAME.json` in a folder, else a dead letter.
+    fn fail(
+        &self,
+        pending: &Pending,
+        record: Option<&Downloaded>,
+        name: &str,
+        kind: &str,
+        error: &str,
+    ) -> anyhow::Result<()> {
+        match self {
+            Output::Dir(dir) => {
+                let failure = serde_json::json!({
+                    "doc_id": record.map(|r| &r.doc_id),
+                    "sha256": record.map(|r| &r.sha256),
+                    "source": pending.position.to_string(),
+                    "error_kind": kind,
+                    "error": error,
+                });
+                write_atomically(&dir.join("failed").join(name), &serde_json::to_vec(&failure)?)?;
+            }
+            Output::Kafka { dead_letters, .. } => {
+                let doc_id = record.map(|r| r.doc_id.clone());
+                let letter = DeadLetter::new(
+                    "pdf-parser",
+                    &pending.position.file,
+                    &pending.position,
+                    doc_id.clone(),
+                    "permanent",
+                    kind,
+                    error,
+                    &pending.bytes,
+                );
+                dead_letters.send(&letter, doc_id.as_deref()).map_err(|e| anyhow!(e))?;
+                dead_letters.flush().map_err(|e| anyhow!(e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failure file's name for a record that names no PDF: its source
+/// position, made safe for a file name.
+fn fallback_name(position: &Position) -> String {
+    let text: String =
+        position.to_string().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    format!("bad-{text}.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_names_are_plain_file_names() {
+        let position = Position { ordinal: 3, file: "/a/b c.json".into(), line: None, partition: Some(2) };
+        let name = fallback_name(&position);
+        assert!(name.starts_with("bad-") && name.ends_with(".json"), "{name}");
+        assert!(!name[..name.len() - 5].contains(['/', ' ', '.']), "{name}");
     }
 }

@@ -355,6 +355,16 @@ fn two_processes_form_a_timely_cluster_over_loopback() {
     let hostfile = dir.path().join("hosts");
     std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();
     let data = dir.path().join("data");
+    // The processes of one run must share its id (the ledger and lineage name one run).
+    let refused = medkg()
+        .args(["run", "--pipeline"])
+        .arg(lexical())
+        .arg(format!("--source=file:{}", source.display()))
+        .args(["-n", "2", "-p", "0", "-h"])
+        .arg(&hostfile)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--run-id"));
     let processes: Vec<_> = (0..2)
         .map(|p| {
             medkg()
@@ -364,7 +374,7 @@ fn two_processes_form_a_timely_cluster_over_loopback() {
                 .arg(format!("file:{}", source.display()))
                 .arg("--data-dir")
                 .arg(&data)
-                .args(["-w", "1", "-n", "2", "-p", &p.to_string(), "-h"])
+                .args(["-w", "1", "-n", "2", "--run-id", "cluster-run", "-p", &p.to_string(), "-h"])
                 .arg(&hostfile)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{medkg, Reply, TestServer};
+use common::{kafka, medkg, Reply, TestServer};
 use serde_json::Value;
 
 const PDF: &str = "data/pdf/0046d83a-edd6-4631-b57c-755cdcce8b7f.pdf";
@@ -116,6 +116,12 @@ fn ledger(data: &Path) -> std::collections::BTreeMap<String, Value> {
         .iter()
         .map(|r| (r["doc_id"].as_str().unwrap().to_string(), r.clone()))
         .collect()
+}
+
+/// Every dead letter of a data directory, as text.
+fn dead_letters(data: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(data.join("dead-letter")) else { return String::new() };
+    entries.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect()
 }
 
 fn indexed_docs(data: &Path) -> u64 {
@@ -392,12 +398,12 @@ mod interleavings {
             }
             let summary = finish(first);
             indexed += summary["docs"].as_u64().unwrap();
-            prop_assert_eq!(summary["failed"].as_u64(), Some(0));
+            prop_assert_eq!(summary["failed"].as_u64(), Some(0), "{}", dead_letters(&data));
             write_ir(false);
             for _ in 0..2 {
                 let summary = finish(run(&pipeline, &source, &data).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
                 indexed += summary["docs"].as_u64().unwrap();
-                prop_assert_eq!(summary["failed"].as_u64(), Some(0));
+                prop_assert_eq!(summary["failed"].as_u64(), Some(0), "{}", dead_letters(&data));
             }
             // Joined once each over all runs, and each in the index once.
             prop_assert_eq!(indexed, ids.len() as u64);
@@ -450,5 +456,273 @@ fn gate_the_shipped_pdf_pipelines_run_end_to_end() {
             .unwrap();
         let hits: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(hits[0]["doc_id"], "doi:10.1186/s12984-016-0129-6", "{file}: {hits:?}");
+    }
+}
+
+/// Sends `records` (key, JSON) to `topic` and waits for the broker.
+fn send(topic: &str, records: &[(&str, String)]) {
+    use medkg_connectors::kafka::{KafkaJson, KafkaSettings};
+    let settings = KafkaSettings { brokers: kafka::brokers(), ..Default::default() };
+    let producer = KafkaJson::new(&settings, topic).unwrap();
+    for (key, json) in records {
+        producer.send(key, json.as_bytes(), &[]).unwrap();
+    }
+    producer.flush().unwrap();
+}
+
+/// `record` has every field docs/asyncapi.yaml requires of `message`, and
+/// none it does not describe.
+fn conforms(record: &Value, message: &str) {
+    let text = std::fs::read_to_string(common::repo().join("docs/asyncapi.yaml")).unwrap();
+    let spec: Value = serde_saphyr::from_str(&text).unwrap();
+    let payload = &spec["components"]["messages"][message]["payload"];
+    let fields = record.as_object().unwrap();
+    for required in payload["required"].as_array().unwrap() {
+        assert!(fields.contains_key(required.as_str().unwrap()), "{message}: no {required} in {record}");
+    }
+    for name in fields.keys() {
+        assert!(payload["properties"].get(name).is_some(), "{message}: {name} is not in docs/asyncapi.yaml");
+    }
+}
+
+/// Every message of `topic`, read from its start.
+fn read_all(topic: &str) -> Vec<Value> {
+    use rdkafka::Message;
+    let consumer = kafka::reader(topic, &format!("{topic}-check-{}", std::process::id()));
+    let mut out = Vec::new();
+    let mut idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(serde_json::from_slice(message.payload().unwrap_or_default()).unwrap_or(Value::Null));
+            idle = Instant::now();
+        }
+    }
+    out
+}
+
+/// The whole flow over Kafka, as a deployment runs it: records with PDF
+/// URLs on a topic, downloaded records to a topic, `medkg pdf-parser`
+/// between two topics, the engine's gates reading the IR-ready topic.
+/// An IR that comes before its PDF waits durably (its offset is committed)
+/// and is joined after a restart; a malformed IR-ready message is
+/// dead-lettered; the IR group's offsets end at the end of the topic.
+#[test]
+fn gate_over_kafka_downloads_parser_and_ir_ready_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = pdf_server();
+    let data = dir.path().join("data");
+    let (input, downloaded, ir) = (kafka::topic("pdf-in"), kafka::topic("pdf-downloaded"), kafka::topic("pdf-ir"));
+    for topic in [&input, &downloaded] {
+        kafka::create_topic(topic, 1);
+    }
+    kafka::create_topic(&ir, 2);
+    let group = format!("{input}-group");
+    let yaml = std::fs::read_to_string(pipeline(dir.path(), "1h"))
+        .unwrap()
+        .replace("max_bytes: 2000000 }", &format!("max_bytes: 2000000, output: \"kafka:{downloaded}\" }}"));
+    let pipeline = dir.path().join("config/pipelines/pdfs-kafka.yaml");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let engine = |workers: &str| {
+        medkg()
+            .args(["run", "--metrics-addr", "off", "-w", workers, "--pipeline"])
+            .arg(&pipeline)
+            .arg(format!("--source=kafka:{input}"))
+            .arg(format!("--ir-ready=kafka:{ir}"))
+            .args(["--brokers", &kafka::brokers(), "--group", &group])
+            .args(["--kafka-option", "session.timeout.ms=2000", "--kafka-option", "heartbeat.interval.ms=200"])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let stop = |child: Child| {
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        finish(child)
+    };
+    let record =
+        |id: &'static str, path: &str| (id, serde_json::json!({ "id": id, "pdf_url": server.url(path) }).to_string());
+    send(&input, &[record("doi:a", "/pdf/a"), record("doi:b", "/pdf/b")]);
+    // The IR of doi:early comes first, its PDF only after a restart; then a malformed record.
+    let tei = std::fs::read_to_string(common::shared().join(TEI)).unwrap();
+    let early = serde_json::json!({ "doc_id": "doi:early", "parser": "grobid", "tei": tei }).to_string();
+    send(&ir, &[("doi:early", early), ("junk", "{\"doc_id\": 7".into())]);
+
+    // Run 1, two workers (one IR partition each): both PDFs download and
+    // wait; the early IR waits for its PDF.
+    let ir_ends = kafka::ends(&ir, 2);
+    let first = engine("2");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = ledger(&data);
+        let waiting = ["doi:a", "doi:b"].iter().all(|d| rows.get(*d).is_some_and(|r| r["status"] == "waiting"));
+        // Both IR-ready messages are durable at the gate (joined, waiting or dead-lettered): committed.
+        if waiting && kafka::committed(&ir, &format!("{group}.ir-ready"), 2) == ir_ends {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rows {rows:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A crash: whatever waits is durable, whatever is not is read again.
+    // (A graceful stop would do too, but tansu 0.6 sometimes never completes
+    // a rejoin of a group all of whose members left.)
+    let mut first = first;
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // The downloaded stream, as docs/asyncapi.yaml describes pdf.downloaded.v1.
+    let records = read_all(&downloaded);
+    assert_eq!(records.len(), 2, "{records:?}");
+    records.iter().for_each(|r| conforms(r, "pdfDownloaded"));
+    let sha = medkg_operators::pdf::sha256_hex(&pdf_bytes());
+    for r in &records {
+        assert_eq!((r["sha256"].as_str(), r["tenant_id"].as_str()), (Some(sha.as_str()), Some("default")), "{r}");
+        assert_eq!(r["bytes"].as_u64(), Some(pdf_bytes().len() as u64), "{r}");
+        assert!(Path::new(r["path"].as_str().unwrap()).exists() && r["url"].as_str().unwrap().contains("/pdf/"));
+    }
+
+    // The parser, between the two topics, while the engine is down.
+    let out = medkg()
+        .args(["pdf-parser", "--once", "--brokers", &kafka::brokers(), "--group", &format!("{group}-parser")])
+        .args(["--kafka-option", "session.timeout.ms=2000", "--kafka-option", "heartbeat.interval.ms=200"])
+        .arg(format!("--input=kafka:{downloaded}"))
+        .arg(format!("--output=kafka:{ir}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["parsed"].as_u64(), report["failed"].as_u64()), (Some(2), Some(0)), "{report}");
+    let published: Vec<Value> =
+        read_all(&ir).into_iter().filter(|r| r["parser"] != "grobid" && r.is_object()).collect();
+    assert_eq!(published.len(), 2, "{published:?}");
+    published.iter().for_each(|r| conforms(r, "irReady"));
+    send(&input, &[record("doi:early", "/pdf/early")]);
+
+    // Run 2, one worker (both IR partitions, from where run 1 committed):
+    // the waiting PDFs meet their IR, the early IR meets its PDF.
+    let mut second = engine("1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while indexed_docs(&data) < 3 {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let out = second.wait_with_output().unwrap();
+            panic!(
+                "indexed {}; ledger {:?}; {}",
+                indexed_docs(&data),
+                ledger(&data),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(second);
+    assert_eq!(search(&data, "electrical stimulation"), ["doi:a", "doi:b", "doi:early"]);
+    let rows = ledger(&data);
+    for doc in ["doi:a", "doi:b", "doi:early"] {
+        assert_eq!(rows[doc]["status"], "completed", "{doc}: {}", rows[doc]);
+    }
+    assert_eq!(kafka::committed(&ir, &format!("{group}.ir-ready"), 2), kafka::ends(&ir, 2));
+    let letters: String = (0..2)
+        .map(|w| std::fs::read_to_string(data.join(format!("dead-letter/worker-{w}.jsonl"))).unwrap_or_default())
+        .collect();
+    assert!(letters.contains("\"error_kind\":\"bad_ir_ready\""), "{letters}");
+}
+
+/// Two processes of a timely cluster share the gate: documents are joined
+/// wherever their id hashes to, whichever process downloaded them, and the
+/// run ends in both processes once every gate of the cluster has settled
+/// (a per-process count would wait forever, or stop early). Once with the
+/// IR-ready folder (read by worker 0), once with an IR-ready topic of two
+/// partitions (one per process).
+#[test]
+fn gate_in_a_two_process_cluster_settles_and_ends_everywhere() {
+    cluster_case(false);
+    cluster_case(true);
+}
+
+fn cluster_case(over_kafka: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = pdf_server();
+    let data = dir.path().join("data");
+    let ids: Vec<String> = (0..6).map(|i| format!("doi:c{i}")).collect();
+    let docs: Vec<(&str, String)> = ids.iter().map(|id| (id.as_str(), server.url(&format!("/pdf/{id}")))).collect();
+    let source = records(dir.path(), &docs);
+    let ir_topic = kafka::topic("cluster-ir");
+    let (ir_spec, parser_output) = match over_kafka {
+        true => {
+            kafka::create_topic(&ir_topic, 2);
+            (format!("kafka:{ir_topic}"), format!("kafka:{ir_topic}"))
+        }
+        false => {
+            let dir = format!("dir:{}", data.join("ir-ready").display());
+            (dir.clone(), dir)
+        }
+    };
+    // Half the IR is there before the run, half comes from pdf-parser while it runs.
+    let tei = std::fs::read_to_string(common::shared().join(TEI)).unwrap();
+    for id in &ids[..3] {
+        match over_kafka {
+            true => {
+                let record = serde_json::json!({ "doc_id": id, "parser": "grobid", "tei": tei }).to_string();
+                send(&ir_topic, &[(id.as_str(), record)]);
+            }
+            false => tei_ready(&data.join("ir-ready"), id),
+        }
+    }
+    let pipeline = pipeline(dir.path(), "2m");
+    let mut parser = medkg()
+        .args(["pdf-parser", "--brokers", &kafka::brokers(), "--input"])
+        .arg(format!("dir:{}", data.join("downloaded").display()))
+        .arg(format!("--output={parser_output}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ports: Vec<u16> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();
+    let mut processes: Vec<Child> = (0..2)
+        .map(|p| {
+            run(&pipeline, &source, &data)
+                .args(["-w", "1", "-n", "2", "--run-id", &ir_topic, "-p", &p.to_string(), "-h"])
+                .arg(&hostfile)
+                .arg(format!("--ir-ready={ir_spec}"))
+                .args(["--brokers", &kafka::brokers(), "--group", &format!("{ir_topic}-group")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while processes.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        if Instant::now() > deadline {
+            for c in &mut processes {
+                let _ = c.kill();
+            }
+            let _ = parser.kill();
+            panic!("the cluster did not end within 90 s (kafka: {over_kafka}); ledger {:?}", ledger(&data));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = parser.kill();
+    let _ = parser.wait();
+    let (mut joined, mut failed) = (0, 0);
+    for child in processes {
+        let summary = finish(child);
+        joined += summary["docs"].as_u64().unwrap();
+        failed += summary["failed"].as_u64().unwrap();
+    }
+    assert_eq!((joined, failed), (6, 0), "kafka: {over_kafka}: {}", dead_letters(&data));
+    assert_eq!(indexed_docs(&data), 6);
+    let rows = ledger(&data);
+    for id in &ids {
+        assert_eq!(rows[id.as_str()]["status"], "completed", "{id}: {}", rows[id.as_str()]);
+    }
+    if over_kafka {
+        // Each process committed what it read of its partition.
+        assert_eq!(kafka::committed(&ir_topic, &format!("{ir_topic}-group.ir-ready"), 2), kafka::ends(&ir_topic, 2));
     }
 }

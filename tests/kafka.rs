@@ -9,44 +9,13 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::kafka::{brokers, committed, create_topic, ends, reader, topic};
 use common::{medkg, pubmed_slice, repo};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde_json::Value;
-
-fn brokers() -> String {
-    std::env::var("MEDKG_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-/// A topic name of its own for each test run (the broker outlives runs).
-fn topic(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
-}
-
-fn create_topic(name: &str, partitions: usize) {
-    // tansu creates topics on first use with 3 partitions; ask for ours explicitly.
-    let tansu = std::env::var("MEDKG_TANSU")
-        .unwrap_or_else(|_| format!("{}/.cache/medkg/tansu/bin/tansu", std::env::var("HOME").unwrap_or_default()));
-    let status = std::process::Command::new(tansu)
-        .args([
-            "topic",
-            "create",
-            "--broker",
-            &format!("tcp://{}", brokers()),
-            "--partitions",
-            &partitions.to_string(),
-            name,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("tansu (scripts/kafka-broker.sh installs it)");
-    assert!(status.success(), "cannot create topic {name}");
-}
 
 fn engine(topic: &str, group: &str, data: &Path) -> Child {
     engine_with(&repo().join("config/pipelines/lexical.yaml"), topic, group, data)
@@ -106,53 +75,6 @@ fn unsafe_kill(pid: u32, signal: i32) {
 fn produce_file(topic: &str, file: &Path) {
     let output = medkg().args(["produce", "--brokers", &brokers(), "--topic", topic]).arg(file).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-}
-
-/// The group's committed offset of each partition (-1 where none is).
-fn committed(topic: &str, group: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
-    (0..partitions)
-        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect()
-}
-
-/// Each partition's end (the offset after its last message), found by
-/// reading it: tansu 0.6's reported high watermark lags the last offset.
-fn ends(topic: &str, partitions: i32) -> Vec<i64> {
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("{topic}-end-reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut all = TopicPartitionList::new();
-    for p in 0..partitions {
-        all.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    reader.assign(&all).unwrap();
-    let mut ends = vec![0i64; partitions as usize];
-    let mut idle_since = Instant::now();
-    while idle_since.elapsed() < Duration::from_secs(3) {
-        if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
-            let slot = &mut ends[message.partition() as usize];
-            *slot = (*slot).max(message.offset() + 1);
-            idle_since = Instant::now();
-        }
-    }
-    ends
 }
 
 #[test]
@@ -417,27 +339,13 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
     assert!(types.contains("org.medicalkg.orchestration.stage.completed"), "{types:?}");
 }
 
-/// A consumer of group `group` reading `topic` from its start.
-fn reader(topic: &str, group: &str) -> BaseConsumer {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "2000")
-        .set("heartbeat.interval.ms", "200")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    consumer
-}
-
 #[test]
 fn the_events_producer_publishes_keyed_json_with_headers() {
-    use medkg_connectors::kafka::{KafkaEvents, KafkaSettings};
+    use medkg_connectors::kafka::{KafkaJson, KafkaSettings};
     let topic = topic("events");
     create_topic(&topic, 1);
     let settings = KafkaSettings { brokers: brokers(), group: String::new(), options: Vec::new() };
-    let events = KafkaEvents::new(&settings, &topic).unwrap();
+    let events = KafkaJson::new(&settings, &topic).unwrap();
     let event = br#"{"specversion":"1.0","type":"org.medicalkg.orchestration.stage.completed","subject":"pmid:1"}"#;
     events.send("pmid:1", event, &[("content-type", "application/cloudevents+json")]).unwrap();
     events.flush().unwrap();

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::{KafkaEvents, KafkaSettings};
+use crate::kafka::{KafkaJson, KafkaSettings};
 
 /// The prefix of every event type.
 pub const TYPE_PREFIX: &str = "org.medicalkg.orchestration.stage.";
@@ -151,7 +151,7 @@ pub enum EventSink {
     /// A JSONL file.
     File(Mutex<BufWriter<File>>, PathBuf),
     /// A Kafka topic.
-    Kafka(KafkaEvents),
+    Kafka(KafkaJson),
 }
 
 impl std::fmt::Debug for EventSink {
@@ -183,7 +183,7 @@ impl EventSink {
             EventTarget::Kafka(topic) => {
                 let settings = kafka
                     .ok_or_else(|| format!("--events kafka:{topic} needs brokers (--brokers, or a Kafka source)"))?;
-                Ok(EventSink::Kafka(KafkaEvents::new(settings, topic)?))
+                Ok(EventSink::Kafka(KafkaJson::new(settings, topic)?))
             }
         }
     }

@@ -8,8 +8,10 @@
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
 use crate::dead_letter::DeadLetter;
@@ -17,6 +19,12 @@ use crate::{Position, RawPayload};
 
 /// The dead-letter topic.
 pub const DLQ_TOPIC: &str = "medkg.dlq.v1";
+
+/// The downloaded-PDF stream of the two-phase PDF flow.
+pub const DOWNLOADED_TOPIC: &str = "pdf.downloaded.v1";
+
+/// The IR-ready stream of the two-phase PDF flow.
+pub const IR_READY_TOPIC: &str = "pdf.ir-ready.v1";
 
 /// The lifecycle events topic (CloudEvents, structured JSON).
 pub const EVENTS_TOPIC: &str = "orchestration.events.v1";
@@ -138,51 +146,63 @@ impl KafkaDeadLetters {
     }
 }
 
-/// Produces lifecycle events (structured JSON, e.g. CloudEvents) to a topic,
-/// keyed by subject (the document id), so one document's events stay in
-/// order on one partition.
-pub struct KafkaEvents {
-    producer: BaseProducer,
+/// Produces JSON records to one topic, keyed by subject (the document id),
+/// so one document's records stay in order on one partition: lifecycle
+/// events (CloudEvents), downloaded records, IR-ready records.
+pub struct KafkaJson {
+    producer: FutureProducer,
     topic: String,
 }
 
-impl KafkaEvents {
-    /// Connects a producer for `topic` (usually [`EVENTS_TOPIC`]).
-    pub fn new(settings: &KafkaSettings, topic: &str) -> Result<KafkaEvents, String> {
+impl KafkaJson {
+    /// Connects a producer for `topic` (e.g. [`EVENTS_TOPIC`]).
+    pub fn new(settings: &KafkaSettings, topic: &str) -> Result<KafkaJson, String> {
         let producer =
             settings.producer_config().create().map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
-        Ok(KafkaEvents { producer, topic: topic.to_string() })
+        Ok(KafkaJson { producer, topic: topic.to_string() })
     }
 
-    /// Queues one event with its headers (`ce_type`, `content-type`, ...).
-    pub fn send(&self, key: &str, json: &[u8], headers: &[(&str, &str)]) -> Result<(), String> {
+    /// The topic it writes.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn record<'a>(&'a self, key: &'a str, json: &'a [u8], headers: &[(&str, &str)]) -> FutureRecord<'a, str, [u8]> {
         let mut owned = OwnedHeaders::new();
         for (k, v) in headers {
             owned = owned.insert(Header { key: k, value: Some(v.as_bytes()) });
         }
-        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&self.topic).key(key).payload(json).headers(owned);
-        // A full local queue is back-pressure, not a failure: wait for deliveries.
-        for _ in 0..300 {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.producer.poll(Duration::ZERO);
-                    return Ok(());
-                }
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    r,
-                )) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(100));
-                }
-                Err((e, _)) => return Err(format!("cannot queue an event: {e}")),
-            }
-        }
-        Err("cannot queue an event: the producer queue stayed full for 30 s".into())
+        FutureRecord::to(&self.topic).key(key).payload(json).headers(owned)
     }
 
-    /// Waits until every queued event is acknowledged.
+    /// Queues one record with its headers (`ce_type`, `content-type`, ...);
+    /// [`Self::flush`] confirms delivery.
+    pub fn send(&self, key: &str, json: &[u8], headers: &[(&str, &str)]) -> Result<(), String> {
+        let mut record = self.record(key, json, headers);
+        // A full local queue is back-pressure, not a failure: wait for deliveries.
+        for _ in 0..300 {
+            match self.producer.send_result(record) {
+                Ok(_delivery) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err((e, _)) => return Err(format!("cannot queue a record for {}: {e}", self.topic)),
+            }
+        }
+        Err(format!("cannot queue a record for {}: the producer queue stayed full for 30 s", self.topic))
+    }
+
+    /// Sends one record and waits until the broker has acknowledged it.
+    pub async fn deliver(&self, key: &str, json: &[u8], headers: &[(&str, &str)]) -> Result<(), String> {
+        match self.producer.send(self.record(key, json, headers), Duration::from_secs(30)).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(format!("{} did not take a record: {e}", self.topic)),
+        }
+    }
+
+    /// Waits until every queued record is acknowledged.
     pub fn flush(&self) -> Result<(), String> {
-        self.producer.flush(Duration::from_secs(30)).map_err(|e| format!("events not acknowledged: {e}"))
+        self.producer.flush(Duration::from_secs(30)).map_err(|e| format!("{} did not acknowledge: {e}", self.topic))
     }
 }

@@ -602,13 +602,44 @@ mod tests {
 }
 
 /// The PDF gate's durable state, in the ledger's database: per gate and
-/// document, `waiting` (its PDF is downloaded, its IR has not come) with the
-/// downloaded record, or `done` (joined, and durable downstream) with the
-/// PDF's hash, so duplicates are recognised across restarts.
+/// document, what waits (the downloaded record whose IR has not come, or
+/// the IR-ready record whose PDF has not come), or `done` (joined, and
+/// durable downstream) with the PDF's hash, so duplicates are recognised
+/// across restarts.
 #[derive(Debug)]
 pub struct GateStore {
     connection: Connection,
     gate: String,
+}
+
+/// What a gate entry holds (the `waiting` column: 0, 1 or 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateHold {
+    /// Joined and durable downstream.
+    Done,
+    /// A downloaded PDF waiting for its IR.
+    Pdf,
+    /// An IR-ready record waiting for its PDF.
+    Ir,
+}
+
+impl GateHold {
+    fn code(self) -> i64 {
+        match self {
+            GateHold::Done => 0,
+            GateHold::Pdf => 1,
+            GateHold::Ir => 2,
+        }
+    }
+
+    fn of(code: i64) -> Option<GateHold> {
+        match code {
+            0 => Some(GateHold::Done),
+            1 => Some(GateHold::Pdf),
+            2 => Some(GateHold::Ir),
+            _ => None,
+        }
+    }
 }
 
 /// A gate entry read back at start.
@@ -618,11 +649,11 @@ pub struct GateEntry {
     pub tenant_id: String,
     /// Document.
     pub doc_id: String,
-    /// Still waiting (else done).
-    pub waiting: bool,
-    /// The PDF's hash.
+    /// What it holds.
+    pub hold: GateHold,
+    /// The PDF's hash (done and PDF entries; an IR entry's if it names one).
     pub sha256: String,
-    /// The downloaded record (waiting entries).
+    /// The waiting record.
     pub payload: Vec<u8>,
     /// When it began waiting (ms since the epoch).
     pub since_ms: i64,
@@ -655,10 +686,14 @@ impl GateStore {
             .map_err(fail)?;
         let rows = statement
             .query_map(params![self.gate], |r| {
+                let code: i64 = r.get(2)?;
+                let hold = GateHold::of(code).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Integer, "gate hold".into())
+                })?;
                 Ok(GateEntry {
                     tenant_id: r.get(0)?,
                     doc_id: r.get(1)?,
-                    waiting: r.get(2)?,
+                    hold,
                     sha256: r.get(3)?,
                     payload: r.get(4)?,
                     since_ms: r.get(5)?,
@@ -683,7 +718,7 @@ impl GateStore {
                 )
                 .map_err(fail)?;
             for e in entries {
-                put.execute(params![self.gate, e.tenant_id, e.doc_id, e.waiting, e.sha256, e.payload, e.since_ms])
+                put.execute(params![self.gate, e.tenant_id, e.doc_id, e.hold.code(), e.sha256, e.payload, e.since_ms])
                     .map_err(fail)?;
             }
         }

@@ -49,7 +49,7 @@ pub(crate) struct Download {
 /// The downloaded stream: a folder of JSON records, or a Kafka topic.
 pub(crate) enum DownloadedOutput {
     Dir(PathBuf),
-    Kafka(medkg_connectors::kafka::KafkaEvents),
+    Kafka(medkg_connectors::kafka::KafkaJson),
 }
 
 impl DownloadedOutput {
@@ -63,14 +63,15 @@ impl DownloadedOutput {
             Ok(DownloadedOutput::Dir(PathBuf::from(dir)))
         } else if let Some(topic) = spec.strip_prefix("kafka:") {
             let settings = kafka.ok_or_else(|| format!("output kafka:{topic} needs brokers (--brokers)"))?;
-            Ok(DownloadedOutput::Kafka(medkg_connectors::kafka::KafkaEvents::new(settings, topic)?))
+            Ok(DownloadedOutput::Kafka(medkg_connectors::kafka::KafkaJson::new(settings, topic)?))
         } else {
             Err(format!("output `{spec}`: expected dir:PATH or kafka:TOPIC"))
         }
     }
 
-    /// Publishes one record (durably, for a folder).
-    fn publish(&self, record: &Downloaded, json: &[u8]) -> Result<(), StageError> {
+    /// Publishes one record durably: renamed into its folder, or
+    /// acknowledged by the broker, before the record moves on to the gate.
+    async fn publish(&self, record: &Downloaded, json: &[u8]) -> Result<(), StageError> {
         let fail = |e: String| StageError::unavailable("downloaded_output", e);
         match self {
             DownloadedOutput::Dir(dir) => {
@@ -78,7 +79,7 @@ impl DownloadedOutput {
                     .map_err(|e| fail(e.to_string()))
             }
             DownloadedOutput::Kafka(producer) => {
-                producer.send(&record.doc_id, json, &[("content-type", "application/json")]).map_err(fail)
+                producer.deliver(&record.doc_id, json, &[("content-type", "application/json")]).await.map_err(fail)
             }
         }
     }
@@ -120,7 +121,7 @@ impl FetchRuntime {
             path: path.display().to_string(),
         };
         let json = serde_json::to_vec(&record).map_err(|e| StageError::permanent("bad_record", e.to_string()))?;
-        download.output.publish(&record, &json)?;
+        download.output.publish(&record, &json).await?;
         Ok(Output { name: Some("downloaded.json".into()), bytes: json, downloaded: true })
     }
 }
@@ -196,7 +197,6 @@ pub(crate) fn fetch_stage<'s>(
                         Ok(out) => {
                             ctx.watch.completed(&subject, began, outcome.attempts);
                             if out.downloaded {
-                                ctx.shared.downloaded_sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 let watch = &ctx.watch;
                                 let mut update = Update::new(
                                     subject.tenant,

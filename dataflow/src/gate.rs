@@ -8,16 +8,17 @@
 //! comes therefore holds back nothing: the frontier moves on, and every
 //! other document becomes searchable.
 //!
-//! Waiting documents are durable: the downloaded record is written to the
-//! gate's table in the ledger in the activation that received it (before
-//! the frontier can pass its time, so before the source may checkpoint
-//! past it), and restored when the run restarts. A joined document is
+//! Whatever waits is durable: a downloaded record whose IR has not come,
+//! or an IR-ready record whose PDF has not come, is written to the gate's
+//! table in the ledger in the activation that received it (before the
+//! frontier can pass its time, so before the source may checkpoint, or a
+//! Kafka input commit, past it), and restored when the run restarts. A joined document is
 //! marked `done` (with its PDF's hash) only once the index has committed
 //! the joined record's epoch, so a crash in between re-joins it, and the
 //! idempotent index upsert keeps it indexed once. Duplicates of a `done`
 //! document (same PDF) are dropped. A document that waits longer than the
-//! gate's `timeout` fails: a dead letter, a `failed` event, ledger status
-//! `gate_timeout`.
+//! gate's `timeout` for either side fails: a dead letter (of the record
+//! that waited), a `failed` event, ledger status `gate_timeout`.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +26,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use medkg_connectors::ledger::{GateEntry, GateStore, Status, Update};
+use medkg_connectors::ledger::{GateEntry, GateHold, GateStore, Status, Update};
 use medkg_connectors::RawPayload;
 use medkg_operators::pdf::{Downloaded, IrReady};
 use medkg_operators::{stable_hash, StageError};
@@ -46,15 +47,21 @@ struct Waiting {
     since_ms: i64,
 }
 
+/// An IR that came before its PDF.
+struct Early {
+    ir: IrReady,
+    payload: RawPayload,
+    since_ms: i64,
+}
+
 /// One worker's gate: what waits, what was joined, and its durable store.
 pub(crate) struct GateState {
     ctx: Ctx,
     store: GateStore,
     timeout: Option<Duration>,
     waiting: HashMap<Key, Waiting>,
-    /// IR that came before its PDF (kept in memory: an IR folder is re-read
-    /// on restart), with when it came.
-    early: HashMap<Key, (IrReady, Instant)>,
+    /// IR that came before its PDF.
+    early: HashMap<Key, Early>,
     /// Joined documents and their PDF hash: restored ones are durable
     /// downstream; this run's are marked durable by `tick`.
     done: HashMap<Key, String>,
@@ -62,6 +69,9 @@ pub(crate) struct GateState {
     joined: BTreeMap<u64, Vec<(Key, String)>>,
     /// Waiting entries to write at the end of the activation.
     to_write: Vec<GateEntry>,
+    /// The downloaded stream has ended (its frontier at the gate is empty, in
+    /// every worker and process): no PDF will come to wait any more.
+    downloads_ended: bool,
 }
 
 impl GateState {
@@ -77,21 +87,51 @@ impl GateState {
             done: HashMap::new(),
             joined: BTreeMap::new(),
             to_write: Vec::new(),
+            downloads_ended: false,
         };
         for entry in state.store.load()? {
             if (stable_hash(&entry.doc_id) % peers as u64) as usize != worker {
                 continue;
             }
             let key = (entry.tenant_id.clone(), entry.doc_id.clone());
-            if !entry.waiting {
-                state.done.insert(key, entry.sha256);
-                continue;
-            }
-            match serde_json::from_slice::<(Downloaded, RawPayload)>(&entry.payload) {
-                Ok((record, payload)) => {
-                    state.waiting.insert(key, Waiting { record, payload, since_ms: entry.since_ms });
+            let since_ms = entry.since_ms;
+            let restored = match entry.hold {
+                GateHold::Done => {
+                    state.done.insert(key, entry.sha256);
+                    continue;
                 }
-                Err(e) => tracing::warn!(doc_id = %entry.doc_id, error = %e, "unreadable gate entry dropped"),
+                GateHold::Pdf => serde_json::from_slice::<(Downloaded, RawPayload)>(&entry.payload)
+                    .map(|(record, payload)| {
+                        state.waiting.insert(key, Waiting { record, payload, since_ms });
+                    })
+                    .map_err(|e| e.to_string()),
+                GateHold::Ir => serde_json::from_slice::<RawPayload>(&entry.payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|payload| {
+                        let ir = IrReady::from_json(&payload.bytes).map_err(|e| e.to_string())?;
+                        state.early.insert(key, Early { ir, payload, since_ms });
+                        Ok(())
+                    }),
+            };
+            // Only medkg writes the table, so this is a damaged entry: dead-letter it.
+            if let Err(e) = restored {
+                let payload = RawPayload {
+                    source: format!("gate:{}", gate.name),
+                    key: Some(entry.doc_id.clone()),
+                    tenant: Some(entry.tenant_id.clone()),
+                    name: None,
+                    position: medkg_connectors::Position {
+                        ordinal: 0,
+                        file: format!("gate_state/{}", gate.name),
+                        line: None,
+                        partition: None,
+                    },
+                    tombstone: false,
+                    bytes: entry.payload,
+                };
+                let error = StageError::permanent("bad_gate_entry", format!("unreadable gate entry: {e}"));
+                state.fail(&payload, None, &error);
+                state.store.remove(&[(entry.tenant_id, entry.doc_id)])?;
             }
         }
         state.count(state.waiting.len() as i64);
@@ -107,7 +147,6 @@ impl GateState {
 
     /// A downloaded record arrives; returns the joined record if its IR is here.
     fn downloaded(&mut self, payload: RawPayload) -> Option<(RawPayload, Key, String)> {
-        self.ctx.shared.downloaded_seen.fetch_add(1, Ordering::SeqCst);
         let record: Downloaded = match serde_json::from_slice(&payload.bytes) {
             Ok(record) => record,
             Err(e) => {
@@ -120,8 +159,8 @@ impl GateState {
         if self.done.get(&key) == Some(&record.sha256) {
             return None; // this PDF was joined and indexed already
         }
-        if let Some((ir, _)) = self.early.remove(&key) {
-            return Some(self.join(key, record, payload, ir));
+        if let Some(early) = self.early.remove(&key) {
+            return Some(self.join(key, record, payload, early.ir));
         }
         let subject = Subject { id: &record.doc_id, tenant: &record.tenant_id, is_doc: true };
         self.ctx.watch.started(&subject);
@@ -139,7 +178,7 @@ impl GateState {
         self.to_write.push(GateEntry {
             tenant_id: key.0.clone(),
             doc_id: key.1.clone(),
-            waiting: true,
+            hold: GateHold::Pdf,
             sha256: record.sha256.clone(),
             payload: stored,
             since_ms,
@@ -172,7 +211,16 @@ impl GateState {
                 Some(self.join(key, waiting.record, waiting.payload, ir))
             }
             None => {
-                self.early.insert(key, (ir, Instant::now()));
+                let since_ms = chrono::Utc::now().timestamp_millis();
+                self.to_write.push(GateEntry {
+                    tenant_id: key.0.clone(),
+                    doc_id: key.1.clone(),
+                    hold: GateHold::Ir,
+                    sha256: ir.sha256.clone().unwrap_or_default(),
+                    payload: serde_json::to_vec(&payload).unwrap_or_default(),
+                    since_ms,
+                });
+                self.early.insert(key, Early { ir, payload, since_ms });
                 None
             }
         }
@@ -229,6 +277,13 @@ impl GateState {
         }
     }
 
+    /// Every downloaded PDF has come, and none waits for its IR (joined or
+    /// timed out). Once true it stays true. (IR that waits for a PDF does
+    /// not count: a batch run is not held open by IR of other documents.)
+    pub fn settled(&self) -> bool {
+        self.downloads_ended && self.waiting.is_empty()
+    }
+
     /// Called between steps: marks joined documents whose epoch is durable
     /// as done, and fails documents that waited too long.
     pub fn tick(&mut self, committed: &ProbeHandle<u64>) {
@@ -240,7 +295,7 @@ impl GateState {
                 entries.push(GateEntry {
                     tenant_id: key.0.clone(),
                     doc_id: key.1.clone(),
-                    waiting: false,
+                    hold: GateHold::Done,
                     sha256: sha256.clone(),
                     payload: Vec::new(),
                     since_ms: chrono::Utc::now().timestamp_millis(),
@@ -253,13 +308,23 @@ impl GateState {
         }
         let Some(timeout) = self.timeout else { return };
         let now = chrono::Utc::now().timestamp_millis();
-        let expired: Vec<Key> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| now - w.since_ms > timeout.as_millis() as i64)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in &expired {
+        let late = |since_ms: i64| now - since_ms > timeout.as_millis() as i64;
+        let mut expired: Vec<Key> =
+            self.waiting.iter().filter(|(_, w)| late(w.since_ms)).map(|(k, _)| k.clone()).collect();
+        let first_pdf = expired.len();
+        expired.extend(self.early.iter().filter(|(_, e)| late(e.since_ms)).map(|(k, _)| k.clone()));
+        for key in &expired[first_pdf..] {
+            if let Some(early) = self.early.remove(key) {
+                let error = StageError::permanent(
+                    "gate_timeout",
+                    format!("no PDF download for {} within {timeout:?} of its IR", early.ir.doc_id),
+                );
+                let subject = Subject { id: &key.1, tenant: &key.0, is_doc: true };
+                self.ctx.fail(&early.payload, &subject, None, 1, &error);
+                self.ctx.watch.record(&subject, Status::GateTimeout, 1, Some(error.to_string()));
+            }
+        }
+        for key in &expired[..first_pdf] {
             if let Some(w) = self.waiting.remove(key) {
                 self.count(-1);
                 let error = StageError::permanent(
@@ -274,7 +339,6 @@ impl GateState {
         if let Err(e) = self.store.remove(&expired) {
             self.ctx.shared.fail(e);
         }
-        self.early.retain(|_, (_, at)| at.elapsed() < timeout);
     }
 }
 
@@ -293,7 +357,7 @@ pub(crate) fn gate<'s>(
         Exchange::new(route),
         name,
         move |_, _| {
-            move |(pdfs, _), (irs, _), output| {
+            move |(pdfs, pdf_frontier), (irs, _), output| {
                 let mut state = state.borrow_mut();
                 pdfs.for_each_stamp(|cap, data| {
                     let Some(&time) = cap.least() else { return };
@@ -321,6 +385,9 @@ pub(crate) fn gate<'s>(
                 });
                 // Waiting documents are durable before the frontier can pass them.
                 state.write();
+                if pdf_frontier.frontier().is_empty() {
+                    state.downloads_ended = true;
+                }
             }
         },
     )

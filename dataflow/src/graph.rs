@@ -69,8 +69,6 @@ pub(crate) struct Wiring<'a, 's> {
     pub ir: Option<StreamVec<'s, u64, RawPayload>>,
     /// Each gate's state, by the stage it follows.
     pub gates: &'a BTreeMap<usize, Rc<RefCell<crate::gate::GateState>>>,
-    /// On the downloaded streams entering the gates.
-    pub downloads: &'a ProbeHandle<u64>,
 }
 
 /// Builds the plan's operators on `raw`; probes `flow` on what enters the
@@ -82,7 +80,7 @@ pub(crate) fn build<'s>(
     letters: &Letters,
     wiring: Wiring<'_, 's>,
 ) {
-    let Wiring { ledger, flow, committed, ir, gates, downloads } = wiring;
+    let Wiring { ledger, flow, committed, ir, gates } = wiring;
     let plan = &shared.options.plan;
     let mut outputs: Vec<Flow<'s>> = Vec::with_capacity(plan.stages.len());
     for (i, stage) in plan.stages.iter().enumerate() {
@@ -133,7 +131,7 @@ pub(crate) fn build<'s>(
         let output = match (gates.get(&i), output, &ir) {
             (Some(state), Flow::Raw(downloaded), Some(ir)) => {
                 let gate_name = plan.gates.iter().find(|g| g.after == i).map_or("gate", |g| g.name.as_str());
-                Flow::Raw(crate::gate::gate(downloaded.probe_with(downloads), ir.clone(), gate_name, state.clone()))
+                Flow::Raw(crate::gate::gate(downloaded, ir.clone(), gate_name, state.clone()))
             }
             (_, output, _) => output,
         };

@@ -23,6 +23,9 @@ use anyhow::{anyhow, bail};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
+use medkg_connectors::kafka::KafkaSettings;
+use medkg_connectors::RawPayload;
+
 use crate::{Feed, KafkaSource, Shared};
 
 /// Per epoch: partition → the offset after the last message read in it.
@@ -149,6 +152,102 @@ fn group_lag(consumer: &BaseConsumer, topic: &str) -> Option<u64> {
     Some(lag)
 }
 
+/// A topic read by a consumer group, with offsets committed only once
+/// what was read is durable: the source topic, and the IR-ready topic of a
+/// pipeline's gates. Each message is remembered under the epoch it was sent
+/// at; [`KafkaInput::commit_durable`] commits the partitions' offsets of the
+/// epochs the `committed` probe has passed.
+pub(crate) struct KafkaInput {
+    consumer: BaseConsumer<Rebalancer>,
+    offsets: Arc<Offsets>,
+}
+
+impl KafkaInput {
+    /// Joins `settings.group` and subscribes to `topic`.
+    pub fn subscribe(settings: &KafkaSettings, topic: &str) -> anyhow::Result<KafkaInput> {
+        KafkaInput::subscribe_with(settings, topic, true)
+    }
+
+    fn subscribe_with(settings: &KafkaSettings, topic: &str, subscribe: bool) -> anyhow::Result<KafkaInput> {
+        let offsets = Arc::new(Offsets {
+            topic: topic.to_string(),
+            pending: Mutex::new(BTreeMap::new()),
+            durable: AtomicU64::new(0),
+        });
+        let consumer: BaseConsumer<Rebalancer> = settings
+            .consumer_config()
+            .create_with_context(Rebalancer { offsets: offsets.clone() })
+            .map_err(|e| anyhow!("cannot create a Kafka consumer: {e}"))?;
+        if subscribe {
+            consumer.subscribe(&[topic]).map_err(|e| anyhow!("cannot subscribe to {topic}: {e}"))?;
+        }
+        Ok(KafkaInput { consumer, offsets })
+    }
+
+    /// Reads `topic` without joining a group: worker `worker` of `peers`
+    /// takes the partitions `p` with `p % peers == worker`, from the offsets
+    /// `settings.group` committed (else the beginning), and commits there.
+    /// The set of workers is fixed for a run, so nothing ever rebalances.
+    /// (Partitions added while it runs are read from the next run on.)
+    pub fn assign(settings: &KafkaSettings, topic: &str, worker: usize, peers: usize) -> anyhow::Result<KafkaInput> {
+        let input = KafkaInput::subscribe_with(settings, topic, false)?;
+        let metadata = input
+            .consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .map_err(|e| anyhow!("cannot read the metadata of {topic}: {e}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            bail!("topic {topic} does not exist (or has no partitions)");
+        }
+        let mut list = TopicPartitionList::new();
+        for p in partitions.into_iter().filter(|&p| p as usize % peers == worker) {
+            list.add_partition_offset(topic, p, Offset::Stored).map_err(|e| anyhow!("offset list: {e}"))?;
+        }
+        input.consumer.assign(&list).map_err(|e| anyhow!("cannot read {topic}: {e}"))?;
+        Ok(input)
+    }
+
+    /// The next message, if one comes within `timeout`, remembered as read
+    /// in `epoch`.
+    pub fn poll(&self, epoch: u64, timeout: Duration) -> Option<RawPayload> {
+        match self.consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                let payload = medkg_connectors::kafka::payload_of(&message);
+                if let Some(partition) = payload.position.partition {
+                    if let Ok(mut pending) = self.offsets.pending.lock() {
+                        let next = message.offset() + 1;
+                        let slot = pending.entry(epoch).or_default().entry(partition).or_insert(next);
+                        *slot = (*slot).max(next);
+                    }
+                }
+                Some(payload)
+            }
+            Some(Err(e)) => {
+                tracing::warn!(topic = %self.offsets.topic, error = %e, "kafka consumer");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Commits the offsets of the epochs before `frontier` (durable); calls
+    /// `before` first when there is anything to commit.
+    pub fn commit_durable(&self, frontier: u64, before: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        self.offsets.durable.store(frontier, Ordering::SeqCst);
+        let durable = self.offsets.take_durable(|_| true);
+        if !durable.is_empty() {
+            before()?;
+            self.offsets.commit(&self.consumer, &durable).map_err(|e| anyhow!(e))?;
+        }
+        Ok(())
+    }
+}
+
 /// Consumes `kafka.topic` until stopped.
 pub(crate) fn feed(
     worker: &mut timely::worker::Worker,
@@ -156,33 +255,21 @@ pub(crate) fn feed(
     feed: Feed,
     kafka: &KafkaSource,
 ) -> anyhow::Result<()> {
-    let Feed { mut input, flow, committed, dead_letters, mut books, mut ir, downloads: _ } = feed;
+    let Feed { mut input, flow, committed, dead_letters, mut books, mut ir, census: _ } = feed;
     books.opened(0);
-    let offsets = Arc::new(Offsets {
-        topic: kafka.topic.clone(),
-        pending: Mutex::new(BTreeMap::new()),
-        durable: AtomicU64::new(0),
-    });
-    let consumer: BaseConsumer<Rebalancer> = kafka
-        .settings
-        .consumer_config()
-        .create_with_context(Rebalancer { offsets: offsets.clone() })
-        .map_err(|e| anyhow!("cannot create a Kafka consumer: {e}"))?;
-    consumer.subscribe(&[&kafka.topic]).map_err(|e| anyhow!("cannot subscribe to {}: {e}", kafka.topic))?;
-
+    let source = KafkaInput::subscribe(&kafka.settings, &kafka.topic)?;
     let runtime = &shared.options.plan.runtime;
     let (epoch_ms, epoch_records, window) =
         (runtime.epoch_ms.max(1), runtime.epoch_records.max(1), runtime.max_epochs_in_flight.max(1));
     let mut epoch = 0u64;
     let mut in_epoch = 0u64;
-    let commit_durable = |consumer: &BaseConsumer<Rebalancer>| -> anyhow::Result<()> {
+    // Dead letters of durable epochs must be in their topic before the offsets move.
+    let flush = || dead_letters.borrow().flush().map_err(|e| anyhow!("{e}"));
+    let commit_durable = |ir: &Option<crate::IrFeed>| -> anyhow::Result<()> {
         let frontier = committed.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX);
-        offsets.durable.store(frontier, Ordering::SeqCst);
-        let durable = offsets.take_durable(|_| true);
-        if !durable.is_empty() {
-            // Dead letters of those epochs must be in their topic before the offsets move.
-            dead_letters.borrow().flush().map_err(|e| anyhow!("{e}"))?;
-            offsets.commit(consumer, &durable).map_err(|e| anyhow!(e))?;
+        source.commit_durable(frontier, flush)?;
+        if let Some(ir) = ir {
+            ir.commit_durable(frontier, flush)?;
         }
         Ok(())
     };
@@ -200,26 +287,16 @@ pub(crate) fn feed(
             books.opened(epoch);
             if let Some(ir) = &mut ir {
                 ir.advance(epoch);
-                ir.poll();
             }
-            commit_durable(&consumer)?;
+            commit_durable(&ir)?;
         }
-        match consumer.poll(Duration::from_millis(20)) {
-            Some(Ok(message)) => {
-                let payload = medkg_connectors::kafka::payload_of(&message);
-                if let Some(partition) = payload.position.partition {
-                    if let Ok(mut pending) = offsets.pending.lock() {
-                        let next = message.offset() + 1;
-                        let slot = pending.entry(epoch).or_default().entry(partition).or_insert(next);
-                        *slot = (*slot).max(next);
-                    }
-                }
-                shared.progress.records.fetch_add(1, Ordering::Relaxed);
-                input.send(payload);
-                in_epoch += 1;
-            }
-            Some(Err(e)) => eprintln!("medkg: kafka: {e}"),
-            None => {}
+        if let Some(ir) = &mut ir {
+            ir.poll();
+        }
+        if let Some(payload) = source.poll(epoch, Duration::from_millis(20)) {
+            shared.progress.records.fetch_add(1, Ordering::Relaxed);
+            input.send(payload);
+            in_epoch += 1;
         }
         worker.step();
         books.tick(&committed)?;
@@ -233,7 +310,9 @@ pub(crate) fn feed(
     // Drain: no more input; wait until everything read is durable, commit it.
     // (Documents still waiting at a gate stay waiting, durably, for the next run.)
     drop(input);
-    drop(ir);
+    if let Some(ir) = &mut ir {
+        ir.close();
+    }
     while !committed.done() {
         if let Some(fatal) = shared.failed() {
             bail!("{fatal}");
@@ -242,6 +321,6 @@ pub(crate) fn feed(
         books.tick(&committed)?;
     }
     books.finish(&committed)?;
-    commit_durable(&consumer)?;
+    commit_durable(&ir)?;
     Ok(())
 }

@@ -86,8 +86,9 @@ pub struct RunOptions {
     pub cluster: Option<Cluster>,
     /// Metrics, events, lineage.
     pub telemetry: TelemetryOptions,
-    /// Where IR-ready records come from for the pipeline's gates
-    /// (`dir:PATH`; default `dir:DATA_DIR/ir-ready`).
+    /// Where IR-ready records come from for the pipeline's gates:
+    /// `dir:PATH` or `kafka:TOPIC` (default `kafka:pdf.ir-ready.v1` for a
+    /// Kafka source, else `dir:DATA_DIR/ir-ready`).
     pub ir_ready: Option<String>,
 }
 
@@ -340,7 +341,11 @@ fn run_workers(
             })),
             StageConfig::Download(fetch, output) => Some(Arc::new({
                 telemetry::Watch::calls_out(&telemetry, &stage.name);
-                let default = format!("dir:{}", options.data_dir.join("downloaded").display());
+                // The stream lives where the source does, unless the stage says otherwise.
+                let default = match &options.kafka {
+                    Some(_) => format!("kafka:{}", medkg_connectors::kafka::DOWNLOADED_TOPIC),
+                    None => format!("dir:{}", options.data_dir.join("downloaded").display()),
+                };
                 let kafka = options.kafka.as_ref().map(|k| &k.settings).or(options.telemetry.kafka.as_ref());
                 let output = fetch::DownloadedOutput::open(output.as_deref().unwrap_or(&default), kafka)
                     .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
@@ -375,8 +380,6 @@ fn run_workers(
     let (finished_tx, finished_rx) = std::sync::mpsc::channel();
     let shared = Arc::new(Shared {
         gate_pending: Default::default(),
-        downloaded_sent: Default::default(),
-        downloaded_seen: Default::default(),
         ledger: ledger.clone(),
         telemetry: telemetry.clone(),
         runtime: runtime.handle().clone(),
@@ -496,10 +499,6 @@ pub(crate) struct Shared {
     pub ledger: Option<Arc<LedgerWriter>>,
     /// Documents waiting at this process's gates.
     pub gate_pending: std::sync::atomic::AtomicI64,
-    /// Downloaded records a download stage passed on, and those its gate
-    /// took in: equal when none is in flight between them.
-    pub downloaded_sent: AtomicU64,
-    pub downloaded_seen: AtomicU64,
     /// Per stage (plan order): a fetch stage's client and policy.
     pub fetchers: Vec<Option<Arc<fetch::FetchRuntime>>>,
     pub settings: StageSettings,
@@ -543,64 +542,200 @@ pub(crate) struct Feed {
     pub books: Books,
     /// The IR-ready input of the pipeline's gates, if it has any.
     pub ir: Option<IrFeed>,
-    /// On the downloaded streams entering the gates.
-    pub downloads: ProbeHandle<u64>,
+    /// Whether every worker's gates have settled (a file source with gates).
+    pub census: Option<Census>,
 }
 
-/// The IR-ready input: a folder of IR-ready records (JSON), read by worker 0
-/// and exchanged to the gates by document id.
+/// The IR-ready input of the pipeline's gates: a folder of IR-ready
+/// records (JSON files, read by worker 0), or a Kafka topic (each worker
+/// reads a fixed share of its partitions and commits the offsets of group
+/// `GROUP.ir-ready`; see [`kafka_source::KafkaInput::assign`]). Records go
+/// to the gates exchanged by document id.
 pub(crate) struct IrFeed {
-    input: InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<medkg_connectors::RawPayload>>>,
-    dir: PathBuf,
-    seen: std::collections::HashSet<PathBuf>,
-    leader: bool,
+    input: Option<IrInput>,
+    source: IrSource,
     epoch: u64,
 }
 
+type IrInput = InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<medkg_connectors::RawPayload>>>;
+
+enum IrSource {
+    Dir { dir: PathBuf, seen: std::collections::HashSet<PathBuf>, leader: bool, scanned: Option<Instant> },
+    Kafka(kafka_source::KafkaInput),
+}
+
 impl IrFeed {
+    /// `dir:PATH` or `kafka:TOPIC`; by default the stream lives where the
+    /// source does: `kafka:pdf.ir-ready.v1` for a Kafka source, else
+    /// `dir:DATA_DIR/ir-ready`.
+    fn open(shared: &Shared, input: IrInput, worker: usize, peers: usize) -> anyhow::Result<IrFeed> {
+        let options = &shared.options;
+        let spec = match (&options.ir_ready, &options.kafka) {
+            (Some(spec), _) => spec.clone(),
+            (None, Some(_)) => format!("kafka:{}", medkg_connectors::kafka::IR_READY_TOPIC),
+            (None, None) => format!("dir:{}", options.data_dir.join("ir-ready").display()),
+        };
+        let source = if let Some(dir) = spec.strip_prefix("dir:") {
+            IrSource::Dir { dir: PathBuf::from(dir), seen: Default::default(), leader: worker == 0, scanned: None }
+        } else if let Some(topic) = spec.strip_prefix("kafka:") {
+            let settings = options
+                .kafka
+                .as_ref()
+                .map(|k| &k.settings)
+                .or(options.telemetry.kafka.as_ref())
+                .ok_or_else(|| anyhow!("--ir-ready kafka:{topic} needs --brokers"))?;
+            let settings = medkg_connectors::kafka::KafkaSettings {
+                group: format!("{}.ir-ready", settings.group),
+                ..settings.clone()
+            };
+            IrSource::Kafka(kafka_source::KafkaInput::assign(&settings, topic, worker, peers)?)
+        } else {
+            bail!("--ir-ready `{spec}`: expected dir:PATH or kafka:TOPIC");
+        };
+        Ok(IrFeed { input: Some(input), source, epoch: 0 })
+    }
+
     /// Moves the input to `epoch`.
     pub fn advance(&mut self, epoch: u64) {
         if epoch > self.epoch {
-            self.input.advance_to(epoch);
+            if let Some(input) = &mut self.input {
+                input.advance_to(epoch);
+            }
             self.epoch = epoch;
         }
     }
 
-    /// Sends the records that appeared in the folder since the last poll
-    /// (worker 0). A file is read once it is complete: writers rename it
-    /// into place, and names starting with `.` are skipped.
+    /// Sends the records that came since the last poll: at most 1,000 Kafka
+    /// messages, or (worker 0, at most every 100 ms) the folder's new files.
+    /// A file is read once it is complete: writers rename it into place, and
+    /// names starting with `.` are skipped.
     pub fn poll(&mut self) {
-        if !self.leader {
-            return;
+        let Some(input) = &mut self.input else { return };
+        match &mut self.source {
+            IrSource::Kafka(kafka) => {
+                for _ in 0..1000 {
+                    let Some(mut payload) = kafka.poll(self.epoch, Duration::ZERO) else { break };
+                    // The gates route by the record's own id, whatever the message key.
+                    let fields: serde_json::Value = serde_json::from_slice(&payload.bytes).unwrap_or_default();
+                    let text = |k: &str| fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                    payload.key = text("doc_id").or(payload.key);
+                    payload.tenant = text("tenant_id").or(payload.tenant);
+                    input.send(payload);
+                }
+            }
+            IrSource::Dir { dir, seen, leader, scanned } => {
+                if !*leader || scanned.is_some_and(|at| at.elapsed() < Duration::from_millis(100)) {
+                    return;
+                }
+                *scanned = Some(Instant::now());
+                let Ok(entries) = std::fs::read_dir(&*dir) else { return };
+                let mut fresh: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+                    .filter(|p| !seen.contains(p))
+                    .collect();
+                fresh.sort();
+                for path in fresh {
+                    let Ok(bytes) = std::fs::read(&path) else { continue };
+                    seen.insert(path.clone());
+                    let fields: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                    let text = |k: &str| fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                    input.send(medkg_connectors::RawPayload {
+                        source: format!("dir:{}", dir.display()),
+                        key: text("doc_id"),
+                        name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                        position: medkg_connectors::Position {
+                            ordinal: 0,
+                            file: path.display().to_string(),
+                            line: None,
+                            partition: None,
+                        },
+                        tombstone: false,
+                        tenant: text("tenant_id"),
+                        bytes,
+                    });
+                }
+            }
         }
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
-        let mut fresh: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
-            .filter(|p| !self.seen.contains(p))
-            .collect();
-        fresh.sort();
-        for path in fresh {
-            let Ok(bytes) = std::fs::read(&path) else { continue };
-            self.seen.insert(path.clone());
-            let fields: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            let text = |k: &str| fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
-            self.input.send(medkg_connectors::RawPayload {
-                source: format!("dir:{}", self.dir.display()),
-                key: text("doc_id"),
-                name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
-                position: medkg_connectors::Position {
-                    ordinal: 0,
-                    file: path.display().to_string(),
-                    line: None,
-                    partition: None,
+    }
+
+    /// Stops reading (offsets of what was read can still be committed).
+    pub fn close(&mut self) {
+        self.input = None;
+    }
+
+    /// Commits the Kafka offsets of IR-ready records read before `frontier`:
+    /// by then each is joined and indexed, or waits durably at its gate.
+    pub fn commit_durable(&self, frontier: u64, before: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        match &self.source {
+            IrSource::Kafka(kafka) => kafka.commit_durable(frontier, before),
+            IrSource::Dir { .. } => Ok(()),
+        }
+    }
+}
+
+/// Whether the gates of all workers (all processes) have settled: each
+/// round, every worker sends whether its own have to every worker; a round
+/// is settled once the frontier passes it, and it says yes when all `peers`
+/// answers did. A worker's "settled" never turns back (no PDF comes after
+/// the downloaded stream has ended), so every worker sees the same first
+/// "yes" round and all stop reading IR together.
+pub(crate) struct Census {
+    input: InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<bool>>>,
+    round: u64,
+    settled: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl Census {
+    fn new(worker: &mut timely::worker::Worker) -> Census {
+        use timely::dataflow::operators::vec::Broadcast;
+        use timely::dataflow::operators::Operator;
+        let peers = worker.peers();
+        let mut input = InputHandle::new();
+        let settled = std::rc::Rc::new(std::cell::Cell::new(false));
+        let answer = settled.clone();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let mut rounds: std::collections::BTreeMap<u64, (usize, bool)> = Default::default();
+            input.to_stream(scope).broadcast().sink(
+                timely::dataflow::channels::pact::Pipeline,
+                "census",
+                move |(answers, frontier)| {
+                    answers.for_each_stamp(|cap, data| {
+                        let round = cap.least().copied().unwrap_or_default();
+                        let entry = rounds.entry(round).or_insert((0, true));
+                        for batch in data {
+                            for yes in batch.drain(..) {
+                                entry.0 += 1;
+                                entry.1 &= yes;
+                            }
+                        }
+                    });
+                    while let Some(entry) = rounds.first_entry() {
+                        if frontier.frontier().less_equal(entry.key()) {
+                            break;
+                        }
+                        let (count, yes) = entry.remove();
+                        if count == peers && yes {
+                            answer.set(true);
+                        }
+                    }
                 },
-                tombstone: false,
-                tenant: text("tenant_id"),
-                bytes,
-            });
-        }
+            );
+        });
+        Census { input, round: 0, settled }
+    }
+
+    /// Sends this worker's answer for the current round and opens the next.
+    fn report(&mut self, settled: bool) {
+        self.input.send(settled);
+        self.round += 1;
+        self.input.advance_to(self.round);
+    }
+
+    /// Some round found every worker settled.
+    fn settled(&self) -> bool {
+        self.settled.get()
     }
 }
 
@@ -646,6 +781,11 @@ impl Books {
         Ok(())
     }
 
+    /// Whether this worker's gates have all settled (see [`gate::GateState::settled`]).
+    pub fn gates_settled(&self) -> bool {
+        self.gates.iter().all(|g| g.borrow().settled())
+    }
+
     /// Writes every ledger update left, and waits until they are written.
     pub fn finish(&mut self, committed: &ProbeHandle<u64>) -> anyhow::Result<()> {
         self.tick(committed)?;
@@ -664,7 +804,6 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
             sink.with_kafka(medkg_connectors::kafka::KafkaDeadLetters::new(&kafka.settings).map_err(|e| anyhow!(e))?);
     }
     let dead_letters = std::rc::Rc::new(std::cell::RefCell::new(sink));
-    let downloads = ProbeHandle::new();
     let ledger = match &shared.ledger {
         Some(writer) => LedgerBuffer::new(writer.clone()),
         None => LedgerBuffer::off(),
@@ -684,23 +823,13 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = input.to_stream(scope);
         let ir = (!gates.is_empty()).then(|| ir_input.to_stream(scope));
-        let wiring = graph::Wiring {
-            ledger: &ledger,
-            flow: &flow,
-            committed: &committed,
-            ir,
-            gates: &gates,
-            downloads: &downloads,
-        };
+        let wiring = graph::Wiring { ledger: &ledger, flow: &flow, committed: &committed, ir, gates: &gates };
         graph::build(scope, raw, shared, &dead_letters, wiring);
     });
-    let ir = (!gates.is_empty()).then(|| {
-        let dir = match shared.options.ir_ready.as_deref().and_then(|s| s.strip_prefix("dir:")) {
-            Some(dir) => PathBuf::from(dir),
-            None => shared.options.data_dir.join("ir-ready"),
-        };
-        IrFeed { input: ir_input, dir, seen: Default::default(), leader: index == 0, epoch: 0 }
-    });
+    let ir = match gates.is_empty() {
+        true => None,
+        false => Some(IrFeed::open(shared, ir_input, index, worker.peers())?),
+    };
     let books = Books {
         shared: shared.clone(),
         ledger,
@@ -708,7 +837,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
         jobs: Default::default(),
         leader: index == 0,
     };
-    let feed = Feed { input, flow, committed, dead_letters, books, ir, downloads };
+    // A batch run with gates ends when every worker's gates have settled.
+    let census = (ir.is_some() && shared.options.kafka.is_none()).then(|| Census::new(worker));
+    let feed = Feed { input, flow, committed, dead_letters, books, ir, census };
     match &shared.options.kafka {
         Some(kafka) => kafka_source::feed(worker, shared, feed, kafka),
         None => feed_file(worker, shared, feed),
@@ -717,7 +848,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> anyh
 
 /// Feeds the file source, then waits until everything is durable.
 fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Feed) -> anyhow::Result<()> {
-    let Feed { mut input, flow, committed, dead_letters, mut books, mut ir, downloads } = feed;
+    let Feed { mut input, flow, committed, dead_letters, mut books, mut ir, census } = feed;
     let (index, peers) = (worker.index(), worker.peers());
     let source = shared.source.as_ref().ok_or_else(|| anyhow!("no file source"))?;
     let runtime = &shared.options.plan.runtime;
@@ -778,10 +909,13 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
     }
     let total = records.ordinal();
     drop(input);
-    // Documents wait at the gates: keep reading IR-ready records until every
-    // downloaded one has arrived and none waits (joined or timed out), or
-    // until stopped (they stay waiting, durably, for the next run).
-    if let Some(mut ir) = ir {
+    // Documents wait at the gates: keep reading IR-ready records until, in
+    // every worker of every process, every downloaded record has arrived and
+    // none waits (joined or timed out), or until stopped (they stay waiting,
+    // durably, for the next run).
+    let flush = || dead_letters.borrow().flush().map_err(|e| anyhow!("{e}"));
+    let frontier_of = |probe: &ProbeHandle<u64>| probe.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX);
+    if let (Some(ir), Some(mut census)) = (&mut ir, census) {
         loop {
             ir.poll();
             ir.advance(ir.epoch + 1);
@@ -790,16 +924,16 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
                 bail!("{fatal}");
             }
             books.tick(&committed)?;
+            ir.commit_durable(frontier_of(&committed), flush)?;
             if index == 0 {
                 checkpointer.maybe_store(&committed, epoch_records)?;
             }
-            let waiting = shared.gate_pending.load(Ordering::SeqCst) > 0;
-            let arrived =
-                shared.downloaded_sent.load(Ordering::SeqCst) == shared.downloaded_seen.load(Ordering::SeqCst);
-            if (downloads.done() && arrived && !waiting) || shared.stop.load(Ordering::SeqCst) {
+            if census.settled() || shared.stop.load(Ordering::SeqCst) {
                 break;
             }
+            census.report(books.gates_settled());
         }
+        ir.close();
     }
     while !committed.done() {
         worker.step_or_park(Some(Duration::from_millis(50)));
@@ -812,6 +946,9 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
         books.tick(&committed)?;
     }
     books.finish(&committed)?;
+    if let Some(ir) = &ir {
+        ir.commit_durable(u64::MAX, flush)?;
+    }
     if index == 0 {
         checkpointer.last = total;
         checkpointer.store(true)?;

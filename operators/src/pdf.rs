@@ -55,21 +55,7 @@ impl ObjectStore {
         let io = |e: std::io::Error| StageError::unavailable("object_store", format!("{}: {e}", path.display()));
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io)?;
-        // Two downloads of one PDF may race: each writes a temp file of its own.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temp = dir.join(format!(".{sha256}.{}.{n}.tmp", std::process::id()));
-        let written = (|| {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&temp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        written.map_err(io)?;
+        crate::index::write_atomically(&path, bytes).map_err(io)?;
         Ok((sha256, path))
     }
 }

@@ -151,3 +151,106 @@ impl TestServer {
         self.log.lock().unwrap().iter().filter(|(p, _)| p.starts_with(prefix)).cloned().collect()
     }
 }
+
+/// Kafka helpers: the broker scripts/test.sh started (`MEDKG_KAFKA_BROKERS`),
+/// topics of a test's own, and what a group has read.
+pub mod kafka {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    pub fn brokers() -> String {
+        std::env::var("MEDKG_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    }
+
+    /// A topic name of its own for each test run (the broker outlives runs).
+    pub fn topic(name: &str) -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        format!("{name}-{}-{nanos}", std::process::id())
+    }
+
+    pub fn create_topic(name: &str, partitions: usize) {
+        // tansu creates topics on first use with 3 partitions; ask for ours explicitly.
+        let tansu = std::env::var("MEDKG_TANSU")
+            .unwrap_or_else(|_| format!("{}/.cache/medkg/tansu/bin/tansu", std::env::var("HOME").unwrap_or_default()));
+        let status = std::process::Command::new(tansu)
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://{}", brokers()),
+                "--partitions",
+                &partitions.to_string(),
+                name,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("tansu (scripts/kafka-broker.sh installs it)");
+        assert!(status.success(), "cannot create topic {name}");
+    }
+
+    /// The group's committed offset of each partition (-1 where none is).
+    pub fn committed(topic: &str, group: &str, partitions: i32) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition(topic, p);
+        }
+        let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+        (0..partitions)
+            .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            })
+            .collect()
+    }
+
+    /// Each partition's end (the offset after its last message), found by
+    /// reading it: tansu 0.6's reported high watermark lags the last offset.
+    pub fn ends(topic: &str, partitions: i32) -> Vec<i64> {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", format!("{topic}-end-reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut all = TopicPartitionList::new();
+        for p in 0..partitions {
+            all.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+        reader.assign(&all).unwrap();
+        let mut ends = vec![0i64; partitions as usize];
+        let mut idle_since = Instant::now();
+        while idle_since.elapsed() < Duration::from_secs(3) {
+            if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
+                let slot = &mut ends[message.partition() as usize];
+                *slot = (*slot).max(message.offset() + 1);
+                idle_since = Instant::now();
+            }
+        }
+        ends
+    }
+
+    /// A consumer of group `group` reading `topic` from its start.
+    pub fn reader(topic: &str, group: &str) -> BaseConsumer {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "2000")
+            .set("heartbeat.interval.ms", "200")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        consumer
+    }
+}

@@ -78,12 +78,25 @@ impl Layout {
     }
 }
 
-/// Replaces `path` with `bytes` all at once (a temp file of this process,
-/// then a rename), so a reader never sees a half-written file, even while
-/// the processes of a cluster race to write the same one.
+/// Replaces `path` with `bytes` all at once and durably (a temp file of its
+/// own, synced, then a rename), so a reader never sees a half-written file,
+/// even while threads or the processes of a cluster race to write it.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    // Writers of one path may race (two downloads of one PDF): each writes a
+    // temp file of its own, hidden from folder readers (leading `.`, `.tmp`).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!("{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
