@@ -699,11 +699,18 @@ fn cluster_case(over_kafka: bool) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while processes.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
         if Instant::now() > deadline {
-            for c in &mut processes {
-                let _ = c.kill();
-            }
             let _ = parser.kill();
-            panic!("the cluster did not end within 90 s (kafka: {over_kafka}); ledger {:?}", ledger(&data));
+            let stderr: Vec<String> = processes
+                .into_iter()
+                .map(|mut c| {
+                    let _ = c.kill();
+                    String::from_utf8_lossy(&c.wait_with_output().unwrap().stderr).into_owned()
+                })
+                .collect();
+            panic!(
+                "the cluster did not end within 90 s (kafka: {over_kafka}); ledger {:?}; {stderr:#?}",
+                ledger(&data)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -427,9 +427,27 @@ impl Ledger {
         let fail = |e: rusqlite::Error| format!("ledger {}: {e}", path.display());
         let connection = Connection::open(&path).map_err(fail)?;
         connection.busy_timeout(std::time::Duration::from_secs(30)).map_err(fail)?;
-        connection.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
-        connection.pragma_update(None, "synchronous", "NORMAL").map_err(fail)?;
-        connection.execute_batch(SCHEMA).map_err(fail)?;
+        // The processes of a cluster open one ledger at once, and SQLite
+        // answers a journal-mode switch that races another with "locked"
+        // at once, without waiting: try again for a while.
+        let setup = || -> rusqlite::Result<()> {
+            connection.pragma_update(None, "journal_mode", "WAL")?;
+            connection.pragma_update(None, "synchronous", "NORMAL")?;
+            connection.execute_batch(SCHEMA)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match setup() {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        }
         Ok(Ledger { connection, path })
     }
 
