@@ -6,6 +6,7 @@
 # CMake turns curl on whenever it finds the library, headers or not).
 # The checks of the operations artefacts need promtool (Debian's prometheus)
 # and Node.js with npm (@asyncapi/parser); see scripts/check-docs.sh.
+# python3-venv for the GPU model variants (scripts/gpu-models.sh).
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -15,6 +16,8 @@ dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The GPU model variants are made in a Python venv (scripts/gpu-models.sh).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup-system.sh: installing ${missing[*]}" >&2
   SUDO=""

@@ -134,3 +134,44 @@ fn bench_reports_models_only_and_end_to_end_throughput() {
     assert_eq!(report["search"]["queries"], 10);
     assert!(report["search"]["p95_ms"].as_f64().unwrap() >= report["search"]["p50_ms"].as_f64().unwrap());
 }
+
+/// `hybrid-gpu.yaml` (fp16 MiniLM, chunk-pooled fp16 SPLADE, device cuda):
+/// refused here, where CUDA is missing; with `--device cpu` the same models
+/// run the whole pipeline, and the search finds what it indexed.
+#[test]
+fn device_cuda_hybrid_gpu_pipeline_refuses_here_and_its_models_run_on_the_cpu() {
+    let models = std::env::var("MEDKG_GPU_MODELS").expect("MEDKG_GPU_MODELS (scripts/test.sh makes the variants)");
+    let dir = tempfile::tempdir().unwrap();
+    let (source, records) = pubmed_slice(dir.path(), 20);
+    let run = |data: &Path, extra: &[&str]| {
+        medkg()
+            .args(["run", "--metrics-addr", "off", "--pipeline"])
+            .arg(repo().join("config/pipelines/hybrid-gpu.yaml"))
+            .arg(format!("--source=file:{}", source.display()))
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--models", &models])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = dir.path().join("refused");
+    let output = run(&refused, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CUDA") && stderr.contains("does not fall back to the CPU"), "{stderr}");
+    assert!(!refused.join("shard-0").exists(), "nothing may have run");
+
+    let data = dir.path().join("data");
+    let output = run(&data, &["--device", "cpu"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let title = records[3]["title"].as_str().unwrap();
+    let want = format!("pmid:{}", records[3]["pmid"].as_str().unwrap());
+    for mode in ["dense", "splade"] {
+        let out =
+            medkg().args(["search", "--json", "--mode", mode, "--data-dir"]).arg(&data).arg(title).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let hits: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(hits[0]["doc_id"], want.as_str(), "{mode}: {hits:?}");
+    }
+}

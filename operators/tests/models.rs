@@ -42,9 +42,28 @@ fn splade() -> ModelFiles {
 
 #[test]
 fn dense_vectors_match_pytorch() {
+    dense_matches_pytorch(&minilm(), 0.9999);
+}
+
+/// The GPU variants scripts/make_gpu_models.py makes (scripts/test.sh runs
+/// it into `MEDKG_GPU_MODELS`), run on the CPU through medkg's own encoders:
+/// fp16 MiniLM, SPLADE pooled in chunks (fp32 and fp16), against the
+/// original PyTorch outputs.
+#[test]
+fn gpu_variants_fp16_and_pooled_match_pytorch() {
+    let dir = std::env::var_os("MEDKG_GPU_MODELS")
+        .map(PathBuf::from)
+        .expect("MEDKG_GPU_MODELS: the variants of scripts/make_gpu_models.py (scripts/test.sh makes them)");
+    let files = |name: &str| ModelFiles::resolve(&dir, name, None).unwrap();
+    dense_matches_pytorch(&files("all-MiniLM-L6-v2.fp16"), 0.999);
+    splade_matches_pytorch(&files("splade-tiny.pooled"), 20, 1e-3);
+    splade_matches_pytorch(&files("splade-tiny.pooled.fp16"), 10, 2e-2);
+}
+
+fn dense_matches_pytorch(files: &ModelFiles, min_cosine: f64) {
     let reference = reference();
     let texts = sentences(&reference);
-    let encoder = DenseEncoder::load(&minilm(), Device::Cpu, 256, 1).unwrap();
+    let encoder = DenseEncoder::load(files, Device::Cpu, 256, 1).unwrap();
     assert_eq!(encoder.dim(), 384);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     // One padded batch, and one at a time: both must match.
@@ -54,7 +73,7 @@ fn dense_vectors_match_pytorch() {
         let single = encoder.encode(&[refs[i]]).unwrap().remove(0);
         for (how, got) in [("batched", &batched[i]), ("single", &single)] {
             let c = cosine(got, &expected);
-            assert!(c >= 0.9999, "{how} sentence {i} {:?}: cosine {c}", texts[i]);
+            assert!(c >= min_cosine, "{}: {how} sentence {i} {:?}: cosine {c}", files.model.display(), texts[i]);
             let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
             assert!((norm - 1.0).abs() < 1e-4, "not L2-normalised: {norm}");
         }
@@ -63,9 +82,25 @@ fn dense_vectors_match_pytorch() {
 
 #[test]
 fn splade_terms_match_pytorch() {
+    splade_matches_pytorch(&splade(), 20, 1e-3);
+    // Top-k and threshold are honoured, ids come back sorted.
+    let texts = sentences(&reference());
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let small = SpladeEncoder::load(&splade(), Device::Cpu, 256, 1, 5, 0.5).unwrap();
+    for v in small.encode(&refs).unwrap() {
+        assert!(v.indices.len() <= 5);
+        assert!(v.weights.iter().all(|&w| w > 0.5));
+        assert!(v.indices.windows(2).all(|w| w[0] < w[1]));
+    }
+}
+
+/// The `top` heaviest terms of each sentence are PyTorch's, with weights
+/// within `tolerance`, and the whole vectors' cosine is at least 0.999.
+fn splade_matches_pytorch(files: &ModelFiles, top: usize, tolerance: f32) {
     let reference = reference();
     let texts = sentences(&reference);
-    let encoder = SpladeEncoder::load(&splade(), Device::Cpu, 256, 1, 30522, 0.0).unwrap();
+    let encoder = SpladeEncoder::load(files, Device::Cpu, 256, 1, 30522, 0.0).unwrap();
+    let name = files.model.display();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let got = encoder.encode(&refs).unwrap();
     for (i, expected) in reference["sparse_splade_tiny"].as_array().unwrap().iter().enumerate() {
@@ -78,23 +113,23 @@ fn splade_terms_match_pytorch() {
         expected.sort_by(|a, b| b.1.total_cmp(&a.1));
         let mut ours: Vec<(u32, f32)> = got[i].indices.iter().copied().zip(got[i].weights.iter().copied()).collect();
         ours.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let top = |v: &[(u32, f32)]| {
-            let mut ids: Vec<u32> = v.iter().take(20).map(|t| t.0).collect();
+        let heaviest = |v: &[(u32, f32)]| {
+            let mut ids: Vec<u32> = v.iter().take(top).map(|t| t.0).collect();
             ids.sort_unstable();
             ids
         };
-        assert_eq!(top(&ours), top(&expected), "sentence {i} {:?}: top-20 terms differ", texts[i]);
-        for (id, weight) in expected.iter().take(20) {
+        assert_eq!(heaviest(&ours), heaviest(&expected), "{name}: sentence {i} {:?}: top-{top} terms differ", texts[i]);
+        for (id, weight) in expected.iter().take(top) {
             let w = ours.iter().find(|t| t.0 == *id).map(|t| t.1).unwrap();
-            assert!((w - weight).abs() <= 1e-3, "sentence {i} term {id}: {w} vs {weight}");
+            assert!((w - weight).abs() <= tolerance, "{name}: sentence {i} term {id}: {w} vs {weight}");
         }
-    }
-    // Top-k and threshold are honoured, ids come back sorted.
-    let small = SpladeEncoder::load(&splade(), Device::Cpu, 256, 1, 5, 0.5).unwrap();
-    for v in small.encode(&refs).unwrap() {
-        assert!(v.indices.len() <= 5);
-        assert!(v.weights.iter().all(|&w| w > 0.5));
-        assert!(v.indices.windows(2).all(|w| w[0] < w[1]));
+        let dense = |v: &[(u32, f32)]| {
+            let mut d = vec![0f32; 30522];
+            v.iter().for_each(|&(id, w)| d[id as usize] = w);
+            d
+        };
+        let c = cosine(&dense(&ours), &dense(&expected));
+        assert!(c >= 0.999, "{name}: sentence {i}: cosine {c}");
     }
     assert!(encoder.term(got[0].indices[0]).is_some());
 }
