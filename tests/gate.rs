@@ -556,7 +556,12 @@ fn gate_over_kafka_downloads_parser_and_ir_ready_topics() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rows = ledger(&data);
-        let waiting = ["doi:a", "doi:b"].iter().all(|d| rows.get(*d).is_some_and(|r| r["status"] == "waiting"));
+        let waiting = ["doi:a", "doi:b"].iter().all(|d| rows.get(*d).is_some_and(|r| r["status"] == "waiting"))
+            // The early IR waits for its PDF, and the ledger says so.
+            && rows.get("doi:early").is_some_and(|r| {
+                (r["status"].as_str(), r["pdf_ir_ready"].as_bool(), r["pdf_downloaded"].as_bool())
+                    == (Some("waiting"), Some(true), Some(false))
+            });
         // Both IR-ready messages are durable at the gate (joined, waiting or dead-lettered): committed.
         if waiting && kafka::committed(&ir, &format!("{group}.ir-ready"), 2) == ir_ends {
             break;

@@ -211,6 +211,11 @@ impl GateState {
                 Some(self.join(key, waiting.record, waiting.payload, ir))
             }
             None => {
+                // The ledger shows it waiting for its PDF.
+                let mut update =
+                    Update::new(&key.0, &key.1, &self.ctx.watch.stage, self.ctx.watch.index(), Status::Waiting);
+                update.pdf_ir_ready = true;
+                self.ctx.watch.update(update);
                 let since_ms = chrono::Utc::now().timestamp_millis();
                 self.to_write.push(GateEntry {
                     tenant_id: key.0.clone(),
