@@ -6,9 +6,21 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// The `medkg` binary under test.
+/// The `medkg` binary under test. It dies with the test thread that started
+/// it, so a failing test leaves no engine running behind it.
 pub fn medkg() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_medkg"))
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_medkg"));
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 /// The repository root.
