@@ -139,16 +139,9 @@ impl Input {
     fn next_batch(&mut self) -> anyhow::Result<Vec<Pending>> {
         match self {
             Input::Dir { dir, seen } => {
-                let mut paths: Vec<PathBuf> = match std::fs::read_dir(&*dir) {
-                    Ok(entries) => entries
-                        .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
-                        .filter(|p| !seen.contains(p))
-                        .collect(),
-                    Err(_) => Vec::new(), // not created yet
-                };
-                paths.sort();
+                // (A folder not created yet is empty.)
+                let paths: Vec<PathBuf> =
+                    medkg_connectors::complete_json_files(dir).into_iter().filter(|p| !seen.contains(p)).collect();
                 let mut batch = Vec::with_capacity(paths.len());
                 for path in paths {
                     // A file that cannot be read now (still being moved in) is tried again next round.

@@ -86,6 +86,19 @@ fn tei_ready_as(ir_dir: &Path, doc_id: &str, name: &str) {
     std::fs::rename(temp, ir_dir.join(name)).unwrap();
 }
 
+/// `medkg pdf-parser` running beside the engine: the downloaded records of
+/// `data` in, IR-ready records to `output` (dir:PATH or kafka:TOPIC).
+fn parser_beside(data: &Path, output: &str) -> Child {
+    medkg()
+        .args(["pdf-parser", "--brokers", &kafka::brokers()])
+        .arg(format!("--input=dir:{}", data.join("downloaded").display()))
+        .arg(format!("--output={output}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn run(pipeline: &Path, source: &Path, data: &Path) -> Command {
     let mut command = medkg();
     command
@@ -163,15 +176,7 @@ fn gate_joins_ir_that_comes_before_and_after_the_pdf() {
     // Before: the TEI is ready before the engine even starts.
     tei_ready(&data.join("ir-ready"), "doi:before");
     // After: medkg pdf-parser turns the downloaded PDF into IR while the engine waits.
-    let mut parser = medkg()
-        .args(["pdf-parser", "--input"])
-        .arg(format!("dir:{}", data.join("downloaded").display()))
-        .arg("--output")
-        .arg(format!("dir:{}", data.join("ir-ready").display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut parser = parser_beside(&data, &format!("dir:{}", data.join("ir-ready").display()));
     let engine =
         run(&pipeline(dir.path(), "2m"), &source, &data).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let summary = finish(engine);
@@ -434,15 +439,7 @@ fn gate_the_shipped_pdf_pipelines_run_end_to_end() {
         std::fs::write(&pipeline, text).unwrap();
         let data = dir.path().join("data");
         let source = records(dir.path(), &[("doi:10.1186/s12984-016-0129-6", server.url("/pdf/1"))]);
-        let mut parser = medkg()
-            .args(["pdf-parser", "--input"])
-            .arg(format!("dir:{}", data.join("downloaded").display()))
-            .arg("--output")
-            .arg(format!("dir:{}", data.join("ir-ready").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut parser = parser_beside(&data, &format!("dir:{}", data.join("ir-ready").display()));
         let engine = run(&pipeline, &source, &data).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let summary = finish(engine);
         let _ = parser.kill();
@@ -654,15 +651,13 @@ fn cluster_case(over_kafka: bool) {
     let docs: Vec<(&str, String)> = ids.iter().map(|id| (id.as_str(), server.url(&format!("/pdf/{id}")))).collect();
     let source = records(dir.path(), &docs);
     let ir_topic = kafka::topic("cluster-ir");
-    let (ir_spec, parser_output) = match over_kafka {
+    // The engine reads the IR-ready stream pdf-parser writes.
+    let ir_spec = match over_kafka {
         true => {
             kafka::create_topic(&ir_topic, 2);
-            (format!("kafka:{ir_topic}"), format!("kafka:{ir_topic}"))
+            format!("kafka:{ir_topic}")
         }
-        false => {
-            let dir = format!("dir:{}", data.join("ir-ready").display());
-            (dir.clone(), dir)
-        }
+        false => format!("dir:{}", data.join("ir-ready").display()),
     };
     // Half the IR is there before the run, half comes from pdf-parser while it runs.
     let tei = std::fs::read_to_string(common::shared().join(TEI)).unwrap();
@@ -676,14 +671,7 @@ fn cluster_case(over_kafka: bool) {
         }
     }
     let pipeline = pipeline(dir.path(), "2m");
-    let mut parser = medkg()
-        .args(["pdf-parser", "--brokers", &kafka::brokers(), "--input"])
-        .arg(format!("dir:{}", data.join("downloaded").display()))
-        .arg(format!("--output={parser_output}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut parser = parser_beside(&data, &ir_spec);
     let ports: Vec<u16> =
         (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
     let hostfile = dir.path().join("hosts");

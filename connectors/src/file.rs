@@ -394,3 +394,18 @@ impl Checkpoint {
         Ok(())
     }
 }
+
+/// The JSON files of `dir` that are complete, sorted by name: writers of
+/// folder streams (downloaded records, IR-ready records) write a temp name
+/// starting with `.` and rename it into place. Empty when `dir` does not
+/// exist (yet).
+pub fn complete_json_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+        .collect();
+    files.sort();
+    files
+}

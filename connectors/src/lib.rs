@@ -17,7 +17,7 @@ pub mod ledger;
 pub mod lineage;
 
 pub use dead_letter::{DeadLetter, DeadLetterSink};
-pub use file::{Checkpoint, FileSource, SourceError};
+pub use file::{complete_json_files, Checkpoint, FileSource, SourceError};
 
 use serde::{Deserialize, Serialize};
 

@@ -164,15 +164,7 @@ impl GateState {
         }
         let subject = Subject { id: &record.doc_id, tenant: &record.tenant_id, is_doc: true };
         self.ctx.watch.started(&subject);
-        let mut update = Update::new(
-            &record.tenant_id,
-            &record.doc_id,
-            &self.ctx.watch.stage,
-            self.ctx.watch.index(),
-            Status::Waiting,
-        );
-        update.pdf_downloaded = true;
-        self.ctx.watch.update(update);
+        self.ledger(&key, Status::Waiting, true, false);
         let since_ms = chrono::Utc::now().timestamp_millis();
         let stored = serde_json::to_vec(&(&record, &payload)).unwrap_or_default();
         self.to_write.push(GateEntry {
@@ -212,10 +204,7 @@ impl GateState {
             }
             None => {
                 // The ledger shows it waiting for its PDF.
-                let mut update =
-                    Update::new(&key.0, &key.1, &self.ctx.watch.stage, self.ctx.watch.index(), Status::Waiting);
-                update.pdf_ir_ready = true;
-                self.ctx.watch.update(update);
+                self.ledger(&key, Status::Waiting, false, true);
                 let since_ms = chrono::Utc::now().timestamp_millis();
                 self.to_write.push(GateEntry {
                     tenant_id: key.0.clone(),
@@ -246,16 +235,7 @@ impl GateState {
         ir.sha256 = Some(record.sha256.clone());
         ir.pdf_url = Some(record.url.clone());
         ir.tenant_id = Some(record.tenant_id.clone());
-        let mut update = Update::new(
-            &record.tenant_id,
-            &record.doc_id,
-            &self.ctx.watch.stage,
-            self.ctx.watch.index(),
-            Status::InProgress,
-        );
-        update.pdf_downloaded = true;
-        update.pdf_ir_ready = true;
-        self.ctx.watch.update(update);
+        self.ledger(&key, Status::InProgress, true, true);
         let subject = Subject { id: &record.doc_id, tenant: &record.tenant_id, is_doc: true };
         self.ctx.watch.completed(&subject, Instant::now(), 1);
         let joined = RawPayload {
@@ -266,6 +246,14 @@ impl GateState {
             ..payload
         };
         (joined, key, record.sha256)
+    }
+
+    /// Where a document stands at the gate, for its ledger row.
+    fn ledger(&self, (tenant, doc): &Key, status: Status, pdf_downloaded: bool, pdf_ir_ready: bool) {
+        let mut update = Update::new(tenant, doc, &self.ctx.watch.stage, self.ctx.watch.index(), status);
+        update.pdf_downloaded = pdf_downloaded;
+        update.pdf_ir_ready = pdf_ir_ready;
+        self.ctx.watch.update(update);
     }
 
     fn fail(&self, payload: &RawPayload, began: Option<Instant>, error: &StageError) {
@@ -292,7 +280,7 @@ impl GateState {
     /// Called between steps: marks joined documents whose epoch is durable
     /// as done, and fails documents that waited too long.
     pub fn tick(&mut self, committed: &ProbeHandle<u64>) {
-        let frontier = committed.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX);
+        let frontier = crate::frontier_of(committed);
         let durable: Vec<u64> = self.joined.range(..frontier).map(|(t, _)| *t).collect();
         let mut entries = Vec::new();
         for time in durable {

@@ -266,7 +266,7 @@ pub(crate) fn feed(
     // Dead letters of durable epochs must be in their topic before the offsets move.
     let flush = || dead_letters.borrow().flush().map_err(|e| anyhow!("{e}"));
     let commit_durable = |ir: &Option<crate::IrFeed>| -> anyhow::Result<()> {
-        let frontier = committed.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX);
+        let frontier = crate::frontier_of(&committed);
         source.commit_durable(frontier, flush)?;
         if let Some(ir) = ir {
             ir.commit_durable(frontier, flush)?;

@@ -92,6 +92,21 @@ pub struct RunOptions {
     pub ir_ready: Option<String>,
 }
 
+impl RunOptions {
+    /// The brokers the run's Kafka outputs and side inputs use (events, the
+    /// downloaded stream, the IR-ready stream): the Kafka source's, else
+    /// `--brokers` given beside a file source.
+    pub fn kafka_settings(&self) -> Option<&medkg_connectors::kafka::KafkaSettings> {
+        self.kafka.as_ref().map(|k| &k.settings).or(self.telemetry.kafka.as_ref())
+    }
+}
+
+/// The first time a probe's frontier holds, `u64::MAX` once it is empty:
+/// every epoch below it is done.
+pub(crate) fn frontier_of(probe: &ProbeHandle<u64>) -> u64 {
+    probe.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX)
+}
+
 /// This process's place in a timely cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
@@ -324,11 +339,7 @@ fn run_workers(
         }
     }
 
-    let events = EventSink::open(
-        &options.telemetry.events,
-        options.kafka.as_ref().map(|k| &k.settings).or(options.telemetry.kafka.as_ref()),
-    )
-    .map_err(|e| anyhow!(e))?;
+    let events = EventSink::open(&options.telemetry.events, options.kafka_settings()).map_err(|e| anyhow!(e))?;
     let telemetry =
         Arc::new(Telemetry::new(&options.telemetry.run_id, &options.plan.name, events, options.telemetry.granularity));
     let mut fetchers = Vec::with_capacity(options.plan.stages.len());
@@ -346,9 +357,9 @@ fn run_workers(
                     Some(_) => format!("kafka:{}", medkg_connectors::kafka::DOWNLOADED_TOPIC),
                     None => format!("dir:{}", options.data_dir.join("downloaded").display()),
                 };
-                let kafka = options.kafka.as_ref().map(|k| &k.settings).or(options.telemetry.kafka.as_ref());
-                let output = fetch::DownloadedOutput::open(output.as_deref().unwrap_or(&default), kafka)
-                    .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+                let output =
+                    fetch::DownloadedOutput::open(output.as_deref().unwrap_or(&default), options.kafka_settings())
+                        .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
                 let store = medkg_operators::pdf::ObjectStore::new(options.data_dir.join("objects"));
                 fetch::FetchRuntime::new(fetch, &stage.policy, Some(fetch::Download { store, output }))
                     .map_err(|e| anyhow!("stage `{}`: {}", stage.name, e.message))?
@@ -578,12 +589,8 @@ impl IrFeed {
         let source = if let Some(dir) = spec.strip_prefix("dir:") {
             IrSource::Dir { dir: PathBuf::from(dir), seen: Default::default(), leader: worker == 0, scanned: None }
         } else if let Some(topic) = spec.strip_prefix("kafka:") {
-            let settings = options
-                .kafka
-                .as_ref()
-                .map(|k| &k.settings)
-                .or(options.telemetry.kafka.as_ref())
-                .ok_or_else(|| anyhow!("--ir-ready kafka:{topic} needs --brokers"))?;
+            let settings =
+                options.kafka_settings().ok_or_else(|| anyhow!("--ir-ready kafka:{topic} needs --brokers"))?;
             let settings = medkg_connectors::kafka::KafkaSettings {
                 group: format!("{}.ir-ready", settings.group),
                 ..settings.clone()
@@ -616,10 +623,9 @@ impl IrFeed {
                 for _ in 0..1000 {
                     let Some(mut payload) = kafka.poll(self.epoch, Duration::ZERO) else { break };
                     // The gates route by the record's own id, whatever the message key.
-                    let fields: serde_json::Value = serde_json::from_slice(&payload.bytes).unwrap_or_default();
-                    let text = |k: &str| fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
-                    payload.key = text("doc_id").or(payload.key);
-                    payload.tenant = text("tenant_id").or(payload.tenant);
+                    let (doc_id, tenant_id) = ids_of(&payload.bytes);
+                    payload.key = doc_id.or(payload.key);
+                    payload.tenant = tenant_id.or(payload.tenant);
                     input.send(payload);
                 }
             }
@@ -628,22 +634,16 @@ impl IrFeed {
                     return;
                 }
                 *scanned = Some(Instant::now());
-                let Ok(entries) = std::fs::read_dir(&*dir) else { return };
-                let mut fresh: Vec<PathBuf> = entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                    .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
-                    .filter(|p| !seen.contains(p))
-                    .collect();
-                fresh.sort();
-                for path in fresh {
+                for path in medkg_connectors::complete_json_files(dir) {
+                    if seen.contains(&path) {
+                        continue;
+                    }
                     let Ok(bytes) = std::fs::read(&path) else { continue };
                     seen.insert(path.clone());
-                    let fields: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                    let text = |k: &str| fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                    let (doc_id, tenant_id) = ids_of(&bytes);
                     input.send(medkg_connectors::RawPayload {
                         source: format!("dir:{}", dir.display()),
-                        key: text("doc_id"),
+                        key: doc_id,
                         name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
                         position: medkg_connectors::Position {
                             ordinal: 0,
@@ -652,7 +652,7 @@ impl IrFeed {
                             partition: None,
                         },
                         tombstone: false,
-                        tenant: text("tenant_id"),
+                        tenant: tenant_id,
                         bytes,
                     });
                 }
@@ -673,6 +673,14 @@ impl IrFeed {
             IrSource::Dir { .. } => Ok(()),
         }
     }
+}
+
+/// An IR-ready record's `doc_id` and `tenant_id`, if it is JSON that has them
+/// (the gate reports what else is wrong with it).
+fn ids_of(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    let fields: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let text = |k: &str| fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    (text("doc_id"), text("tenant_id"))
 }
 
 /// Whether the gates of all workers (all processes) have settled: each
@@ -767,7 +775,7 @@ impl Books {
         let pipeline = &self.shared.telemetry.pipeline;
         self.ledger.borrow_mut().write_if_due(Duration::from_millis(250)).map_err(|e| anyhow!(e))?;
         if self.leader {
-            let frontier = committed.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX);
+            let frontier = frontier_of(committed);
             let metrics = &self.shared.telemetry.metrics;
             while let Some(entry) = self.jobs.first_entry() {
                 if *entry.key() >= frontier {
@@ -914,7 +922,6 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
     // none waits (joined or timed out), or until stopped (they stay waiting,
     // durably, for the next run).
     let flush = || dead_letters.borrow().flush().map_err(|e| anyhow!("{e}"));
-    let frontier_of = |probe: &ProbeHandle<u64>| probe.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX);
     if let (Some(ir), Some(mut census)) = (&mut ir, census) {
         loop {
             ir.poll();
