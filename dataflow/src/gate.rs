@@ -145,8 +145,8 @@ impl GateState {
         telemetry.metrics.gate_pending.with_label_values(&[&telemetry.pipeline]).set(now);
     }
 
-    /// A downloaded record arrives; returns the joined record if its IR is here.
-    fn downloaded(&mut self, payload: RawPayload) -> Option<(RawPayload, Key, String)> {
+    /// A downloaded record arrives at `time`; returns the joined record if its IR is here.
+    fn downloaded(&mut self, time: u64, payload: RawPayload) -> Option<RawPayload> {
         let record: Downloaded = match serde_json::from_slice(&payload.bytes) {
             Ok(record) => record,
             Err(e) => {
@@ -160,7 +160,7 @@ impl GateState {
             return None; // this PDF was joined and indexed already
         }
         if let Some(early) = self.early.remove(&key) {
-            return Some(self.join(key, record, payload, early.ir));
+            return Some(self.join(time, key, record, payload, early.ir));
         }
         let subject = Subject { id: &record.doc_id, tenant: &record.tenant_id, is_doc: true };
         self.ctx.watch.started(&subject);
@@ -181,8 +181,8 @@ impl GateState {
         None
     }
 
-    /// An IR-ready record arrives; returns the joined record if its PDF is here.
-    fn ir_ready(&mut self, payload: RawPayload) -> Option<(RawPayload, Key, String)> {
+    /// An IR-ready record arrives at `time`; returns the joined record if its PDF is here.
+    fn ir_ready(&mut self, time: u64, payload: RawPayload) -> Option<RawPayload> {
         let ir = match IrReady::from_json(&payload.bytes) {
             Ok(ir) => ir,
             Err(error) => {
@@ -200,7 +200,7 @@ impl GateState {
         match self.waiting.remove(&key) {
             Some(waiting) => {
                 self.count(-1);
-                Some(self.join(key, waiting.record, waiting.payload, ir))
+                Some(self.join(time, key, waiting.record, waiting.payload, ir))
             }
             None => {
                 // The ledger shows it waiting for its PDF.
@@ -220,32 +220,27 @@ impl GateState {
         }
     }
 
-    /// The joined record: the IR-ready record, with the PDF's hash and URL,
-    /// where the downloaded record came from.
-    fn join(
-        &mut self,
-        key: Key,
-        record: Downloaded,
-        payload: RawPayload,
-        mut ir: IrReady,
-    ) -> (RawPayload, Key, String) {
+    /// The joined record, emitted at `time`: the IR-ready record, with the
+    /// PDF's hash and URL, where the downloaded record came from. It is
+    /// marked done durably once `time` is committed (see [`Self::tick`]).
+    fn join(&mut self, time: u64, key: Key, record: Downloaded, payload: RawPayload, mut ir: IrReady) -> RawPayload {
         // Duplicates that come before the join is durable are dropped too
         // (the durable marker waits for the index; memory does not need to).
         self.done.insert(key.clone(), record.sha256.clone());
+        self.joined.entry(time).or_default().push((key.clone(), record.sha256.clone()));
         ir.sha256 = Some(record.sha256.clone());
         ir.pdf_url = Some(record.url.clone());
         ir.tenant_id = Some(record.tenant_id.clone());
         self.ledger(&key, Status::InProgress, true, true);
         let subject = Subject { id: &record.doc_id, tenant: &record.tenant_id, is_doc: true };
         self.ctx.watch.completed(&subject, Instant::now(), 1);
-        let joined = RawPayload {
+        RawPayload {
             bytes: serde_json::to_vec(&ir).unwrap_or_default(),
             name: Some("ir-ready.json".into()),
             key: Some(record.doc_id.clone()),
             tenant: Some(record.tenant_id.clone()),
             ..payload
-        };
-        (joined, key, record.sha256)
+        }
     }
 
     /// Where a document stands at the gate, for its ledger row.
@@ -357,8 +352,7 @@ pub(crate) fn gate<'s>(
                     let mut session = output.session(&cap);
                     for batch in data {
                         for payload in batch.drain(..) {
-                            if let Some((joined, key, sha)) = state.downloaded(payload) {
-                                state.joined.entry(time).or_default().push((key, sha));
+                            if let Some(joined) = state.downloaded(time, payload) {
                                 session.give(joined);
                             }
                         }
@@ -369,8 +363,7 @@ pub(crate) fn gate<'s>(
                     let mut session = output.session(&cap);
                     for batch in data {
                         for payload in batch.drain(..) {
-                            if let Some((joined, key, sha)) = state.ir_ready(payload) {
-                                state.joined.entry(time).or_default().push((key, sha));
+                            if let Some(joined) = state.ir_ready(time, payload) {
                                 session.give(joined);
                             }
                         }
