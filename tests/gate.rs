@@ -726,3 +726,47 @@ fn cluster_case(over_kafka: bool) {
         assert_eq!(kafka::committed(&ir_topic, &format!("{ir_topic}-group.ir-ready"), 2), kafka::ends(&ir_topic, 2));
     }
 }
+
+/// `medkg pdf-parser` on bad input: a record that is not a downloaded
+/// record, one whose PDF is missing, one whose "PDF" is not a PDF. Each gets
+/// a failure file with its error, the good one is parsed, and it exits 0.
+#[test]
+fn gate_pdf_parser_fails_bad_records_one_by_one_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("downloaded"), dir.path().join("ir-ready"));
+    std::fs::create_dir_all(&input).unwrap();
+    let (good, junk) = (dir.path().join("good.pdf"), dir.path().join("junk.pdf"));
+    std::fs::write(&good, pdf_bytes()).unwrap();
+    std::fs::write(&junk, b"%PDF-1.4 but nothing else").unwrap();
+    let record = |doc: &str, sha: &str, path: &Path| {
+        serde_json::json!({ "doc_id": doc, "tenant_id": "default", "url": "http://x/p.pdf",
+            "sha256": sha, "bytes": 1, "path": path })
+        .to_string()
+    };
+    std::fs::write(input.join("a.json"), record("doi:good", "aa", &good)).unwrap();
+    std::fs::write(input.join("b.json"), record("doi:gone", "bb", &dir.path().join("missing.pdf"))).unwrap();
+    std::fs::write(input.join("c.json"), record("doi:junk", "cc", &junk)).unwrap();
+    std::fs::write(input.join("d.json"), "{\"doc_id\": 7").unwrap();
+    let out = medkg()
+        .args(["pdf-parser", "--once"])
+        .arg(format!("--input=dir:{}", input.display()))
+        .arg(format!("--output=dir:{}", output.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["parsed"].as_u64(), report["failed"].as_u64()), (Some(1), Some(3)), "{report}");
+    let ready = medkg_connectors::complete_json_files(&output);
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    let ready: Value = serde_json::from_slice(&std::fs::read(&ready[0]).unwrap()).unwrap();
+    assert_eq!((ready["doc_id"].as_str(), ready["sha256"].as_str()), (Some("doi:good"), Some("aa")));
+    let failures: Vec<Value> = std::fs::read_dir(output.join("failed"))
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    let mut kinds: Vec<&str> = failures.iter().map(|f| f["error_kind"].as_str().unwrap()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds.len(), 3, "{failures:?}");
+    assert!(kinds.contains(&"bad_downloaded") && kinds.contains(&"pdf_unreadable"), "{kinds:?}");
+    assert!(failures.iter().all(|f| !f["error"].as_str().unwrap().is_empty()), "{failures:?}");
+}
