@@ -93,6 +93,13 @@ enum Command {
         /// default: keep watching until SIGTERM.
         #[arg(long)]
         once: bool,
+        /// The object store the download stage writes (DATA_DIR/objects): PDFs are read only
+        /// from there, by their SHA-256.
+        #[arg(long, default_value = "data/objects")]
+        objects: PathBuf,
+        /// The largest PDF read.
+        #[arg(long, default_value_t = 64 << 20)]
+        max_pdf_bytes: u64,
         #[command(flatten)]
         kafka: KafkaArgs,
     },
@@ -377,12 +384,12 @@ fn main() -> ExitCode {
             options.ir_ready = ir_ready;
             run(options)
         }),
-        Command::PdfParser { input, output, once, kafka } => kafka
-            .brokers
-            .is_some()
-            .then(|| kafka.settings_or("medkg-pdf-parser"))
-            .transpose()
-            .and_then(|settings| pdf_parser::run(&input, &output, once, settings)),
+        Command::PdfParser { input, output, once, objects, max_pdf_bytes, kafka } => {
+            kafka.brokers.is_some().then(|| kafka.settings_or("medkg-pdf-parser")).transpose().and_then(|settings| {
+                let store = pdf_parser::Store::open(&objects, max_pdf_bytes)?;
+                pdf_parser::run(&input, &output, once, store, settings)
+            })
+        }
         Command::Ledger { data_dir, status, doc, limit, json } => {
             ledger(&data_dir, status.as_deref(), doc.as_deref(), limit, json)
         }
@@ -399,7 +406,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("medkg: error: {e:#}");
+            match e.downcast_ref::<ValidationErrors>() {
+                // Located errors say `FILE:LINE:COL: error: ...` themselves.
+                Some(errors) => eprintln!("{errors}"),
+                None => eprintln!("medkg: error: {e:#}"),
+            }
             ExitCode::from(2)
         }
     }
@@ -526,7 +537,7 @@ fn run_options(
     models: &ModelArgs,
     kafka: &KafkaArgs,
 ) -> anyhow::Result<RunOptions> {
-    let plan = load_plan(pipeline, resilience).map_err(|e| anyhow!("{e}"))?;
+    let plan = load_plan(pipeline, resilience).map_err(anyhow::Error::new)?;
     let (path, kafka) = if let Some(path) = source.strip_prefix("file:") {
         (PathBuf::from(path), None)
     } else if let Some(topic) = source.strip_prefix("kafka:") {
@@ -667,8 +678,9 @@ fn produce(kafka: &KafkaArgs, topic: &str, file: &Path, rate: Option<f64>) -> an
         }
         producer.poll(std::time::Duration::ZERO);
         sent += 1;
-        if let Some(rate) = rate.filter(|r| *r > 0.0) {
-            let due = std::time::Duration::from_secs_f64(sent as f64 / rate);
+        if let Some(rate) = rate.filter(|r| *r > 0.0 && r.is_finite()) {
+            // (A rate so small that the wait overflows a Duration waits "forever".)
+            let due = std::time::Duration::try_from_secs_f64(sent as f64 / rate).unwrap_or(std::time::Duration::MAX);
             if let Some(wait) = due.checked_sub(began.elapsed()) {
                 std::thread::sleep(wait);
             }

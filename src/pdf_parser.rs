@@ -4,7 +4,16 @@
 //! It reads downloaded records (`{"doc_id","tenant_id","url","sha256","bytes","path"}`)
 //! from a folder or a Kafka topic, extracts each PDF's text and sections
 //! into the document IR, and publishes an IR-ready record (`{"doc_id",
-//! "tenant_id","sha256","parser","ir"}`):
+//! "tenant_id","sha256","parser","ir"}`).
+//!
+//! A record is outside input, so it cannot make the parser read a file of
+//! its choosing: the PDF is read by its content address, `OBJECTS/ab/<sha256>.pdf`
+//! under the object store root (`--objects`, the engine's `DATA_DIR/objects`);
+//! the record's `path` is informational. The file must resolve (links
+//! followed) to a regular file under that root, be at most `--max-pdf-bytes`,
+//! and hash to the record's `sha256`. No error quotes the file's bytes.
+//!
+//! Results go:
 //!
 //! - to a folder as `{sha256}.json`, written to a temp name and renamed so a
 //!   reader never sees half a file; a PDF it cannot read gets
@@ -27,7 +36,7 @@ use medkg_connectors::dead_letter::DeadLetter;
 use medkg_connectors::kafka::{KafkaDeadLetters, KafkaJson, KafkaSettings};
 use medkg_connectors::Position;
 use medkg_operators::index::write_atomically;
-use medkg_operators::pdf::{extract, Downloaded, IrReady};
+use medkg_operators::pdf::{extract, sha256_hex, Downloaded, IrReady, ObjectStore};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -62,7 +71,58 @@ enum Outcome {
     Failed(String),
 }
 
-pub fn run(input: &str, output: &str, once: bool, kafka: Option<KafkaSettings>) -> anyhow::Result<()> {
+/// Where the PDFs are and how large one may be.
+pub struct Store {
+    /// The object store root, canonical.
+    root: PathBuf,
+    max_bytes: u64,
+}
+
+impl Store {
+    /// The store at `root` (created if missing), PDFs up to `max_bytes`.
+    pub fn open(root: &std::path::Path, max_bytes: u64) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(root).with_context(|| format!("--objects {}: cannot create it", root.display()))?;
+        let root = std::fs::canonicalize(root).with_context(|| format!("--objects {}", root.display()))?;
+        Ok(Store { root, max_bytes })
+    }
+
+    /// The PDF a record names, checked: `(error kind, message)` otherwise.
+    fn read(&self, record: &Downloaded) -> Result<Vec<u8>, (&'static str, String)> {
+        use std::io::Read;
+        let sha = &record.sha256;
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(("bad_downloaded", "`sha256` is not 64 lowercase hex digits".into()));
+        }
+        let path = ObjectStore::new(&self.root).path_of(sha);
+        let unreadable = |e: std::io::Error| ("pdf_unreadable", format!("cannot read the PDF {sha}: {e}"));
+        let real = std::fs::canonicalize(&path).map_err(unreadable)?;
+        if !real.starts_with(&self.root) {
+            return Err(("path_refused", format!("the stored PDF {sha} resolves outside the object store")));
+        }
+        let file = std::fs::File::open(&real).map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
+        if !meta.is_file() {
+            return Err(("path_refused", format!("the stored PDF {sha} is not a regular file")));
+        }
+        if meta.len() > self.max_bytes {
+            return Err((
+                "too_large",
+                format!("the PDF is {} bytes; the cap is {} (--max-pdf-bytes)", meta.len(), self.max_bytes),
+            ));
+        }
+        let mut pdf = Vec::with_capacity(meta.len() as usize);
+        file.take(self.max_bytes + 1).read_to_end(&mut pdf).map_err(unreadable)?;
+        if pdf.len() as u64 > self.max_bytes {
+            return Err(("too_large", format!("the PDF grew past the cap of {} bytes", self.max_bytes)));
+        }
+        if sha256_hex(&pdf) != *sha {
+            return Err(("sha_mismatch", format!("the stored file does not hash to the record's sha256 {sha}")));
+        }
+        Ok(pdf)
+    }
+}
+
+pub fn run(input: &str, output: &str, once: bool, store: Store, kafka: Option<KafkaSettings>) -> anyhow::Result<()> {
     let kafka_for = |spec: &str| kafka.clone().ok_or_else(|| anyhow!("`{spec}` needs --brokers HOST:PORT"));
     let mut input = if let Some(dir) = input.strip_prefix("dir:") {
         Input::Dir { dir: PathBuf::from(dir), seen: HashSet::new() }
@@ -100,7 +160,7 @@ pub fn run(input: &str, output: &str, once: bool, kafka: Option<KafkaSettings>) 
             busy = std::time::Instant::now();
         }
         for pending in batch {
-            match output.parse(&pending)? {
+            match output.parse(&pending, &store)? {
                 Outcome::Parsed => parsed += 1,
                 Outcome::Skipped => {}
                 Outcome::Failed(error) => {
@@ -204,7 +264,7 @@ impl Input {
 impl Output {
     /// Parses one downloaded record and publishes the result (IR or failure).
     /// `Err` only when the output itself refuses.
-    fn parse(&self, pending: &Pending) -> anyhow::Result<Outcome> {
+    fn parse(&self, pending: &Pending, store: &Store) -> anyhow::Result<Outcome> {
         let record: Downloaded = match serde_json::from_slice(&pending.bytes) {
             Ok(record) => record,
             Err(e) => {
@@ -219,11 +279,10 @@ impl Output {
                 return Ok(Outcome::Skipped);
             }
         }
-        let pdf = match std::fs::read(&record.path) {
+        let pdf = match store.read(&record) {
             Ok(pdf) => pdf,
-            Err(e) => {
-                let error = format!("cannot read the PDF {}: {e}", record.path);
-                self.fail(pending, Some(&record), &name, "pdf_unreadable", &error)?;
+            Err((kind, error)) => {
+                self.fail(pending, Some(&record), &name, kind, &error)?;
                 return Ok(Outcome::Failed(error));
             }
         };

@@ -92,6 +92,7 @@ fn parser_beside(data: &Path, output: &str) -> Child {
     medkg()
         .args(["pdf-parser", "--brokers", &kafka::brokers()])
         .arg(format!("--input=dir:{}", data.join("downloaded").display()))
+        .arg(format!("--objects={}", data.join("objects").display()))
         .arg(format!("--output={output}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -590,6 +591,7 @@ fn gate_over_kafka_downloads_parser_and_ir_ready_topics() {
         .args(["--kafka-option", "session.timeout.ms=2000", "--kafka-option", "heartbeat.interval.ms=200"])
         .arg(format!("--input=kafka:{downloaded}"))
         .arg(format!("--output=kafka:{ir}"))
+        .arg(format!("--objects={}", data.join("objects").display()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -727,46 +729,89 @@ fn cluster_case(over_kafka: bool) {
     }
 }
 
-/// `medkg pdf-parser` on bad input: a record that is not a downloaded
-/// record, one whose PDF is missing, one whose "PDF" is not a PDF. Each gets
-/// a failure file with its error, the good one is parsed, and it exits 0.
+/// `medkg pdf-parser` on bad and hostile input: a record that is not a
+/// downloaded record, one whose PDF is missing, one whose "PDF" is not a
+/// PDF, and records that try to make it read what it should not (a path
+/// outside the store, `/dev/zero`, a link out of the store, a file that
+/// does not hash to its record, one above the size cap). Each gets a
+/// failure file with its error (never the file's bytes), the good one is
+/// parsed, and it exits 0.
 #[test]
 fn gate_pdf_parser_fails_bad_records_one_by_one_and_goes_on() {
+    use medkg_operators::pdf::{sha256_hex, ObjectStore};
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (dir.path().join("downloaded"), dir.path().join("ir-ready"));
+    let objects = dir.path().join("objects");
     std::fs::create_dir_all(&input).unwrap();
-    let (good, junk) = (dir.path().join("good.pdf"), dir.path().join("junk.pdf"));
-    std::fs::write(&good, pdf_bytes()).unwrap();
-    std::fs::write(&junk, b"%PDF-1.4 but nothing else").unwrap();
+    let store = ObjectStore::new(&objects);
+    let (good_sha, good) = store.put(&pdf_bytes()).unwrap();
+    let junk_bytes = b"%PDF-1.4 but nothing else";
+    let (junk_sha, junk) = store.put(junk_bytes).unwrap();
+    // A secret outside the store, linked into it under a valid name.
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "root:$6$hash:secret-line\n").unwrap();
+    let secret_sha = sha256_hex(b"root:$6$hash:secret-line\n");
+    std::fs::create_dir_all(store.path_of(&secret_sha).parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&secret, store.path_of(&secret_sha)).unwrap();
+    // A stored file that does not hash to its name, and one above the cap.
+    let swapped_sha = sha256_hex(b"something else");
+    std::fs::create_dir_all(store.path_of(&swapped_sha).parent().unwrap()).unwrap();
+    std::fs::write(store.path_of(&swapped_sha), pdf_bytes()).unwrap();
+    let big_bytes = [b"%PDF-1.4 ".to_vec(), vec![b'x'; 3 << 20]].concat();
+    let (big_sha, _) = store.put(&big_bytes).unwrap();
     let record = |doc: &str, sha: &str, path: &Path| {
         serde_json::json!({ "doc_id": doc, "tenant_id": "default", "url": "http://x/p.pdf",
             "sha256": sha, "bytes": 1, "path": path })
         .to_string()
     };
-    std::fs::write(input.join("a.json"), record("doi:good", "aa", &good)).unwrap();
-    std::fs::write(input.join("b.json"), record("doi:gone", "bb", &dir.path().join("missing.pdf"))).unwrap();
-    std::fs::write(input.join("c.json"), record("doi:junk", "cc", &junk)).unwrap();
+    let missing_sha = sha256_hex(b"never stored");
+    std::fs::write(input.join("a.json"), record("doi:good", &good_sha, &good)).unwrap();
+    std::fs::write(input.join("b.json"), record("doi:gone", &missing_sha, &dir.path().join("missing.pdf"))).unwrap();
+    std::fs::write(input.join("c.json"), record("doi:junk", &junk_sha, &junk)).unwrap();
     std::fs::write(input.join("d.json"), "{\"doc_id\": 7").unwrap();
+    std::fs::write(input.join("e.json"), record("doi:shadow", "aa", Path::new("/etc/shadow"))).unwrap();
+    std::fs::write(input.join("f.json"), record("doi:zero", &good_sha.replace('a', "b"), Path::new("/dev/zero")))
+        .unwrap();
+    std::fs::write(input.join("g.json"), record("doi:link", &secret_sha, &secret)).unwrap();
+    std::fs::write(input.join("h.json"), record("doi:swapped", &swapped_sha, &good)).unwrap();
+    std::fs::write(input.join("i.json"), record("doi:big", &big_sha, &good)).unwrap();
     let out = medkg()
-        .args(["pdf-parser", "--once"])
+        .args(["pdf-parser", "--once", "--max-pdf-bytes", "2000000"])
         .arg(format!("--input=dir:{}", input.display()))
         .arg(format!("--output=dir:{}", output.display()))
+        .arg(format!("--objects={}", objects.display()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((report["parsed"].as_u64(), report["failed"].as_u64()), (Some(1), Some(3)), "{report}");
+    assert_eq!((report["parsed"].as_u64(), report["failed"].as_u64()), (Some(1), Some(8)), "{report}");
     let ready = medkg_connectors::complete_json_files(&output);
     assert_eq!(ready.len(), 1, "{ready:?}");
     let ready: Value = serde_json::from_slice(&std::fs::read(&ready[0]).unwrap()).unwrap();
-    assert_eq!((ready["doc_id"].as_str(), ready["sha256"].as_str()), (Some("doi:good"), Some("aa")));
+    assert_eq!((ready["doc_id"].as_str(), ready["sha256"].as_str()), (Some("doi:good"), Some(good_sha.as_str())));
     let failures: Vec<Value> = std::fs::read_dir(output.join("failed"))
         .unwrap()
         .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
         .collect();
-    let mut kinds: Vec<&str> = failures.iter().map(|f| f["error_kind"].as_str().unwrap()).collect();
-    kinds.sort_unstable();
-    assert_eq!(kinds.len(), 3, "{failures:?}");
-    assert!(kinds.contains(&"bad_downloaded") && kinds.contains(&"pdf_unreadable"), "{kinds:?}");
-    assert!(failures.iter().all(|f| !f["error"].as_str().unwrap().is_empty()), "{failures:?}");
+    let mut kinds: Vec<(String, String)> = failures
+        .iter()
+        .map(|f| (f["doc_id"].as_str().unwrap_or("-").to_string(), f["error_kind"].as_str().unwrap().to_string()))
+        .collect();
+    kinds.sort();
+    let expected = [
+        ("-", "bad_downloaded"),
+        ("doi:big", "too_large"),
+        ("doi:gone", "pdf_unreadable"),
+        ("doi:junk", "bad_pdf"),
+        ("doi:link", "path_refused"),
+        ("doi:shadow", "bad_downloaded"),
+        ("doi:swapped", "sha_mismatch"),
+        ("doi:zero", "pdf_unreadable"),
+    ];
+    let expected: Vec<(String, String)> = expected.iter().map(|(d, k)| (d.to_string(), k.to_string())).collect();
+    assert_eq!(kinds, expected, "{failures:?}");
+    for failure in &failures {
+        let error = failure["error"].as_str().unwrap();
+        assert!(!error.is_empty() && !error.contains("secret-line") && !error.contains("root:"), "{failure}");
+    }
 }

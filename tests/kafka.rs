@@ -362,3 +362,100 @@ fn the_events_producer_publishes_keyed_json_with_headers() {
         }
     }
 }
+
+/// A poison pill on a partition (an entity bomb, 50,000-deep nesting, a
+/// 70,000-byte tenant header) between good messages: the engine lives, all
+/// good messages become searchable, offsets reach the partition's end.
+/// The `tenant_id` header scopes a document's parsing, not only its events:
+/// the document is found in that tenant, and its tombstone deletes it.
+#[test]
+fn poison_pills_are_dead_lettered_and_header_tenants_reach_the_index() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let dir = tempfile::tempdir().unwrap();
+    let topic = topic("poison");
+    create_topic(&topic, 1);
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let send = |key: &str, value: Option<&str>, tenant: Option<&str>| {
+        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&topic).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        if let Some(t) = tenant {
+            record = record.headers(OwnedHeaders::new().insert(Header { key: "tenant_id", value: Some(t) }));
+        }
+        producer.send(record).unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    let mut laughs = String::from("<!DOCTYPE article [<!ENTITY l0 \"lollollollol\">");
+    for i in 1..10 {
+        laughs.push_str(&format!("<!ENTITY l{i} \"{}\">", format!("&l{};", i - 1).repeat(10)));
+    }
+    laughs.push_str("]><article><front><article-meta><article-id pub-id-type=\"pmc\">1</article-id></article-meta></front><body><p>&l9;</p></body></article>");
+    let deep = format!(
+        "<article><front><article-meta><article-id pub-id-type=\"pmc\">2</article-id></article-meta></front><body><p>{}x{}</p></body></article>",
+        "<i>".repeat(50_000),
+        "</i>".repeat(50_000)
+    );
+    let long_tenant = "t".repeat(70_000);
+    send("pmid:1", Some(r#"{"pmid": "1", "title": "Heparin in pregnancy", "abstract": "Heparin is safe."}"#), None);
+    send("bomb", Some(&laughs), None);
+    send("deep", Some(&deep), None);
+    send(
+        "pmid:3",
+        Some(r#"{"pmid": "3", "title": "Header tenant", "abstract": "Lithium levels matter."}"#),
+        Some(&long_tenant),
+    );
+    send(
+        "pmid:4",
+        Some(r#"{"pmid": "4", "title": "Acme lithium", "abstract": "Lithium levels matter."}"#),
+        Some("acme"),
+    );
+    send(
+        "pmid:5",
+        Some(r#"{"pmid": "5", "title": "Mismatch", "abstract": "Lithium.", "tenant_id": "other"}"#),
+        Some("acme"),
+    );
+    send("pmid:6", Some(r#"{"pmid": "6", "title": "Statins after infarction", "abstract": "Statins help."}"#), None);
+
+    let data = dir.path().join("data");
+    let group = format!("{topic}-group");
+    let mut child = engine(&topic, &group, &data);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while stats(&data) != Some((3, 3)) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            panic!("the engine exited ({status}): {}", String::from_utf8_lossy(&output.stderr));
+        }
+        if Instant::now() > deadline {
+            let index = stats(&data);
+            unsafe_kill(child.id(), 9);
+            let output = child.wait_with_output().unwrap();
+            panic!("index at {index:?}, expected (3, 3); engine stderr: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let hits = |tenant: &str| {
+        let output = medkg()
+            .args(["search", "--json", "--mode", "bm25", "-k", "5", "--tenant", tenant, "--data-dir"])
+            .arg(&data)
+            .arg("lithium heparin statins")
+            .output()
+            .unwrap();
+        let hits: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        hits.as_array().map(|a| a.iter().map(|h| h["doc_id"].as_str().unwrap().to_string()).collect::<Vec<_>>())
+    };
+    assert_eq!(hits("acme"), Some(vec!["pmid:4".to_string()]), "the header tenant is the document's tenant");
+    let mut default = hits("default").unwrap();
+    default.sort();
+    assert_eq!(default, ["pmid:1", "pmid:6"]);
+    // The tombstone, under the same header, deletes it.
+    send("pmid:4", None, Some("acme"));
+    wait_for(&data, (2, 2), Duration::from_secs(60));
+    assert_eq!(hits("acme"), Some(vec![]));
+    terminate(child);
+    assert_eq!(committed(&topic, &group, 1), ends(&topic, 1), "offsets reached the end");
+    let mut kinds: Vec<String> =
+        medkg_connectors::DeadLetterSink::read_all(&data).unwrap().into_iter().map(|l| l.error_kind).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["bad_tenant", "dtd_refused", "tenant_mismatch", "too_deep"]);
+}

@@ -70,7 +70,8 @@ fn classify(path: &Path) -> Option<(FileKind, bool)> {
 }
 
 impl FileSource {
-    /// Lists the files of `path` (a file or a directory, walked recursively).
+    /// Lists the files of `path` (a file or a directory, walked without
+    /// recursion; symbolic links inside it are skipped and reported).
     pub fn open(path: &Path) -> Result<FileSource, SourceError> {
         let meta =
             std::fs::metadata(path).map_err(|e| SourceError::new("not_found", format!("{}: {e}", path.display())))?;
@@ -86,7 +87,15 @@ impl FileSource {
                     let entry =
                         entry.map_err(|e| SourceError::new("read_failed", format!("{}: {e}", dir.display())))?;
                     let p = entry.path();
-                    if p.is_dir() {
+                    // Links are not followed: one inside the tree reads its
+                    // target twice (a `loop -> .` forever), one outside reads
+                    // what was never given. They are reported as skipped.
+                    let kind = entry
+                        .file_type()
+                        .map_err(|e| SourceError::new("read_failed", format!("{}: {e}", p.display())))?;
+                    if kind.is_symlink() {
+                        skipped.push(p);
+                    } else if kind.is_dir() {
                         stack.push(p);
                     } else {
                         all.push(p);

@@ -130,6 +130,11 @@ impl KafkaDeadLetters {
             .insert(Header { key: "stage", value: Some(letter.stage.as_bytes()) })
             .insert(Header { key: "source", value: Some(letter.source.as_bytes()) })
             .insert(Header { key: "source_position", value: Some(letter.position.as_bytes()) });
+        // The payload's bytes went with an earlier letter of the same record.
+        let headers = match &letter.bytes_at {
+            Some(at) => headers.insert(Header { key: "bytes_at", value: Some(at.as_bytes()) }),
+            None => headers,
+        };
         let mut record: BaseRecord<'_, str, [u8]> =
             BaseRecord::to(DLQ_TOPIC).payload(bytes.as_slice()).headers(headers);
         if let Some(key) = key {

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use medkg_connectors::dead_letter::MAX_LETTERS_PER_RECORD;
 use medkg_connectors::{DeadLetterSink, Position, RawPayload};
 use medkg_operators::index::{Backends, ShardWriter};
 use medkg_operators::{parse, ChunkedDocument, Document, StageError};
@@ -199,9 +200,11 @@ impl Ctx {
         fallback: &'a str,
     ) -> Subject<'a> {
         let id = named.or(payload.key.as_deref());
+        // Outside text (a Kafka key or header, a record's id field) goes into
+        // events, logs and the ledger: never more than an id's worth of it.
         Subject {
-            id: id.unwrap_or(fallback),
-            tenant: payload.tenant.as_deref().unwrap_or(&self.shared.options.tenant),
+            id: bounded(id.unwrap_or(fallback)),
+            tenant: bounded(payload.tenant.as_deref().unwrap_or(&self.shared.options.tenant)),
             is_doc: id.is_some(),
         }
     }
@@ -216,6 +219,22 @@ impl Ctx {
         attempts: u32,
         error: &StageError,
     ) {
+        self.fail_nth(payload, subject, began, attempts, error, 0);
+    }
+
+    /// [`Ctx::fail`] for the `nth` failure (from 0) of one payload that
+    /// holds several documents: only the first letter carries the payload's
+    /// bytes, and past [`MAX_LETTERS_PER_RECORD`] failures are counted and
+    /// reported but written as one letter at the end ([`Ctx::fail_rest`]).
+    pub fn fail_nth(
+        &self,
+        payload: &RawPayload,
+        subject: &Subject<'_>,
+        began: Option<Instant>,
+        attempts: u32,
+        error: &StageError,
+        nth: usize,
+    ) {
         let shared = &self.shared;
         shared.progress.failed.fetch_add(1, Ordering::Relaxed);
         let telemetry = &shared.telemetry;
@@ -225,11 +244,41 @@ impl Ctx {
             .with_label_values(&[telemetry.pipeline.as_str(), &self.watch.stage, error.kind.as_str()])
             .inc();
         self.watch.failed(subject, began, attempts, error);
+        if nth >= MAX_LETTERS_PER_RECORD {
+            return;
+        }
         let doc_id = subject.is_doc.then(|| subject.id.to_string());
-        if let Err(e) = dead_letter(&mut self.letters.borrow_mut(), &self.watch.stage, payload, doc_id, error) {
+        let letters = &mut self.letters.borrow_mut();
+        if let Err(e) = dead_letter(letters, &self.watch.stage, payload, doc_id, error, nth == 0) {
             shared.fail(e);
         }
     }
+
+    /// One letter for the failures of a payload past [`MAX_LETTERS_PER_RECORD`]
+    /// (`failed` of them in all), so none goes unrecorded.
+    pub fn fail_rest(&self, payload: &RawPayload, failed: usize) {
+        if failed <= MAX_LETTERS_PER_RECORD {
+            return;
+        }
+        let more = failed - MAX_LETTERS_PER_RECORD;
+        let error = StageError::permanent(
+            "more_failures",
+            format!("{more} more documents of this payload failed ({failed} in all); their events and ledger entries name each"),
+        );
+        let letters = &mut self.letters.borrow_mut();
+        if let Err(e) = dead_letter(letters, &self.watch.stage, payload, None, &error, false) {
+            self.shared.fail(e);
+        }
+    }
+}
+
+/// At most the first [`medkg_operators::MAX_ID_BYTES`] bytes of `text` (at a character boundary).
+fn bounded(text: &str) -> &str {
+    let mut end = text.len().min(medkg_operators::MAX_ID_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A stateless stage: `logic` turns each record into any number of
@@ -275,7 +324,9 @@ where
 fn tombstones<'s>(raw: StreamVec<'s, u64, RawPayload>, tenant: &str) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
     let tenant = tenant.to_string();
     map_records(raw, "tombstones", None, move |payload: RawPayload, emit| {
-        let (true, Some(doc_id)) = (payload.tombstone, payload.key.clone()) else { return };
+        let (true, Some(doc_id), Ok(())) = (payload.tombstone, payload.key.clone(), tombstone_ids(&payload)) else {
+            return; // (parse dead-letters a tombstone with a bad id or tenant)
+        };
         emit(Envelope {
             item: ChunkedDocument {
                 doc_id,
@@ -291,6 +342,13 @@ fn tombstones<'s>(raw: StreamVec<'s, u64, RawPayload>, tenant: &str) -> StreamVe
             delete: true,
         });
     })
+}
+
+/// Whether a tombstone's key and tenant header are a valid document and tenant id.
+fn tombstone_ids(payload: &RawPayload) -> Result<(), StageError> {
+    let key = payload.key.as_deref().unwrap_or_default();
+    medkg_operators::check_doc_id(key)?;
+    payload.tenant.as_deref().map_or(Ok(()), medkg_operators::check_tenant)
 }
 
 /// `ingest`: enforces the record size cap and passes payloads on.
@@ -327,11 +385,45 @@ fn parse_stage<'s>(
     let name = ctx.watch.stage.clone();
     map_records(input, &name, Some(ctx.watch.clone()), move |payload: RawPayload, emit| {
         if payload.tombstone {
-            return; // carried to the index by the tombstones stream
+            // Carried to the index by the tombstones stream, unless it cannot name a document.
+            if let Err(error) = tombstone_ids(&payload) {
+                let position = payload.position.to_string();
+                let record = ctx.subject_of(&payload, &position);
+                ctx.watch.started(&record);
+                ctx.fail(&payload, &record, None, 1, &error);
+            }
+            return;
         }
         // Events name documents: `started` goes out once the document's id is known.
         let began = Instant::now();
-        for result in parse::parse(&options, &payload.bytes, payload.name.as_deref()) {
+        // A tenant the transport names (a Kafka `tenant_id` header) is the
+        // documents' tenant; a record that names another is refused.
+        let results = match &payload.tenant {
+            None => parse::parse(&options, &payload.bytes, payload.name.as_deref()),
+            Some(tenant) => match medkg_operators::check_tenant(tenant) {
+                Err(error) => vec![Err(error)],
+                Ok(()) => {
+                    let options = parse::ParseOptions { default_tenant: tenant.clone(), ..options.clone() };
+                    let mut results = parse::parse(&options, &payload.bytes, payload.name.as_deref());
+                    for result in &mut results {
+                        if let Ok(doc) = result {
+                            if doc.tenant_id != *tenant {
+                                *result = Err(StageError::permanent(
+                                    "tenant_mismatch",
+                                    format!(
+                                        "document {} names tenant `{}` but its record's header says `{tenant}`",
+                                        doc.id, doc.tenant_id
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    results
+                }
+            },
+        };
+        let mut failed = 0usize;
+        for result in results {
             match result {
                 Ok(doc) => {
                     let subject = Subject { id: &doc.id, tenant: &doc.tenant_id, is_doc: true };
@@ -351,10 +443,12 @@ fn parse_stage<'s>(
                     let position = payload.position.to_string();
                     let record = ctx.subject_of(&payload, &position);
                     ctx.watch.started(&record);
-                    ctx.fail(&payload, &record, Some(began), 1, &error);
+                    ctx.fail_nth(&payload, &record, Some(began), 1, &error, failed);
+                    failed += 1;
                 }
             }
         }
+        ctx.fail_rest(&payload, failed);
     })
 }
 

@@ -264,7 +264,7 @@ pub(crate) fn feed(
     let mut epoch = 0u64;
     let mut in_epoch = 0u64;
     // Dead letters of durable epochs must be in their topic before the offsets move.
-    let flush = || dead_letters.borrow().flush().map_err(|e| anyhow!("{e}"));
+    let flush = || dead_letters.borrow_mut().flush().map_err(|e| anyhow!("{e}"));
     let commit_durable = |ir: &Option<crate::IrFeed>| -> anyhow::Result<()> {
         let frontier = crate::frontier_of(&committed);
         source.commit_durable(frontier, flush)?;

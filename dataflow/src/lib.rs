@@ -921,7 +921,7 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
     // every worker of every process, every downloaded record has arrived and
     // none waits (joined or timed out), or until stopped (they stay waiting,
     // durably, for the next run).
-    let flush = || dead_letters.borrow().flush().map_err(|e| anyhow!("{e}"));
+    let flush = || dead_letters.borrow_mut().flush().map_err(|e| anyhow!("{e}"));
     if let (Some(ir), Some(mut census)) = (&mut ir, census) {
         loop {
             ir.poll();
@@ -953,6 +953,7 @@ fn feed_file(worker: &mut timely::worker::Worker, shared: &Arc<Shared>, feed: Fe
         books.tick(&committed)?;
     }
     books.finish(&committed)?;
+    flush()?;
     if let Some(ir) = &ir {
         ir.commit_durable(u64::MAX, flush)?;
     }

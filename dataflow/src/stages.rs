@@ -233,15 +233,19 @@ fn in_stage(stage: &PlannedStage, error: String) -> String {
     format!("{}: stage `{}`: {error}", stage.location, stage.name)
 }
 
-/// Writes a dead letter for a payload that failed in `stage`. A dead letter
-/// that cannot be written is an unrecoverable error: the record would be lost.
+/// Writes a dead letter for a payload that failed in `stage`, with the
+/// payload's bytes unless an earlier letter of the same payload holds them
+/// (`with_bytes`). A dead letter that cannot be written is an unrecoverable
+/// error: the record would be lost.
 pub(crate) fn dead_letter(
     sink: &mut DeadLetterSink,
     stage: &str,
     payload: &RawPayload,
     doc_id: Option<String>,
     error: &StageError,
+    with_bytes: bool,
 ) -> Result<(), String> {
+    let bytes: &[u8] = if with_bytes { &payload.bytes } else { &[] };
     let letter = DeadLetter::new(
         stage,
         &payload.source,
@@ -250,7 +254,8 @@ pub(crate) fn dead_letter(
         error.class.as_str(),
         &error.kind,
         &error.message,
-        &payload.bytes,
+        bytes,
     );
+    let letter = if with_bytes { letter } else { letter.without_bytes() };
     sink.write(&letter).map_err(|e| format!("cannot write a dead letter to the data directory: {e}"))
 }

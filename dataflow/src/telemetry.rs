@@ -453,8 +453,23 @@ impl Observer for CallObserver {
     }
 }
 
+/// The most connections the metrics server holds open at once; more are
+/// closed as they arrive.
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send its request headers, and how long
+/// any one connection may stay open.
+pub const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Serves `/metrics` (and `/healthz`) on the run's tokio runtime until it
 /// shuts down. Binds before returning, so a busy port is reported at once.
+///
+/// A hostile client cannot starve the run: at most
+/// [`METRICS_MAX_CONNECTIONS`] connections are held (more are closed at
+/// once), headers must arrive within [`METRICS_HEADER_TIMEOUT`], every
+/// connection ends within a minute, and failing `accept`s (out of file
+/// descriptors) back off instead of spinning.
 pub fn serve_metrics(
     runtime: &tokio::runtime::Runtime,
     addr: SocketAddr,
@@ -470,11 +485,29 @@ pub fn serve_metrics(
     let bound = listener.local_addr()?;
     let _guard = runtime.enter();
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONNECTIONS));
     runtime.spawn(async move {
+        let mut backoff = Duration::from_millis(10);
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(10);
+                    stream
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics server: accept failed; backing off {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream); // at the limit: closed at once
+                continue;
+            };
             let (telemetry, progress) = (telemetry.clone(), progress.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                     let (telemetry, progress) = (telemetry.clone(), progress.clone());
                     async move {
@@ -494,7 +527,12 @@ pub fn serve_metrics(
                     }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(io, service);
+                let _ = tokio::time::timeout(METRICS_CONNECTION_LIFETIME, connection).await;
             });
         }
     });

@@ -110,6 +110,50 @@ impl Document {
     }
 }
 
+/// The longest document or tenant id accepted, in bytes (ids are index
+/// terms: tantivy refuses terms over 65,530 bytes, and a document it cannot
+/// index under its id could never be found, replaced or deleted).
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Checks a document id: 1 to [`MAX_ID_BYTES`] bytes, no whitespace or
+/// control characters (DOIs keep their punctuation).
+pub fn check_doc_id(id: &str) -> Result<(), crate::StageError> {
+    let shown = crate::error::shown(id);
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(crate::StageError::permanent(
+            "bad_id",
+            format!("document id of {} bytes: ids are 1 to {MAX_ID_BYTES} bytes ({shown})", id.len()),
+        ));
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(crate::StageError::permanent(
+            "bad_id",
+            format!("document id {shown} has whitespace or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a tenant id: 1 to [`MAX_ID_BYTES`] bytes of ASCII letters,
+/// digits and `.` `_` `-` `:` `@`.
+pub fn check_tenant(tenant: &str) -> Result<(), crate::StageError> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= MAX_ID_BYTES
+        && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::StageError::permanent(
+            "bad_tenant",
+            format!(
+                "tenant id {} ({} bytes) is not 1 to {MAX_ID_BYTES} bytes of letters, digits and . _ - : @",
+                crate::error::shown(tenant),
+                tenant.len()
+            ),
+        ))
+    }
+}
+
 /// One piece of a document, the unit that is indexed and retrieved.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Chunk {

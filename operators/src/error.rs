@@ -39,15 +39,43 @@ pub struct StageError {
     pub retry_after: Option<std::time::Duration>,
 }
 
+/// The longest message a [`StageError`] keeps: messages quote input (a bad
+/// id, a URL), and events, logs, the ledger and dead letters all carry them.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// `message`, cut at a character boundary to [`MAX_ERROR_MESSAGE`] bytes.
+fn bounded(message: impl Into<String>) -> String {
+    let mut message = message.into();
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
 impl StageError {
     /// A permanent failure of the input.
     pub fn permanent(kind: &str, message: impl Into<String>) -> Self {
-        StageError { class: ErrorClass::Permanent, kind: kind.to_string(), message: message.into(), retry_after: None }
+        StageError {
+            class: ErrorClass::Permanent,
+            kind: kind.to_string(),
+            message: bounded(message),
+            retry_after: None,
+        }
     }
 
     /// A failure that may pass if tried again (a timeout, a 503).
     pub fn transient(kind: &str, message: impl Into<String>) -> Self {
-        StageError { class: ErrorClass::Transient, kind: kind.to_string(), message: message.into(), retry_after: None }
+        StageError {
+            class: ErrorClass::Transient,
+            kind: kind.to_string(),
+            message: bounded(message),
+            retry_after: None,
+        }
     }
 
     /// The same error, asking the next attempt to wait at least `after`.
@@ -61,7 +89,7 @@ impl StageError {
         StageError {
             class: ErrorClass::Unavailable,
             kind: kind.to_string(),
-            message: message.into(),
+            message: bounded(message),
             retry_after: None,
         }
     }
@@ -70,5 +98,15 @@ impl StageError {
 impl fmt::Display for StageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({}): {}", self.kind, self.class.as_str(), self.message)
+    }
+}
+
+/// Outside text quoted in a message: debug-escaped, at most 64 characters.
+pub(crate) fn shown(text: &str) -> String {
+    let cut: String = text.chars().take(64).collect();
+    if cut.len() < text.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
     }
 }

@@ -5,21 +5,27 @@
 //! or a bare `http(s)://` line. The body replaces the record, so `parse`
 //! reads what the URL served (a CT.gov study, an efetch XML page...).
 //!
-//! Who may be called: with `allow_hosts` set, only those hosts (`*.x.org`
-//! matches subdomains). Loopback, private, link-local and unspecified
-//! addresses (and `localhost`) are refused unless they are listed, so a
-//! record cannot make medkg probe its own network. Every redirect is
-//! checked by the same rule. Bodies above `max_bytes` are refused while
+//! Who may be called (see [`medkg_topology::hosts`]): with `allow_hosts`
+//! set, only the hosts it names. Whatever the list, medkg connects only to
+//! public addresses, unless an address or CIDR range is listed: an IP
+//! literal in any spelling (`[::ffff:7f00:1]`, `2130706433`) is checked as
+//! the address it is, and a name is checked by every address it resolves
+//! to *when the connection is made* (a resolver of medkg's own), so a name
+//! that resolves to 127.0.0.1, or is rebound to it between two lookups,
+//! reaches nothing. Every redirect passes the same checks, and no proxy
+//! from the environment is used. Bodies above `max_bytes` are refused while
 //! they stream in.
 //!
 //! Failures carry their class: timeouts, connection errors, 408, 429 and
 //! 5xx are transient (the stage's policy retries them); other 4xx, refused
 //! hosts, bad URLs and oversized bodies are permanent.
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use medkg_topology::hosts::{self, AllowEntry};
 pub use reqwest::Url;
 
 use crate::StageError;
@@ -76,6 +82,9 @@ pub fn request_of(config: &FetchConfig, record: &[u8]) -> Result<FetchRequest, S
             serde_json::Value::Number(n) => Some(n.to_string()),
             _ => None,
         });
+        if let Some(id) = &id {
+            crate::check_doc_id(id)?;
+        }
         (url.to_string(), id)
     } else {
         (text.to_string(), None)
@@ -87,54 +96,116 @@ pub fn request_of(config: &FetchConfig, record: &[u8]) -> Result<FetchRequest, S
     Ok(FetchRequest { url, id })
 }
 
-/// Which hosts may be called.
+/// Which hosts and addresses may be called.
 #[derive(Clone, Debug, Default)]
 pub struct HostRules {
-    allow: Vec<String>,
+    allow: Vec<AllowEntry>,
 }
 
 impl HostRules {
-    /// Rules from an allowlist (empty: any public host).
-    pub fn new(allow: &[String]) -> HostRules {
-        HostRules { allow: allow.iter().map(|h| h.trim().to_ascii_lowercase()).collect() }
+    /// Rules from an allowlist (empty: any public host); entries are
+    /// checked as `validate` checks them.
+    pub fn new(allow: &[String]) -> Result<HostRules, StageError> {
+        let allow = allow
+            .iter()
+            .map(|entry| AllowEntry::parse(entry))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StageError::unavailable("bad_config", e))?;
+        Ok(HostRules { allow })
     }
 
-    /// Why `url` may not be called, if it may not.
+    /// Why `url` may not be called, if it may not (from its host as written;
+    /// the addresses a name resolves to are checked by [`HostRules::address_refusal`]).
     pub fn refusal(&self, url: &Url) -> Option<String> {
-        let Some(host) = url.host_str() else {
-            return Some(format!("`{url}` has no host"));
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        let listed = self.allow.iter().any(|a| match a.strip_prefix("*.") {
-            Some(domain) => host.ends_with(&format!(".{domain}")),
-            None => *a == host,
-        });
-        if listed {
+        match url.host() {
+            None => Some(format!("`{url}` has no host")),
+            Some(url::Host::Ipv4(v4)) => self.literal_refusal(IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => self.literal_refusal(IpAddr::V6(v6)),
+            Some(url::Host::Domain(name)) => {
+                let name = name.to_ascii_lowercase();
+                let name = name.strip_suffix('.').unwrap_or(&name);
+                let listed = self.allow.is_empty() || self.allow.iter().any(|a| a.matches_name(name));
+                (!listed).then(|| format!("host `{name}` is not in allow_hosts"))
+            }
+        }
+    }
+
+    /// Why `ip` (an address `host` is, or resolved to) may not be connected
+    /// to: it is not public and no listed range holds it, or the list names
+    /// hosts and this address is not among them.
+    pub fn address_refusal(&self, host: &str, ip: IpAddr) -> Option<String> {
+        let ip = hosts::canonical(ip);
+        if self.allow.iter().any(|a| a.contains(ip)) {
             return None;
         }
-        if !self.allow.is_empty() {
-            return Some(format!("host `{host}` is not in allow_hosts"));
+        if !hosts::is_public(ip) {
+            return Some(format!(
+                "host `{host}` is {ip}, a loopback, private or reserved address; list the address or its range in allow_hosts to call it"
+            ));
         }
-        let internal = host == "localhost"
-            || host.ends_with(".localhost")
-            || host.parse::<IpAddr>().is_ok_and(|ip| match ip {
-                IpAddr::V4(v4) => {
-                    v4.is_loopback()
-                        || v4.is_private()
-                        || v4.is_link_local()
-                        || v4.is_unspecified()
-                        || v4.is_broadcast()
-                }
-                IpAddr::V6(v6) => {
-                    v6.is_loopback()
-                        || v6.is_unspecified()
-                        || (v6.segments()[0] & 0xfe00) == 0xfc00
-                        || (v6.segments()[0] & 0xffc0) == 0xfe80
-                }
-            });
-        internal.then(|| format!("host `{host}` is loopback or private; list it in allow_hosts to call it"))
+        None
+    }
+
+    /// Why an address written as a URL's host may not be called: it must
+    /// be listed (when the list is not empty) and public or in a listed range.
+    fn literal_refusal(&self, ip: IpAddr) -> Option<String> {
+        let ip = hosts::canonical(ip);
+        if !self.allow.is_empty() && !self.allow.iter().any(|a| a.contains(ip)) {
+            return Some(format!("host `{ip}` is not in allow_hosts"));
+        }
+        self.address_refusal(&ip.to_string(), ip)
     }
 }
+
+/// Resolves names for the HTTP client and keeps only the addresses the
+/// rules allow, at connect time: what DNS answers then is what is checked.
+struct CheckedResolver {
+    rules: Arc<HostRules>,
+    /// Fixed answers for some names, checked like any others (tests).
+    fixed: Arc<HashMap<String, Vec<IpAddr>>>,
+}
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (rules, fixed) = (self.rules.clone(), self.fixed.clone());
+        let host = name.as_str().to_ascii_lowercase();
+        Box::pin(async move {
+            let found: Vec<IpAddr> = match fixed.get(host.trim_end_matches('.')) {
+                Some(ips) => ips.clone(),
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.map(|a| a.ip()).collect(),
+            };
+            let mut refused = None;
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|ip| match rules.address_refusal(&host, *ip) {
+                    Some(why) => {
+                        refused.get_or_insert(why);
+                        false
+                    }
+                    None => true,
+                })
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
+            if allowed.is_empty() {
+                let why = refused.unwrap_or_else(|| format!("host `{host}` resolves to no address"));
+                return Err(Box::new(Refused(why)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A connection the rules refused (found in a request error's causes).
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// What a GET brought back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,7 +229,13 @@ pub struct Fetcher {
 impl Fetcher {
     /// A client for `config` (timeouts come from the stage's policy).
     pub fn new(config: &FetchConfig) -> Result<Fetcher, StageError> {
-        let rules = Arc::new(HostRules::new(&config.allow_hosts));
+        Fetcher::with_fixed_hosts(config, HashMap::new())
+    }
+
+    /// A client whose resolver answers `fixed` names with the given
+    /// addresses (like `/etc/hosts` entries), checked like any others.
+    pub fn with_fixed_hosts(config: &FetchConfig, fixed: HashMap<String, Vec<IpAddr>>) -> Result<Fetcher, StageError> {
+        let rules = Arc::new(HostRules::new(&config.allow_hosts)?);
         let check = rules.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= 10 {
@@ -169,8 +246,11 @@ impl Fetcher {
                 attempt.follow()
             }
         });
+        let resolver = CheckedResolver { rules: rules.clone(), fixed: Arc::new(fixed) };
         let client = reqwest::Client::builder()
             .redirect(redirects)
+            .dns_resolver(Arc::new(resolver))
+            .no_proxy()
             .user_agent(concat!("medkg/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -243,7 +323,10 @@ fn request_error(url: &Url, e: &reqwest::Error) -> StageError {
         message.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    if e.is_redirect() {
+    let refused = std::iter::successors(std::error::Error::source(e), |c| c.source()).any(|c| c.is::<Refused>());
+    if refused {
+        StageError::permanent("host_refused", message)
+    } else if e.is_redirect() {
         StageError::permanent("redirect_refused", message)
     } else if e.is_timeout() {
         StageError::transient("timeout", message)
@@ -307,24 +390,98 @@ mod tests {
     }
 
     #[test]
-    fn internal_hosts_need_the_allowlist() {
-        let open = HostRules::new(&[]);
+    fn internal_addresses_in_every_spelling_are_refused() {
+        let open = HostRules::new(&[]).unwrap();
         for internal in [
             "http://127.0.0.1:8080/",
-            "http://localhost/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://127.1/",
             "http://10.1.2.3/",
             "http://192.168.0.1/",
+            "http://100.64.1.1/",
             "http://169.254.169.254/latest/meta-data",
             "http://[::1]/",
             "http://0.0.0.0/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:7f00:1]/",
+            "http://[0:0:0:0:0:ffff:127.0.0.1]/",
+            "http://[::ffff:0.0.0.0]/",
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[fe80::1]/",
+            "http://[fd00::1]/",
+            "http://224.0.0.1/",
         ] {
-            assert!(open.refusal(&url(internal)).is_some(), "{internal}");
+            assert!(open.refusal(&url(internal)).is_some(), "{internal} was allowed");
         }
+        // Names are checked by what they resolve to, at connect time.
+        assert_eq!(open.refusal(&url("http://localhost/")), None);
         assert_eq!(open.refusal(&url("https://eutils.ncbi.nlm.nih.gov/x")), None);
-        let listed = HostRules::new(&["127.0.0.1".into(), "*.nih.gov".into()]);
+        assert_eq!(open.refusal(&url("http://8.8.8.8/")), None);
+    }
+
+    #[test]
+    fn listed_names_never_open_private_addresses_and_listed_ranges_do() {
+        let listed = HostRules::new(&["127.0.0.1".into(), "*.nih.gov".into(), "intranet.example".into()]).unwrap();
         assert_eq!(listed.refusal(&url("http://127.0.0.1:9/")), None);
+        assert_eq!(listed.refusal(&url("http://[::ffff:127.0.0.1]:9/")), None);
+        assert!(listed.refusal(&url("http://127.0.0.2/")).is_some(), "not listed");
         assert_eq!(listed.refusal(&url("https://eutils.ncbi.nlm.nih.gov/x")), None);
         assert!(listed.refusal(&url("https://example.org/")).is_some());
         assert!(listed.refusal(&url("https://nih.gov.evil.org/")).is_some());
+        assert!(listed.refusal(&url("http://8.8.8.8/")).is_some(), "a public address not listed");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A listed name resolving to a private address: refused, unless that address is listed.
+        assert!(listed.address_refusal("intranet.example", ip("10.0.0.5")).is_some());
+        assert_eq!(listed.address_refusal("intranet.example", ip("127.0.0.1")), None);
+        assert_eq!(listed.address_refusal("eutils.ncbi.nlm.nih.gov", ip("130.14.29.110")), None);
+        let ranged = HostRules::new(&["10.0.0.0/8".into()]).unwrap();
+        assert_eq!(ranged.refusal(&url("http://10.9.8.7/")), None);
+        for bad in ["*", "", "https://example.org", "*.0.0.1"] {
+            assert_eq!(HostRules::new(&[bad.into()]).unwrap_err().kind, "bad_config", "{bad:?}");
+        }
+    }
+
+    /// A one-shot HTTP server on 127.0.0.1 that answers `body` to anything.
+    fn serve_once(body: &'static str) -> std::net::SocketAddr {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let reply =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn names_resolving_to_private_addresses_are_refused_at_connect_time() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let addr = serve_once("secret");
+        let fixed: HashMap<String, Vec<IpAddr>> = [
+            ("rebind.test".to_string(), vec![addr.ip()]),
+            ("mapped.test".to_string(), vec!["::ffff:127.0.0.1".parse().unwrap()]),
+        ]
+        .into();
+        let config =
+            FetchConfig { allow_hosts: vec!["rebind.test".into(), "mapped.test".into()], ..Default::default() };
+        let fetcher = Fetcher::with_fixed_hosts(&config, fixed.clone()).unwrap();
+        for host in ["rebind.test", "mapped.test", "localhost"] {
+            let target = url(&format!("http://{host}:{}/", addr.port()));
+            let error = rt.block_on(fetcher.get(&target)).unwrap_err();
+            assert_eq!(error.kind, "host_refused", "{host}: {error}");
+            assert_eq!(error.class, crate::ErrorClass::Permanent);
+        }
+        // Listing the address (not the name) is what opens it.
+        let config = FetchConfig { allow_hosts: vec!["rebind.test".into(), "127.0.0.1".into()], ..Default::default() };
+        let fetcher = Fetcher::with_fixed_hosts(&config, fixed).unwrap();
+        let fetched = rt.block_on(fetcher.get(&url(&format!("http://rebind.test:{}/", addr.port())))).unwrap();
+        assert_eq!(fetched.body, b"secret");
     }
 }

@@ -29,5 +29,8 @@ pub mod resilience;
 pub mod retrieve;
 
 pub use chunk::{ChunkConfig, Chunker, SplitBy};
-pub use document::{doc_key, stable_hash, Chunk, ChunkedDocument, Document, Section, SourceKind, IR_VERSION};
-pub use error::{ErrorClass, StageError};
+pub use document::{
+    check_doc_id, check_tenant, doc_key, stable_hash, Chunk, ChunkedDocument, Document, Section, SourceKind,
+    IR_VERSION, MAX_ID_BYTES,
+};
+pub use error::{ErrorClass, StageError, MAX_ERROR_MESSAGE};

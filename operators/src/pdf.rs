@@ -133,6 +133,10 @@ impl IrReady {
         if ready.doc_id.trim().is_empty() {
             return Err(StageError::permanent("missing_id", "IR-ready record without doc_id"));
         }
+        crate::check_doc_id(&ready.doc_id)?;
+        if let Some(tenant) = &ready.tenant_id {
+            crate::check_tenant(tenant)?;
+        }
         if ready.ir.is_none() == ready.tei.is_none() {
             return Err(StageError::permanent(
                 "bad_ir_ready",

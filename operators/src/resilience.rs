@@ -11,9 +11,13 @@
 //!    is a [`ErrorClass::Transient`] `timeout`;
 //! 4. a transient failure is **retried** (`backon`) after the policy's delay
 //!    (exponential, linear or constant, capped by `max_delay`, optionally
-//!    jittered, and never shorter than a `Retry-After` the error carries),
-//!    up to `max_retries` times. Permanent and unavailable
-//!    failures are never retried.
+//!    jittered, and never shorter than a `Retry-After` the error carries,
+//!    though a `Retry-After` never stretches a delay past `max_delay`), up
+//!    to `max_retries` times. Permanent and unavailable failures are never
+//!    retried;
+//! 5. the whole call, retries and delays included, ends by the policy's
+//!    `deadline` (when it has one) as a transient `deadline` failure that
+//!    is not retried: no server can park a document for longer.
 //!
 //! The breaker counts transient and unavailable failures only: a 404 says
 //! the service is up. It opens after `failure_threshold` of them in a row,
@@ -143,14 +147,37 @@ impl Resilience {
         // Taken by one attempt at a time; the future is built only once the
         // attempt is admitted. (Sync types: the call may run on any runtime thread.)
         let operation = Mutex::new(operation);
-        let result = (|| self.attempt(observer, &attempts, &operation))
+        let max_delay = self.policy.max_delay;
+        let retried = (|| self.attempt(observer, &attempts, &operation))
             .retry(delays(&self.policy, self.policy.jitter).into_iter())
             .sleep(tokio::time::sleep)
             .when(|e: &StageError| e.class == ErrorClass::Transient)
-            // A server's Retry-After is a floor under the policy's delay.
-            .adjust(|e: &StageError, delay| delay.map(|d| e.retry_after.map_or(d, |after| after.max(d))))
-            .notify(|e: &StageError, delay| observer.retrying(attempts.load(Ordering::SeqCst), e, delay))
-            .await;
+            // A server's Retry-After is a floor under the policy's delay, and
+            // the policy's max_delay a ceiling over both.
+            .adjust(move |e: &StageError, delay| {
+                delay.map(|d| {
+                    let asked = e.retry_after.map_or(d, |after| after.max(d));
+                    if max_delay.is_zero() {
+                        asked
+                    } else {
+                        asked.min(max_delay.max(d))
+                    }
+                })
+            })
+            .notify(|e: &StageError, delay| observer.retrying(attempts.load(Ordering::SeqCst), e, delay));
+        let result = match self.policy.deadline {
+            None => retried.await,
+            Some(deadline) => tokio::time::timeout(deadline, retried).await.unwrap_or_else(|_| {
+                Err(StageError::transient(
+                    "deadline",
+                    format!(
+                        "not done within the deadline of {deadline:?} (policy `{}`, {} attempts)",
+                        self.policy.name,
+                        attempts.load(Ordering::SeqCst)
+                    ),
+                ))
+            }),
+        };
         Outcome { result, attempts: attempts.load(Ordering::SeqCst) }
     }
 
@@ -329,6 +356,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             circuit_breaker: None,
             rate_limit: None,
+            deadline: None,
         }
     }
 
@@ -405,7 +433,37 @@ mod tests {
                 }
             }));
         assert_eq!((outcome.result, outcome.attempts), (Ok(()), 2));
-        assert_eq!(log.retries.lock().unwrap()[0].2, Duration::from_millis(120));
+        // Asked for 120 ms; the policy's max_delay (25 ms) is the ceiling.
+        assert_eq!(log.retries.lock().unwrap()[0].2, Duration::from_millis(25));
+        let mut p = policy(1, Backoff::Constant);
+        p.max_delay = Duration::from_millis(500);
+        let resilience = Resilience::new(&p);
+        let log = Log::default();
+        let outcome =
+            rt.block_on(resilience.call(&log, |n| async move {
+                match n {
+                    1 => Err(StageError::transient("http_429", "slow down")
+                        .with_retry_after(Some(Duration::from_secs(3600)))),
+                    _ => Ok(()),
+                }
+            }));
+        assert_eq!(outcome.result, Ok(()));
+        assert_eq!(log.retries.lock().unwrap()[0].2, Duration::from_millis(500), "an hour's Retry-After, capped");
+    }
+
+    #[test]
+    fn the_deadline_ends_a_call_and_its_retries() {
+        let rt = runtime();
+        let mut p = policy(100, Backoff::Constant);
+        p.deadline = Some(Duration::from_millis(150));
+        let resilience = Resilience::new(&p);
+        let began = Instant::now();
+        let outcome: Outcome<()> =
+            rt.block_on(resilience.call(&Silent, |_| async { Err(StageError::transient("http_503", "busy")) }));
+        let error = outcome.result.unwrap_err();
+        assert_eq!((error.kind.as_str(), error.class), ("deadline", ErrorClass::Transient));
+        assert!(outcome.attempts >= 2 && outcome.attempts < 100, "{} attempts", outcome.attempts);
+        assert!(began.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

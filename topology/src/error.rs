@@ -84,9 +84,19 @@ pub(crate) fn yaml_error(file: &str, error: &serde_saphyr::Error) -> ValidationE
         line: 0,
         column: 0,
     });
-    // serde-saphyr renders the location into its message as well; keep the
-    // first line, which is the message proper.
+    ValidationErrors(vec![TopologyError { location, name: None, message: yaml_message(error) }])
+}
+
+/// serde-saphyr's message without what the location already says: it
+/// renders `error: line L column C: ` into its text, and more lines after.
+pub(crate) fn yaml_message(error: &serde_saphyr::Error) -> String {
     let text = error.to_string();
-    let message = text.lines().next().unwrap_or("invalid YAML").to_string();
-    ValidationErrors(vec![TopologyError { location, name: None, message }])
+    let first = text.lines().next().unwrap_or("invalid YAML");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let without_place = first
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+        .filter(|(place, _)| place.contains(" column "))
+        .map_or(first, |(_, message)| message);
+    without_place.to_string()
 }

@@ -47,6 +47,8 @@ pub enum ValueKind {
     ListOf(&'static [&'static str]),
     /// A duration such as `500ms`, `30s`, `5m`.
     Duration,
+    /// A list of `allow_hosts` entries ([`crate::hosts::AllowEntry`]).
+    Hosts,
 }
 
 impl ValueKind {
@@ -98,6 +100,18 @@ impl ValueKind {
                             ))
                         }
                     }
+                }
+                Ok(())
+            }
+            ValueKind::Hosts => {
+                let Some(items) = value.as_array() else {
+                    return Err(format!("expected a list of hosts, found {}", describe(value)));
+                };
+                for item in items {
+                    let Some(entry) = item.as_str() else {
+                        return Err(format!("expected host names, found {}", describe(item)));
+                    };
+                    crate::hosts::AllowEntry::parse(entry)?;
                 }
                 Ok(())
             }
@@ -228,7 +242,7 @@ impl StageKind {
                     key("url_field", Text),
                     key("id_field", Text),
                     key("max_bytes", PositiveInt),
-                    key("allow_hosts", ListOf(&[])),
+                    key("allow_hosts", Hosts),
                     key("max_in_flight", PositiveInt),
                 ];
                 K
@@ -238,7 +252,7 @@ impl StageKind {
                     key("url_field", Text),
                     key("id_field", Text),
                     key("max_bytes", PositiveInt),
-                    key("allow_hosts", ListOf(&[])),
+                    key("allow_hosts", Hosts),
                     key("max_in_flight", PositiveInt),
                     key("output", Text),
                 ];

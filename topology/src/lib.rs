@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod hosts;
 mod kinds;
 mod plan;
 mod policy;
@@ -63,5 +64,6 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     if !seconds.is_finite() || seconds < 0.0 {
         return None;
     }
-    Some(std::time::Duration::from_secs_f64(seconds))
+    // (A value too large for a Duration is not one: `1e300d`.)
+    std::time::Duration::try_from_secs_f64(seconds).ok()
 }

@@ -103,7 +103,11 @@ impl Plan {
 
     /// Validates a topology's text; `file` names it in errors.
     pub fn from_yaml_str(file: &str, text: &str, policies: &Policies) -> Result<Plan, ValidationErrors> {
-        let raw: RawTopology = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))?;
+        let raw: RawTopology = serde_saphyr::from_str(text).map_err(|e| {
+            // serde stops at the first shape error: sweep the file for the
+            // rest, so a user fixes it in one pass.
+            crate::raw::shape_errors(file, text).unwrap_or_else(|| yaml_error(file, &e))
+        })?;
         let mut errors = Errors::default();
         let at = |l: &serde_saphyr::Location| Location::new(file, l);
 

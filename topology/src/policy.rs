@@ -44,6 +44,9 @@ pub struct Policy {
     pub circuit_breaker: Option<(u32, Duration, u32)>,
     /// Rate limit: (requests per second, burst).
     pub rate_limit: Option<(f64, u32)>,
+    /// The longest one call may take, retries and their delays included
+    /// (`None`: bounded by the retries, timeouts and `max_delay` alone).
+    pub deadline: Option<Duration>,
 }
 
 /// All named policies of a resilience file.
@@ -69,6 +72,8 @@ struct RawPolicy {
     circuit_breaker: Option<RawBreaker>,
     #[serde(default)]
     rate_limit: Option<RawRate>,
+    #[serde(default)]
+    deadline: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +150,7 @@ impl Policies {
             let at = |l: &serde_saphyr::Location| Location::new(file, l);
             let policy_raw = &raw.value;
             let timeout = duration(&mut errors, file, &name, &policy_raw.timeout, "timeout");
+            let deadline = policy_raw.deadline.as_ref().map(|d| duration(&mut errors, file, &name, d, "deadline"));
             let (max_retries, backoff, initial_delay, max_delay, jitter) = match &policy_raw.retries {
                 None => (0, Backoff::Constant, Duration::ZERO, Duration::ZERO, false),
                 Some(r) => {
@@ -209,6 +215,7 @@ impl Policies {
                     timeout,
                     circuit_breaker,
                     rate_limit,
+                    deadline,
                 },
             );
         }

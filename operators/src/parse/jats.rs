@@ -86,26 +86,25 @@ pub(crate) fn parse(text: &str, options: &ParseOptions) -> Result<Document, Stag
 }
 
 /// A `<sec>` and its nested sections, each as its own section named by its
-/// title path ("Methods / Study design").
+/// title path ("Methods / Study design"), in document order. Iterative:
+/// nesting costs heap, not stack.
 fn collect_sections(sec: Node<'_, '_>, parent: &str, out: &mut Vec<(String, String)>) {
-    let title = child(sec, "title").map(|t| text_of(t, &[])).unwrap_or_default();
-    let name = match (parent.is_empty(), title.is_empty()) {
-        (true, _) => {
-            if title.is_empty() {
-                "section".to_string()
-            } else {
-                title
-            }
+    let mut stack = vec![(sec, parent.to_string())];
+    while let Some((sec, parent)) = stack.pop() {
+        let title = child(sec, "title").map(|t| text_of(t, &[])).unwrap_or_default();
+        let name = match (parent.is_empty(), title.is_empty()) {
+            (true, true) => "section".to_string(),
+            (true, false) => title,
+            (false, true) => parent,
+            (false, false) => format!("{parent} / {title}"),
+        };
+        let text = direct_paragraphs(sec);
+        if !text.is_empty() {
+            out.push((name.clone(), text));
         }
-        (false, true) => parent.to_string(),
-        (false, false) => format!("{parent} / {title}"),
-    };
-    let text = direct_paragraphs(sec);
-    if !text.is_empty() {
-        out.push((name.clone(), text));
-    }
-    for nested in children(sec, "sec") {
-        collect_sections(nested, &name, out);
+        let at = stack.len();
+        stack.extend(children(sec, "sec").map(|nested| (nested, name.clone())));
+        stack[at..].reverse();
     }
 }
 

@@ -80,7 +80,27 @@ impl Default for ParseOptions {
 }
 
 /// Parses one payload; `name` (a file name, when there is one) helps sniffing.
+///
+/// Never panics: a parser that would (a bug, not an input's fault) is
+/// caught here and its payload fails as `internal_error`. Every document
+/// returned has a valid id and tenant ([`crate::check_doc_id`],
+/// [`crate::check_tenant`]) and some text.
 pub fn parse(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> Vec<Result<Document, StageError>> {
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_unchecked(options, bytes, name)));
+    match parsed {
+        Ok(results) => results,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            vec![Err(StageError::permanent("internal_error", format!("the parser failed on this payload: {what}")))]
+        }
+    }
+}
+
+fn parse_unchecked(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> Vec<Result<Document, StageError>> {
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
         Err(e) => {
@@ -152,11 +172,17 @@ pub fn parse(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> Vec<Re
     // where the original bytes still go to the dead letter.
     results
         .into_iter()
-        .map(|r| match r {
-            Ok(doc) if doc.sections.is_empty() => {
-                Err(StageError::permanent("empty_document", format!("document {} has no title and no text", doc.id)))
+        .map(|r| {
+            let doc = r?;
+            crate::check_doc_id(&doc.id)?;
+            crate::check_tenant(&doc.tenant_id)?;
+            if doc.sections.is_empty() {
+                return Err(StageError::permanent(
+                    "empty_document",
+                    format!("document {} has no title and no text", doc.id),
+                ));
             }
-            other => other,
+            Ok(doc)
         })
         .collect()
 }

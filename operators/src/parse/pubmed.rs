@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use roxmltree::Node;
 
-use super::xml::{child, children, parse_xml, path, text_of};
+use super::xml::{child, children, parse_xml, path, refuse_dtd, text_of};
 use super::{json_list, json_str, normalize, tenant_of, too_large, ParseOptions};
 use crate::{Document, SourceKind, StageError};
 
@@ -37,6 +37,10 @@ pub(crate) fn from_json(record: &serde_json::Value, options: &ParseOptions) -> R
 /// file of 30,000 articles never becomes one giant tree and one broken
 /// article costs only itself.
 pub(crate) fn parse_set(text: &str, options: &ParseOptions) -> Vec<Result<Document, StageError>> {
+    // A DTD of the whole set would reach every article: refuse it once, for all.
+    if let Err(e) = refuse_dtd(text) {
+        return vec![Err(e)];
+    }
     let mut results = Vec::new();
     let mut rest = text;
     let mut index = 0usize;

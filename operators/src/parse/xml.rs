@@ -1,14 +1,84 @@
-//! Small helpers over roxmltree shared by the XML parsers.
+//! Small helpers over roxmltree shared by the XML parsers, and the rules
+//! that keep hostile XML from costing more than its own bytes.
+//!
+//! - **No DTD processing.** A DOCTYPE that only names an external DTD
+//!   (PubMed, JATS and TEI files carry one) is allowed and never fetched;
+//!   a DOCTYPE with an internal subset (`[...]`) or any `<!ENTITY` is
+//!   refused (`dtd_refused`), so no entity can expand ("billion laughs").
+//!   Without entities, the text of a tree is never longer than its input.
+//! - **Bounded trees.** At most [`MAX_NODES`] nodes and [`MAX_DEPTH`]
+//!   levels of nesting (`too_deep`); every walk over a tree here is
+//!   iterative, so no input can overflow a worker's stack.
 
 use roxmltree::{Document as XmlDocument, Node, ParsingOptions};
 
 use crate::StageError;
 
-/// Parses XML, allowing (but never fetching) a DOCTYPE.
+/// The deepest element nesting accepted (real JATS nests a few dozen levels).
+pub const MAX_DEPTH: usize = 256;
+
+/// The most nodes (elements, text, comments) one XML document may have.
+pub const MAX_NODES: u32 = 1_000_000;
+
+/// Parses XML: an external DOCTYPE is allowed (and never fetched), DTD
+/// processing is not; the tree is bounded in size and depth.
 pub(crate) fn parse_xml(text: &str) -> Result<XmlDocument<'_>, StageError> {
-    let options = ParsingOptions { allow_dtd: true, ..ParsingOptions::default() };
-    XmlDocument::parse_with_options(text, options)
-        .map_err(|e| StageError::permanent("bad_xml", format!("XML does not parse: {e}")))
+    refuse_dtd(text)?;
+    let options = ParsingOptions { allow_dtd: true, nodes_limit: MAX_NODES, ..ParsingOptions::default() };
+    let xml = XmlDocument::parse_with_options(text, options).map_err(|e| match e {
+        roxmltree::Error::NodesLimitReached => {
+            StageError::permanent("too_large", format!("XML has more than {MAX_NODES} nodes"))
+        }
+        e => StageError::permanent("bad_xml", format!("XML does not parse: {e}")),
+    })?;
+    let depth = max_depth(&xml);
+    if depth > MAX_DEPTH {
+        return Err(StageError::permanent(
+            "too_deep",
+            format!("XML nests elements {depth} deep; the limit is {MAX_DEPTH}"),
+        ));
+    }
+    Ok(xml)
+}
+
+/// Refuses internal DTD subsets and entity declarations, before any parsing.
+pub(crate) fn refuse_dtd(text: &str) -> Result<(), StageError> {
+    let refused = |why: &str| StageError::permanent("dtd_refused", format!("XML {why}: DTD processing is refused"));
+    if text.contains("<!ENTITY") {
+        return Err(refused("declares an entity"));
+    }
+    let Some(at) = text.find("<!DOCTYPE") else { return Ok(()) };
+    // Up to the declaration's end, quoted literals skipped: a `[` opens an internal subset.
+    let mut quote = None;
+    for c in text[at..].chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[') => return Err(refused("has an internal DTD subset")),
+            (None, '>') => return Ok(()),
+            _ => {}
+        }
+    }
+    Err(refused("has an unterminated DOCTYPE"))
+}
+
+/// The deepest element nesting of a document, in one pass over its nodes
+/// in document order (a parent always comes before its children).
+fn max_depth(xml: &XmlDocument<'_>) -> usize {
+    let mut depth_of: Vec<u32> = Vec::new();
+    let mut deepest = 0u32;
+    for node in xml.root().descendants() {
+        let at = node.id().get_usize();
+        let parent = node.parent().map_or(0, |p| depth_of.get(p.id().get_usize()).copied().unwrap_or(0));
+        let depth = parent + u32::from(node.is_element());
+        if depth_of.len() <= at {
+            depth_of.resize(at + 1, 0);
+        }
+        depth_of[at] = depth;
+        deepest = deepest.max(depth);
+    }
+    deepest as usize
 }
 
 /// The root element, which must be called `name` (`what` describes it).
@@ -72,11 +142,51 @@ pub(crate) fn text_of(node: Node<'_, '_>, skip: &[&str]) -> String {
 }
 
 fn collect_text(node: Node<'_, '_>, skip: &[&str], out: &mut String) {
-    for child in node.children() {
+    // Iterative (an explicit stack of children, in reverse): depth costs heap, not stack.
+    let mut stack: Vec<Node<'_, '_>> = node.children().collect();
+    stack.reverse();
+    while let Some(child) = stack.pop() {
         if child.is_text() {
             out.push_str(child.text().unwrap_or(""));
         } else if child.is_element() && !skip.contains(&child.tag_name().name()) {
-            collect_text(child, skip, out);
+            let at = stack.len();
+            stack.extend(child.children());
+            stack[at..].reverse();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtds_are_refused_unless_external_only() {
+        let external = "<!DOCTYPE PubmedArticleSet PUBLIC \"-//NLM//DTD PubMedArticle//EN\" \"https://dtd.nlm.nih.gov/x[1].dtd\">\n<a>x</a>";
+        assert!(parse_xml(external).is_ok());
+        for bad in [
+            "<!DOCTYPE a [<!ELEMENT a ANY>]><a/>",
+            "<!DOCTYPE a [<!ENTITY x \"xx\">]><a>&x;</a>",
+            "<a><!ENTITY x \"y\"></a>",
+            "<!DOCTYPE a SYSTEM \"a.dtd\"",
+        ] {
+            assert_eq!(parse_xml(bad).unwrap_err().kind, "dtd_refused", "{bad}");
+        }
+    }
+
+    #[test]
+    fn depth_is_bounded_and_walks_are_iterative() {
+        let nest = |n: usize| format!("{}x{}", "<i>".repeat(n), "</i>".repeat(n));
+        let ok = nest(MAX_DEPTH);
+        let xml = parse_xml(&ok).unwrap();
+        assert_eq!(text_of(xml.root_element(), &[]), "x");
+        assert_eq!(parse_xml(&nest(MAX_DEPTH + 1)).unwrap_err().kind, "too_deep");
+        assert_eq!(parse_xml(&nest(50_000)).unwrap_err().kind, "too_deep");
+    }
+
+    #[test]
+    fn text_keeps_document_order_and_skips() {
+        let xml = parse_xml("<p>a <b>b <i>c</i></b> <t>skip</t> d<i>e</i></p>").unwrap();
+        assert_eq!(text_of(xml.root_element(), &["t"]), "a b c de");
     }
 }
