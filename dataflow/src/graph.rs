@@ -463,7 +463,14 @@ fn chunk_stage<'s>(
     map_records(input, &name, Some(ctx.watch.clone()), move |envelope: Envelope<Document>, emit| {
         let subject = Subject { id: &envelope.item.id, tenant: &envelope.item.tenant_id, is_doc: true };
         let began = ctx.watch.started(&subject);
-        let chunked = chunker.chunk(&envelope.item);
+        // A chunker bug must cost one document, not the worker.
+        let chunked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| chunker.chunk(&envelope.item)));
+        let Ok(chunked) = chunked else {
+            let error = StageError::permanent("internal_error", format!("the chunker failed on {}", envelope.item.id));
+            let payload = envelope_payload(&envelope.source, &envelope.position, &envelope.item.id, &envelope.item);
+            ctx.fail(&payload, &subject, Some(began), 1, &error);
+            return;
+        };
         if chunked.chunks.is_empty() {
             // Nothing to index would mean silently losing the document.
             let error =

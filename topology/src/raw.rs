@@ -45,19 +45,25 @@ pub(crate) struct RawGate {
     pub timeout: Option<Spanned<String>>,
 }
 
-/// The same file read loosely: every value located, no shape imposed.
+/// A mapping read loosely: every key and value located, no shape imposed.
+type LooseMap = std::collections::HashMap<Spanned<String>, Spanned<Value>>;
+
+/// The lists of a topology read loosely, item by item.
 #[derive(Deserialize)]
-struct LooseTopology {
-    #[serde(flatten)]
-    top: BTreeMap<String, Spanned<Value>>,
+struct LooseLists {
+    #[serde(default)]
+    stages: Option<Vec<Spanned<Value>>>,
+    #[serde(default)]
+    gates: Option<Vec<Spanned<Value>>>,
 }
 
+/// The same lists with each item's keys located (when every item is a mapping).
 #[derive(Deserialize)]
-struct LooseList {
+struct LooseKeys {
     #[serde(default)]
-    stages: Option<Spanned<Vec<Spanned<Value>>>>,
+    stages: Option<Vec<LooseMap>>,
     #[serde(default)]
-    gates: Option<Spanned<Vec<Spanned<Value>>>>,
+    gates: Option<Vec<LooseMap>>,
 }
 
 /// Every shape error of a topology (unknown, missing and mistyped keys of
@@ -66,72 +72,88 @@ struct LooseList {
 /// sweep finds nothing (the first error serde reported is then the one).
 pub(crate) fn shape_errors(file: &str, text: &str) -> Option<crate::ValidationErrors> {
     use crate::error::{Errors, Location};
-    let top: LooseTopology = serde_saphyr::from_str(text).ok()?;
-    let lists: LooseList = serde_saphyr::from_str(text).ok()?;
+    let top: LooseMap = serde_saphyr::from_str(text).ok()?;
+    let lists: LooseLists = serde_saphyr::from_str(text).ok()?;
+    let keys: Option<LooseKeys> = serde_saphyr::from_str(text).ok();
     let mut errors = Errors::default();
     let at = |l: &serde_saphyr::Location| Location::new(file, l);
-    let whole = Location { file: file.to_string(), line: 1, column: 1 };
     const TOP: &[&str] = &["name", "version", "description", "stages", "gates", "runtime"];
-    for (key, value) in &top.top {
-        if !TOP.contains(&key.as_str()) {
+    for key in top.keys() {
+        if !TOP.contains(&key.value.as_str()) {
             errors.push(
-                at(&value.referenced),
+                at(&key.referenced),
                 None,
-                format!("unknown field `{key}`, expected one of {}", TOP.join(", ")),
+                format!("unknown field `{}`, expected one of {}", key.value, TOP.join(", ")),
             );
         }
     }
     for required in ["name", "version", "stages"] {
-        if !top.top.contains_key(required) {
-            errors.push(whole.clone(), None, format!("missing field `{required}`"));
+        if !top.keys().any(|k| k.value == required) {
+            errors.push(
+                Location { file: file.to_string(), line: 1, column: 1 },
+                None,
+                format!("missing field `{required}`"),
+            );
         }
     }
-    let mut check = |what: &str, items: &[Spanned<Value>], keys: &[&str], required: &[&str]| {
-        for (i, item) in items.iter().enumerate() {
-            let place = at(&item.referenced);
-            let Some(map) = item.value.as_object() else {
-                errors.push(place, None, format!("{what} {} is not a mapping", i + 1));
-                continue;
-            };
-            let name = map.get("name").and_then(Value::as_str).map(str::to_string);
-            let label = name.as_deref().map_or_else(|| format!("{what} {}", i + 1), |n| format!("{what} `{n}`"));
-            for key in map.keys() {
-                if !keys.contains(&key.as_str()) {
+    let mut check =
+        |what: &str, items: &[Spanned<Value>], located: Option<&Vec<LooseMap>>, allowed: &[&str], required: &[&str]| {
+            for (i, item) in items.iter().enumerate() {
+                let place = at(&item.referenced);
+                let Some(map) = item.value.as_object() else {
+                    errors.push(place, None, format!("{what} {} is not a mapping", i + 1));
+                    continue;
+                };
+                // Where each key and value of this item was written, when known.
+                let keys = located.and_then(|l| l.get(i));
+                let key_at = |key: &str| {
+                    keys.and_then(|k| k.keys().find(|s| s.value == key)).map_or(place.clone(), |s| at(&s.referenced))
+                };
+                let value_at = |key: &str| {
+                    keys.and_then(|k| k.iter().find(|(s, _)| s.value == key))
+                        .map_or(place.clone(), |(_, v)| at(&v.referenced))
+                };
+                let name = map.get("name").and_then(Value::as_str);
+                let label = name.map_or_else(|| format!("{what} {}", i + 1), |n| format!("{what} `{n}`"));
+                let mut unknown: Vec<&String> = map.keys().filter(|k| !allowed.contains(&k.as_str())).collect();
+                unknown.sort();
+                for key in unknown {
                     errors.push(
-                        place.clone(),
-                        name.as_deref(),
-                        format!("{label}: unknown field `{key}`, expected one of {}", keys.join(", ")),
+                        key_at(key),
+                        name,
+                        format!("{label}: unknown field `{key}`, expected one of {}", allowed.join(", ")),
                     );
                 }
-            }
-            for key in required {
-                match map.get(*key) {
-                    None => errors.push(place.clone(), name.as_deref(), format!("{label}: missing field `{key}`")),
-                    Some(v) if !v.is_string() => {
-                        errors.push(place.clone(), name.as_deref(), format!("{label}: `{key}` must be a string"))
+                for key in required {
+                    match map.get(*key) {
+                        None => errors.push(place.clone(), name, format!("{label}: missing field `{key}`")),
+                        Some(v) if !v.is_string() => {
+                            errors.push(value_at(key), name, format!("{label}: `{key}` must be a string"))
+                        }
+                        Some(_) => {}
                     }
-                    Some(_) => {}
                 }
-            }
-            if let Some(deps) = map.get("depends_on") {
-                if !deps.as_array().is_some_and(|d| d.iter().all(Value::is_string)) {
+                if map.get("depends_on").is_some_and(|d| !d.as_array().is_some_and(|d| d.iter().all(Value::is_string)))
+                {
                     errors.push(
-                        place.clone(),
-                        name.as_deref(),
+                        value_at("depends_on"),
+                        name,
                         format!("{label}: `depends_on` must be a list of stage names"),
                     );
                 }
+                if map.get("config").is_some_and(|c| !c.is_object()) {
+                    errors.push(value_at("config"), name, format!("{label}: `config` must be a mapping"));
+                }
             }
-            if map.get("config").is_some_and(|c| !c.is_object()) {
-                errors.push(place.clone(), name.as_deref(), format!("{label}: `config` must be a mapping"));
-            }
-        }
-    };
+        };
+    let located = keys.as_ref();
     if let Some(stages) = &lists.stages {
-        check("stage", &stages.value, &["name", "type", "policy", "depends_on", "config"], &["name", "type"]);
+        let allowed = ["name", "type", "policy", "depends_on", "config"];
+        check("stage", stages, located.and_then(|k| k.stages.as_ref()), &allowed, &["name", "type"]);
     }
     if let Some(gates) = &lists.gates {
-        check("gate", &gates.value, &["name", "after", "condition", "timeout"], &["name", "after", "condition"]);
+        let allowed = ["name", "after", "condition", "timeout"];
+        check("gate", gates, located.and_then(|k| k.gates.as_ref()), &allowed, &["name", "after", "condition"]);
     }
     errors.finish(()).err()
 }

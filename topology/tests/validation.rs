@@ -77,6 +77,38 @@ gates:
 }
 
 #[test]
+fn every_shape_error_is_reported_once_and_without_a_doubled_prefix() {
+    let text = "name: shapes\nversion: 1\ncolour: red\nstages:\n  - name: parse\n    type: parse\n    bogus: 1\n  - name: chunk\n    typo: chunk\n    depends_on: parse\n";
+    let errors = plan(text).unwrap_err();
+    let shown = errors.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 5, "{shown}");
+    assert!(lines[0].starts_with("t.yaml:3:1: error: unknown field `colour`"), "{shown}");
+    assert!(lines.iter().any(|l| l.starts_with("t.yaml:7:5: error: stage `parse`: unknown field `bogus`")), "{shown}");
+    assert!(lines.iter().any(|l| l.contains("stage `chunk`: missing field `type`")), "{shown}");
+    assert!(lines.iter().any(|l| l.contains("stage `chunk`: `depends_on` must be a list")), "{shown}");
+    assert!(!shown.contains("error: error:") && !shown.contains(" column "), "{shown}");
+    // A file that does not read at all still gets its one located error.
+    let errors = plan("name: [unclosed\n").unwrap_err();
+    assert_eq!(errors.0.len(), 1);
+    assert!(!errors.to_string().contains("error: error:"), "{errors}");
+}
+
+#[test]
+fn allow_hosts_entries_are_validated() {
+    let pipeline = |hosts: &str| {
+        format!("name: f\nversion: 1\nstages:\n  - name: fetch\n    type: fetch\n    config: {{ allow_hosts: {hosts} }}\n  - name: parse\n    type: parse\n    depends_on: [fetch]\n")
+    };
+    for good in ["[]", "[clinicaltrials.gov]", "[\"*.nih.gov\", 127.0.0.1, \"10.0.0.0/8\", \"::1\"]"] {
+        assert!(plan(&pipeline(good)).is_ok(), "{good}");
+    }
+    for bad in ["[\"*\"]", "[\"\"]", "[\"https://x.org\"]", "[\"*.0.0.1\"]", "[\"10.0.0.0/40\"]", "[7]"] {
+        let errors = plan(&pipeline(bad)).expect_err(bad).to_string();
+        assert!(errors.contains("allow_hosts"), "{bad}: {errors}");
+    }
+}
+
+#[test]
 fn stream_types_must_match_along_edges() {
     let text = "name: x\nversion: 1\nstages:\n  - name: chunk\n    type: chunk\n  - name: parse\n    type: parse\n  - name: index\n    type: index\n    depends_on: [parse]\n";
     let errors = plan(text).unwrap_err().0;
