@@ -99,11 +99,12 @@ impl Store {
         if !real.starts_with(&self.root) {
             return Err(("path_refused", format!("the stored PDF {sha} resolves outside the object store")));
         }
-        let file = std::fs::File::open(&real).map_err(unreadable)?;
-        let meta = file.metadata().map_err(unreadable)?;
-        if !meta.is_file() {
+        // Checked before opening: opening a FIFO or a device could block or never end.
+        if !std::fs::metadata(&real).map_err(unreadable)?.is_file() {
             return Err(("path_refused", format!("the stored PDF {sha} is not a regular file")));
         }
+        let file = std::fs::File::open(&real).map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
         if meta.len() > self.max_bytes {
             return Err((
                 "too_large",

@@ -179,8 +179,8 @@ fn dead_letters_store_a_payload_once_and_are_capped_per_record() {
     assert!(written < 400_000, "dead letters took {written} bytes for {} bytes of input", set.len() + page.len());
 }
 
-/// Finding 10: a symlink loop and a link out of the source tree are skipped
-/// and reported, not followed; `validate` reports a duration too large to
+/// Finding 10: a symlink loop, a link out of the source tree and a FIFO are
+/// skipped and reported, not followed or read; `validate` reports a duration too large to
 /// hold instead of panicking; errors are not prefixed twice.
 #[test]
 fn links_are_not_followed_and_validate_never_panics() {
@@ -193,6 +193,9 @@ fn links_are_not_followed_and_validate_never_panics() {
     std::os::unix::fs::symlink(".", input.join("loop")).unwrap();
     std::os::unix::fs::symlink(&outside, input.join("escape")).unwrap();
     std::os::unix::fs::symlink(outside.join("pubmed-5.jsonl"), input.join("linked.jsonl")).unwrap();
+    // A FIFO would block its reader forever.
+    let fifo = std::ffi::CString::new(input.join("pipe.jsonl").into_os_string().into_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let data = dir.path().join("data");
     let summary = run_limited(&lexical(), &input, &data, &[]);
     assert_eq!((summary["docs"].as_u64(), summary["failed"].as_u64()), (Some(3), Some(0)), "{summary}");

@@ -8,8 +8,12 @@
 //! cut at [`MAX_MESSAGE_BYTES`], and one payload writes at most
 //! [`MAX_LETTERS_PER_RECORD`] letters plus one that counts the rest. A PubMed
 //! set of 3,000 empty articles costs its own size once, not 3,000 times.
-//! Writes are flushed at once and synced at most every 100 ms and on
-//! [`DeadLetterSink::flush`], which runs before a run reports itself done.
+//! Writes are flushed at once; [`DeadLetterSink::sync`] makes them durable.
+//! The index stage syncs its worker's letters before it releases an epoch
+//! (so the source never moves past a letter that is not on disk), and
+//! [`DeadLetterSink::flush`] syncs before Kafka offsets are committed and
+//! before a run reports itself done. A sink that is written and never
+//! synced by those syncs itself once a second.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -190,7 +194,7 @@ impl DeadLetterSink {
         out.write_all(b"\n")?;
         out.flush()?;
         self.dirty = true;
-        if self.synced.elapsed() >= std::time::Duration::from_millis(100) {
+        if self.synced.elapsed() >= std::time::Duration::from_secs(1) {
             self.sync()?;
         }
         if let Some(kafka) = &self.kafka {

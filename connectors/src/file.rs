@@ -89,16 +89,18 @@ impl FileSource {
                     let p = entry.path();
                     // Links are not followed: one inside the tree reads its
                     // target twice (a `loop -> .` forever), one outside reads
-                    // what was never given. They are reported as skipped.
+                    // what was never given. Only regular files are read; the
+                    // rest is reported as skipped.
                     let kind = entry
                         .file_type()
                         .map_err(|e| SourceError::new("read_failed", format!("{}: {e}", p.display())))?;
-                    if kind.is_symlink() {
-                        skipped.push(p);
-                    } else if kind.is_dir() {
+                    if kind.is_dir() {
                         stack.push(p);
-                    } else {
+                    } else if kind.is_file() {
                         all.push(p);
+                    } else {
+                        // A link, a FIFO (which would block its reader), a socket, a device.
+                        skipped.push(p);
                     }
                 }
             }
@@ -411,7 +413,10 @@ impl Checkpoint {
 pub fn complete_json_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut files: Vec<std::path::PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(Result::ok)
+        // Regular files only: a link may point anywhere, a FIFO would block its reader.
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
         .collect();

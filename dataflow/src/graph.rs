@@ -801,6 +801,13 @@ fn index_stage<'s>(
                     dirty = false;
                     last_commit = Instant::now();
                 }
+                // This worker's dead letters of the passed epochs were written
+                // before them (its upstream stages finished them): make them
+                // durable too, before the source may move past them.
+                if let Err(e) = ctx.letters.borrow_mut().sync() {
+                    shared.fail(format!("cannot sync the dead letters: {e}"));
+                    return;
+                }
                 // Everything written so far is durable: release what the frontier passed.
                 // Nothing older than the frontier can arrive any more: forget it.
                 if let Some(oldest) = frontier.frontier().first().copied() {

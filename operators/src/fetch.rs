@@ -187,8 +187,12 @@ impl reqwest::dns::Resolve for CheckedResolver {
                 .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
             if allowed.is_empty() {
-                let why = refused.unwrap_or_else(|| format!("host `{host}` resolves to no address"));
-                return Err(Box::new(Refused(why)) as Box<dyn std::error::Error + Send + Sync>);
+                // Every address refused: permanent. No address at all: a DNS
+                // hiccup, left to the policy's retries like any connect error.
+                return Err(match refused {
+                    Some(why) => Box::new(Refused(why)) as Box<dyn std::error::Error + Send + Sync>,
+                    None => Box::new(std::io::Error::other(format!("host `{host}` resolves to no address"))),
+                });
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
