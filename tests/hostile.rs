@@ -261,6 +261,7 @@ fn fetch_reaches_no_internal_address_in_any_spelling() {
     let good = r#"{"pmid": "1", "title": "Aspirin and stroke", "abstract": "Aspirin lowers stroke risk."}"#;
     let server = TestServer::start(move |path, _| match path {
         "/good" => Reply::ok(good),
+        "/good2" => Reply::ok(r#"{"pmid": "2", "title": "Statins after infarction", "abstract": "Statins help."}"#),
         "/redirect" => Reply {
             status: 302,
             headers: vec![("location".into(), "http://127.0.0.2:1/good".into())],
@@ -304,7 +305,7 @@ fn fetch_reaches_no_internal_address_in_any_spelling() {
     // A listed address does; a redirect to an unlisted one is refused.
     let listed = fetch_pipeline(dir.path(), "listed", "[127.0.0.1]");
     let data = dir.path().join("listed");
-    let records = [server.url("/good"), server.url("/redirect"), format!("http://[::ffff:127.0.0.1]:{port}/good")];
+    let records = [server.url("/good"), server.url("/redirect"), format!("http://[::ffff:127.0.0.1]:{port}/good2")];
     let summary = fetch_run(&listed, &records, &data);
     assert_eq!((summary["docs"].as_u64(), summary["failed"].as_u64()), (Some(2), Some(1)), "{summary}");
     assert_eq!(letter_kinds(&data), ["redirect_refused"]);
