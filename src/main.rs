@@ -100,8 +100,24 @@ enum Command {
         /// The largest PDF read.
         #[arg(long, default_value_t = 64 << 20)]
         max_pdf_bytes: u64,
+        /// Each PDF is extracted in a child process with this much address space (bytes).
+        #[arg(long, default_value_t = 4 << 30)]
+        extract_memory: u64,
+        /// ... and this long to finish (seconds).
+        #[arg(long, default_value_t = 120.0)]
+        extract_timeout: f64,
         #[command(flatten)]
         kafka: KafkaArgs,
+    },
+    /// (Internal) extract one PDF from stdin to IR JSON on stdout: the child process of pdf-parser.
+    #[command(hide = true)]
+    PdfExtract {
+        #[arg(long)]
+        doc_id: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value_t = 1 << 30)]
+        max_bytes: u64,
     },
     /// Show the job ledger: where each document of a data directory stands.
     Ledger {
@@ -384,12 +400,16 @@ fn main() -> ExitCode {
             options.ir_ready = ir_ready;
             run(options)
         }),
-        Command::PdfParser { input, output, once, objects, max_pdf_bytes, kafka } => {
+        Command::PdfParser { input, output, once, objects, max_pdf_bytes, extract_memory, extract_timeout, kafka } => {
             kafka.brokers.is_some().then(|| kafka.settings_or("medkg-pdf-parser")).transpose().and_then(|settings| {
                 let store = pdf_parser::Store::open(&objects, max_pdf_bytes)?;
-                pdf_parser::run(&input, &output, once, store, settings)
+                let timeout = std::time::Duration::try_from_secs_f64(extract_timeout)
+                    .map_err(|e| anyhow!("--extract-timeout {extract_timeout}: {e}"))?;
+                let isolation = pdf_parser::Isolation { memory: extract_memory, timeout };
+                pdf_parser::run(&input, &output, once, store, isolation, settings)
             })
         }
+        Command::PdfExtract { doc_id, tenant, max_bytes } => pdf_parser::extract_one(&doc_id, &tenant, max_bytes),
         Command::Ledger { data_dir, status, doc, limit, json } => {
             ledger(&data_dir, status.as_deref(), doc.as_deref(), limit, json)
         }

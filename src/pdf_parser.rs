@@ -13,6 +13,12 @@
 //! followed) to a regular file under that root, be at most `--max-pdf-bytes`,
 //! and hash to the record's `sha256`. No error quotes the file's bytes.
 //!
+//! The text extractor (pdf-extract, lopdf) runs in a child process of its
+//! own per PDF (`medkg pdf-extract`), under an address-space limit
+//! (`--extract-memory`) and a time limit (`--extract-timeout`): a PDF that
+//! would crash it (a stack overflow, a failed allocation) or make it spin
+//! fails alone (`extract_crashed`, `extract_timeout`) and the parser goes on.
+//!
 //! Results go:
 //!
 //! - to a folder as `{sha256}.json`, written to a temp name and renamed so a
@@ -37,6 +43,7 @@ use medkg_connectors::kafka::{KafkaDeadLetters, KafkaJson, KafkaSettings};
 use medkg_connectors::Position;
 use medkg_operators::index::write_atomically;
 use medkg_operators::pdf::{extract, sha256_hex, Downloaded, IrReady, ObjectStore};
+use medkg_operators::{Document, StageError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -69,6 +76,111 @@ enum Outcome {
     Parsed,
     Skipped,
     Failed(String),
+}
+
+/// The limits of the child process that extracts one PDF.
+#[derive(Clone, Copy, Debug)]
+pub struct Isolation {
+    /// Its address space (RLIMIT_AS), in bytes.
+    pub memory: u64,
+    /// How long it may take.
+    pub timeout: Duration,
+}
+
+impl Isolation {
+    /// Extracts `pdf` in a child process (`medkg pdf-extract`) under these limits.
+    fn extract(&self, pdf: &[u8], doc_id: &str, tenant: &str) -> Result<Document, StageError> {
+        use std::io::{Read, Write};
+        use std::os::unix::process::CommandExt;
+        let unavailable = |e: std::io::Error| {
+            StageError::unavailable("extractor", format!("cannot run the PDF extractor process: {e}"))
+        };
+        let exe = std::env::current_exe().map_err(unavailable)?;
+        let mut command = std::process::Command::new(exe);
+        command
+            .args(["pdf-extract", "--doc-id", doc_id, "--tenant", tenant])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let memory = self.memory;
+        // SAFETY: setrlimit and prctl are async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: memory, rlim_max: memory };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(unavailable)?;
+        let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            return Err(unavailable(std::io::Error::other("no pipes to the extractor")));
+        };
+        let input = pdf.to_vec();
+        // Both ends on threads of their own: neither pipe can stall the other.
+        let writer = std::thread::spawn(move || stdin.write_all(&input));
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            stdout.by_ref().take(MAX_IR_BYTES + 1).read_to_end(&mut out).map(|_| out)
+        });
+        let began = std::time::Instant::now();
+        let status = loop {
+            match child.try_wait().map_err(unavailable)? {
+                Some(status) => break Some(status),
+                None if began.elapsed() >= self.timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        let _ = writer.join();
+        let out = reader.join().ok().and_then(Result::ok).unwrap_or_default();
+        let Some(status) = status else {
+            return Err(StageError::permanent(
+                "extract_timeout",
+                format!("the PDF extractor did not finish within {:?} (--extract-timeout)", self.timeout),
+            ));
+        };
+        if !status.success() || out.len() as u64 > MAX_IR_BYTES {
+            use std::os::unix::process::ExitStatusExt;
+            let how = match (status.signal(), status.code()) {
+                (Some(signal), _) => format!("was killed by signal {signal}"),
+                (None, Some(code)) if code != 0 => format!("exited with {code}"),
+                _ => format!("wrote more than {MAX_IR_BYTES} bytes"),
+            };
+            return Err(StageError::permanent(
+                "extract_crashed",
+                format!("the PDF extractor {how} on this file (memory limit {} bytes)", self.memory),
+            ));
+        }
+        match serde_json::from_slice::<Result<Document, StageError>>(&out) {
+            Ok(result) => result,
+            Err(e) => {
+                Err(StageError::permanent("extract_crashed", format!("the PDF extractor's answer is not JSON: {e}")))
+            }
+        }
+    }
+}
+
+/// The most IR JSON one extraction may answer with.
+const MAX_IR_BYTES: u64 = 256 << 20;
+
+/// `medkg pdf-extract`: the child side of [`Isolation::extract`]. Reads one
+/// PDF from stdin (at most `max_bytes`), writes `{"Ok": document}` or
+/// `{"Err": error}` to stdout.
+pub fn extract_one(doc_id: &str, tenant: &str, max_bytes: u64) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut pdf = Vec::new();
+    std::io::stdin().take(max_bytes).read_to_end(&mut pdf).context("cannot read the PDF from stdin")?;
+    let result = extract(&pdf, doc_id, tenant);
+    serde_json::to_writer(std::io::stdout().lock(), &result).context("cannot write the result")?;
+    Ok(())
 }
 
 /// Where the PDFs are and how large one may be.
@@ -123,7 +235,14 @@ impl Store {
     }
 }
 
-pub fn run(input: &str, output: &str, once: bool, store: Store, kafka: Option<KafkaSettings>) -> anyhow::Result<()> {
+pub fn run(
+    input: &str,
+    output: &str,
+    once: bool,
+    store: Store,
+    isolation: Isolation,
+    kafka: Option<KafkaSettings>,
+) -> anyhow::Result<()> {
     let kafka_for = |spec: &str| kafka.clone().ok_or_else(|| anyhow!("`{spec}` needs --brokers HOST:PORT"));
     let mut input = if let Some(dir) = input.strip_prefix("dir:") {
         Input::Dir { dir: PathBuf::from(dir), seen: HashSet::new() }
@@ -161,7 +280,7 @@ pub fn run(input: &str, output: &str, once: bool, store: Store, kafka: Option<Ka
             busy = std::time::Instant::now();
         }
         for pending in batch {
-            match output.parse(&pending, &store)? {
+            match output.parse(&pending, &store, isolation)? {
                 Outcome::Parsed => parsed += 1,
                 Outcome::Skipped => {}
                 Outcome::Failed(error) => {
@@ -265,7 +384,7 @@ impl Input {
 impl Output {
     /// Parses one downloaded record and publishes the result (IR or failure).
     /// `Err` only when the output itself refuses.
-    fn parse(&self, pending: &Pending, store: &Store) -> anyhow::Result<Outcome> {
+    fn parse(&self, pending: &Pending, store: &Store, isolation: Isolation) -> anyhow::Result<Outcome> {
         let record: Downloaded = match serde_json::from_slice(&pending.bytes) {
             Ok(record) => record,
             Err(e) => {
@@ -287,7 +406,13 @@ impl Output {
                 return Ok(Outcome::Failed(error));
             }
         };
-        match extract(&pdf, &record.doc_id, &record.tenant_id) {
+        let extracted = isolation.extract(&pdf, &record.doc_id, &record.tenant_id);
+        if let Err(e) = &extracted {
+            if e.class == medkg_operators::ErrorClass::Unavailable {
+                bail!("{e}"); // no extractor to run: every record would fail the same way
+            }
+        }
+        match extracted {
             Ok(document) => {
                 let ready = IrReady {
                     doc_id: record.doc_id.clone(),

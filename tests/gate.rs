@@ -815,3 +815,52 @@ fn gate_pdf_parser_fails_bad_records_one_by_one_and_goes_on() {
         assert!(!error.is_empty() && !error.contains("secret-line") && !error.contains("root:"), "{failure}");
     }
 }
+
+/// The PDF text extractor runs in a child process per PDF, under a memory
+/// and a time limit: an extractor that dies (here: an address space too
+/// small to start in, killed by a signal) or hangs (a timeout shorter than
+/// any extraction) fails that PDF alone, and `pdf-parser` exits 0.
+#[test]
+fn gate_pdf_parser_survives_an_extractor_that_crashes_or_hangs() {
+    use medkg_operators::pdf::ObjectStore;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("downloaded");
+    std::fs::create_dir_all(&input).unwrap();
+    let objects = dir.path().join("objects");
+    let (sha, path) = ObjectStore::new(&objects).put(&pdf_bytes()).unwrap();
+    let record = serde_json::json!({ "doc_id": "doi:10.1186/s12984-016-0129-6", "tenant_id": "default",
+        "url": "http://x/p.pdf", "sha256": sha, "bytes": pdf_bytes().len(), "path": path });
+    std::fs::write(input.join("a.json"), record.to_string()).unwrap();
+    for (limit, kind) in
+        [("--extract-timeout=0.000001", "extract_timeout"), ("--extract-memory=20000000", "extract_crashed")]
+    {
+        let output = dir.path().join(kind);
+        let out = medkg()
+            .args(["pdf-parser", "--once", limit])
+            .arg(format!("--input=dir:{}", input.display()))
+            .arg(format!("--output=dir:{}", output.display()))
+            .arg(format!("--objects={}", objects.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{limit}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((report["parsed"].as_u64(), report["failed"].as_u64()), (Some(0), Some(1)), "{limit}: {report}");
+        let failures: Vec<Value> = std::fs::read_dir(output.join("failed"))
+            .unwrap()
+            .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+            .collect();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0]["error_kind"], kind, "{limit}: {}", failures[0]);
+    }
+    // Within its limits (the defaults), the same PDF is parsed.
+    let output = dir.path().join("ok");
+    let out = medkg()
+        .args(["pdf-parser", "--once"])
+        .arg(format!("--input=dir:{}", input.display()))
+        .arg(format!("--output=dir:{}", output.display()))
+        .arg(format!("--objects={}", objects.display()))
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["parsed"].as_u64(), Some(1), "{report}");
+}
