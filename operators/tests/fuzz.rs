@@ -173,11 +173,11 @@ fn nest() -> impl Strategy<Value = String> {
     )
 }
 
-/// Byte-level damage: truncation, flips and splices of a generated input.
-fn damaged(input: impl Strategy<Value = String>) -> impl Strategy<Value = Vec<u8>> {
+/// Byte-level damage to a generated input (half the time): truncation and byte flips.
+fn damaged<T: Into<Vec<u8>> + std::fmt::Debug>(input: impl Strategy<Value = T>) -> impl Strategy<Value = Vec<u8>> {
     (input, 0.0f64..=1.0, proptest::collection::vec((0.0f64..1.0, any::<u8>()), 0..6), any::<bool>()).prop_map(
-        |(text, keep, flips, damage)| {
-            let mut bytes = text.into_bytes();
+        |(input, keep, flips, damage)| {
+            let mut bytes = input.into();
             if damage {
                 bytes.truncate(((bytes.len() as f64) * keep) as usize);
                 for (at, byte) in flips {
@@ -231,103 +231,64 @@ fn fuzz_pubmed_jsonl() {
     });
 }
 
+#[rustfmt::skip]
+const PUBMED_NAMES: &[&str] = &[
+    "PubmedArticle", "MedlineCitation", "PMID", "Article", "ArticleTitle", "Abstract", "AbstractText", "Journal",
+    "Title", "JournalIssue", "PubDate", "Year", "MedlineDate", "MeshHeadingList", "MeshHeading", "DescriptorName",
+    "i", "b", "sup",
+];
+#[rustfmt::skip]
+const JATS_NAMES: &[&str] = &[
+    "front", "article-meta", "article-id", "title-group", "article-title", "abstract", "body", "sec", "title", "p",
+    "i", "b", "xref", "table-wrap", "kwd", "kwd-group", "pub-date", "year", "journal-title", "fig",
+];
+#[rustfmt::skip]
+const TEI_NAMES: &[&str] = &[
+    "teiHeader", "fileDesc", "titleStmt", "title", "idno", "abstract", "text", "body", "div", "head", "p",
+    "formula", "figure", "note", "date", "ref",
+];
+
+/// Inputs for an XML format: trees over `names` under `root`, with
+/// `head(id, n)` (what makes a document of that format, around a generated
+/// id; `n` for fillers) right after the root's start tag, then damaged.
+fn xml_format(
+    names: &'static [&'static str],
+    root: &'static str,
+    hosts: &'static [&'static str],
+    head: fn(&str, usize) -> String,
+) -> impl Strategy<Value = Vec<u8>> {
+    let open = format!("<{root}>");
+    damaged(
+        (xml_tree(names, root, hosts), id_value(), 0usize..50)
+            .prop_map(move |(tree, id, n)| tree.replacen(&open, &format!("{open}{}", head(&id, n)), 1)),
+    )
+}
+
 #[test]
 fn fuzz_pubmed_xml() {
     fuzz("pubmed-xml", Format::PubmedXml, || {
-        const NAMES: &[&str] = &[
-            "PubmedArticle",
-            "MedlineCitation",
-            "PMID",
-            "Article",
-            "ArticleTitle",
-            "Abstract",
-            "AbstractText",
-            "Journal",
-            "Title",
-            "JournalIssue",
-            "PubDate",
-            "Year",
-            "MedlineDate",
-            "MeshHeadingList",
-            "MeshHeading",
-            "DescriptorName",
-            "i",
-            "b",
-            "sup",
-        ];
-        let set = (xml_tree(NAMES, "PubmedArticleSet", PUBMED_HOSTS), id_value(), 0usize..3000).prop_map(|(tree, pmid, empties)| {
-            let article = format!(
-                "<PubmedArticle><MedlineCitation><PMID>{pmid}</PMID><Article><ArticleTitle>T</ArticleTitle></Article></MedlineCitation></PubmedArticle>"
-            );
-            let filler = "<PubmedArticle></PubmedArticle>".repeat(empties % 50);
-            tree.replacen("<PubmedArticleSet>", &format!("<PubmedArticleSet>{article}{filler}"), 1)
-        });
-        damaged(set)
+        xml_format(PUBMED_NAMES, "PubmedArticleSet", PUBMED_HOSTS, |pmid, empties| {
+            let article = "<PubmedArticle><MedlineCitation><PMID>{}</PMID><Article><ArticleTitle>T</ArticleTitle></Article></MedlineCitation></PubmedArticle>";
+            article.replace("{}", pmid) + &"<PubmedArticle></PubmedArticle>".repeat(empties)
+        })
     });
 }
 
 #[test]
 fn fuzz_jats() {
     fuzz("jats", Format::Jats, || {
-        const NAMES: &[&str] = &[
-            "front",
-            "article-meta",
-            "article-id",
-            "title-group",
-            "article-title",
-            "abstract",
-            "body",
-            "sec",
-            "title",
-            "p",
-            "i",
-            "b",
-            "xref",
-            "table-wrap",
-            "kwd",
-            "kwd-group",
-            "pub-date",
-            "year",
-            "journal-title",
-            "fig",
-        ];
-        let article = (xml_tree(NAMES, "article", JATS_HOSTS), id_value()).prop_map(|(tree, id)| {
-            let meta = format!(
-                "<front><article-meta><article-id pub-id-type=\"pmc\">{id}</article-id><title-group><article-title>A title</article-title></title-group></article-meta></front>"
-            );
-            tree.replacen("<article>", &format!("<article>{meta}"), 1)
-        });
-        damaged(article)
+        xml_format(JATS_NAMES, "article", JATS_HOSTS, |id, _| {
+            format!("<front><article-meta><article-id pub-id-type=\"pmc\">{id}</article-id><title-group><article-title>A title</article-title></title-group></article-meta></front>")
+        })
     });
 }
 
 #[test]
 fn fuzz_tei() {
     fuzz("tei", Format::Tei, || {
-        const NAMES: &[&str] = &[
-            "teiHeader",
-            "fileDesc",
-            "titleStmt",
-            "title",
-            "idno",
-            "abstract",
-            "text",
-            "body",
-            "div",
-            "head",
-            "p",
-            "formula",
-            "figure",
-            "note",
-            "date",
-            "ref",
-        ];
-        let tei = (xml_tree(NAMES, "TEI", TEI_HOSTS), id_value()).prop_map(|(tree, id)| {
-            let header =
-                format!("<teiHeader><fileDesc><titleStmt><title>T</title></titleStmt></fileDesc><idno type=\"DOI\">{id}</idno></teiHeader>");
-            tree.replacen("<TEI>", &format!("<TEI>{header}"), 1)
-        });
-        damaged(tei)
+        xml_format(TEI_NAMES, "TEI", TEI_HOSTS, |id, _| {
+            format!("<teiHeader><fileDesc><titleStmt><title>T</title></titleStmt></fileDesc><idno type=\"DOI\">{id}</idno></teiHeader>")
+        })
     });
 }
 
@@ -447,27 +408,9 @@ fn fuzz_pdf_text_extraction() {
         .name("fuzz-pdf".into())
         .stack_size(8 << 20) // the PDF worker's main thread has 8 MiB
         .spawn(move || {
-            let strategy = (
-                text(),
-                prop_oneof![Just(0usize), 0usize..64, 1000usize..50_000],
-                any::<bool>(),
-                0.0f64..=1.0,
-                proptest::collection::vec((0.0f64..1.0, any::<u8>()), 0..6),
-                any::<bool>(),
-            )
-                .prop_map(|(text, depth, hostile, keep, flips, damage)| {
-                    let mut bytes = pdf(&text, depth, hostile);
-                    if damage {
-                        bytes.truncate(((bytes.len() as f64) * keep) as usize);
-                        for (at, byte) in flips {
-                            if !bytes.is_empty() {
-                                let i = ((bytes.len() - 1) as f64 * at) as usize;
-                                bytes[i] = byte;
-                            }
-                        }
-                    }
-                    bytes
-                });
+            let pdfs = (text(), prop_oneof![Just(0usize), 0usize..64, 1000usize..50_000], any::<bool>())
+                .prop_map(|(text, depth, hostile)| pdf(&text, depth, hostile));
+            let strategy = damaged(pdfs);
             let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
             runner
                 .run(&strategy, |bytes| {
