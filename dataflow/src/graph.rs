@@ -274,11 +274,7 @@ impl Ctx {
 
 /// At most the first [`medkg_operators::MAX_ID_BYTES`] bytes of `text` (at a character boundary).
 fn bounded(text: &str) -> &str {
-    let mut end = text.len().min(medkg_operators::MAX_ID_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    &text[..text.floor_char_boundary(medkg_operators::MAX_ID_BYTES)]
 }
 
 /// A stateless stage: `logic` turns each record into any number of

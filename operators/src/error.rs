@@ -47,11 +47,7 @@ pub const MAX_ERROR_MESSAGE: usize = 1024;
 fn bounded(message: impl Into<String>) -> String {
     let mut message = message.into();
     if message.len() > MAX_ERROR_MESSAGE {
-        let mut end = MAX_ERROR_MESSAGE - '…'.len_utf8();
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
+        message.truncate(message.floor_char_boundary(MAX_ERROR_MESSAGE - '…'.len_utf8()));
         message.push('…');
     }
     message
