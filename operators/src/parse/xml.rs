@@ -63,22 +63,21 @@ pub(crate) fn refuse_dtd(text: &str) -> Result<(), StageError> {
     Err(refused("has an unterminated DOCTYPE"))
 }
 
-/// The deepest element nesting of a document, in one pass over its nodes
-/// in document order (a parent always comes before its children).
+/// The deepest element nesting of a document, in one pass over its
+/// elements in document order, keeping only the path to the current one.
 fn max_depth(xml: &XmlDocument<'_>) -> usize {
-    let mut depth_of: Vec<u32> = Vec::new();
-    let mut deepest = 0u32;
-    for node in xml.root().descendants() {
-        let at = node.id().get_usize();
-        let parent = node.parent().map_or(0, |p| depth_of.get(p.id().get_usize()).copied().unwrap_or(0));
-        let depth = parent + u32::from(node.is_element());
-        if depth_of.len() <= at {
-            depth_of.resize(at + 1, 0);
+    let mut path: Vec<roxmltree::NodeId> = Vec::new();
+    let mut deepest = 0;
+    for element in xml.root().descendants().filter(|n| n.is_element()) {
+        // Its parent element is on the path (document order): leave what is below it.
+        let parent = element.parent_element().map(|p| p.id());
+        while path.last().is_some_and(|&top| Some(top) != parent) {
+            path.pop();
         }
-        depth_of[at] = depth;
-        deepest = deepest.max(depth);
+        path.push(element.id());
+        deepest = deepest.max(path.len());
     }
-    deepest as usize
+    deepest
 }
 
 /// The root element, which must be called `name` (`what` describes it).
