@@ -120,27 +120,35 @@ impl Isolation {
             let _ = child.kill();
             return Err(unavailable(std::io::Error::other("no pipes to the extractor")));
         };
-        let input = pdf.to_vec();
-        // Both ends on threads of their own: neither pipe can stall the other.
-        let writer = std::thread::spawn(move || stdin.write_all(&input));
-        let reader = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            stdout.by_ref().take(MAX_IR_BYTES + 1).read_to_end(&mut out).map(|_| out)
-        });
-        let began = std::time::Instant::now();
-        let status = loop {
-            match child.try_wait().map_err(unavailable)? {
-                Some(status) => break Some(status),
-                None if began.elapsed() >= self.timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
+        // Both ends on threads of their own, so neither pipe can stall the
+        // other; scoped, so they borrow the PDF (a kill closes both pipes).
+        let (status, out) = std::thread::scope(|scope| {
+            let writer = scope.spawn(move || stdin.write_all(pdf));
+            let reader = scope.spawn(move || {
+                let mut out = Vec::new();
+                stdout.by_ref().take(MAX_IR_BYTES + 1).read_to_end(&mut out).map(|_| out)
+            });
+            let began = std::time::Instant::now();
+            let status = loop {
+                match child.try_wait() {
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Err(unavailable(e));
+                    }
+                    Ok(Some(status)) => break Ok(Some(status)),
+                    Ok(None) if began.elapsed() >= self.timeout => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Ok(None);
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
                 }
-                None => std::thread::sleep(Duration::from_millis(5)),
-            }
-        };
-        let _ = writer.join();
-        let out = reader.join().ok().and_then(Result::ok).unwrap_or_default();
+            };
+            let _ = writer.join();
+            (status, reader.join().ok().and_then(Result::ok).unwrap_or_default())
+        });
+        let status = status?;
         let Some(status) = status else {
             return Err(StageError::permanent(
                 "extract_timeout",
