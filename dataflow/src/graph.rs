@@ -394,29 +394,23 @@ fn parse_stage<'s>(
         let began = Instant::now();
         // A tenant the transport names (a Kafka `tenant_id` header) is the
         // documents' tenant; a record that names another is refused.
-        let results = match &payload.tenant {
+        let results = match payload.tenant.as_deref().map(|t| medkg_operators::check_tenant(t).map(|()| t)) {
             None => parse::parse(&options, &payload.bytes, payload.name.as_deref()),
-            Some(tenant) => match medkg_operators::check_tenant(tenant) {
-                Err(error) => vec![Err(error)],
-                Ok(()) => {
-                    let options = parse::ParseOptions { default_tenant: tenant.clone(), ..options.clone() };
-                    let mut results = parse::parse(&options, &payload.bytes, payload.name.as_deref());
-                    for result in &mut results {
-                        if let Ok(doc) = result {
-                            if doc.tenant_id != *tenant {
-                                *result = Err(StageError::permanent(
-                                    "tenant_mismatch",
-                                    format!(
-                                        "document {} names tenant `{}` but its record's header says `{tenant}`",
-                                        doc.id, doc.tenant_id
-                                    ),
-                                ));
-                            }
-                        }
-                    }
-                    results
-                }
-            },
+            Some(Err(error)) => vec![Err(error)],
+            Some(Ok(tenant)) => {
+                let options = parse::ParseOptions { default_tenant: tenant.to_string(), ..options.clone() };
+                let mismatch = |doc: &Document| {
+                    let message = format!(
+                        "document {} names tenant `{}` but its record's header says `{tenant}`",
+                        doc.id, doc.tenant_id
+                    );
+                    StageError::permanent("tenant_mismatch", message)
+                };
+                parse::parse(&options, &payload.bytes, payload.name.as_deref())
+                    .into_iter()
+                    .map(|r| r.and_then(|doc| if doc.tenant_id == tenant { Ok(doc) } else { Err(mismatch(&doc)) }))
+                    .collect()
+            }
         };
         let mut failed = 0usize;
         for result in results {
