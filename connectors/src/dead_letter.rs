@@ -18,10 +18,15 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+use crate::kafka::{KafkaSettings, DLQ_TOPIC};
 use crate::Position;
 
 /// One dead-letter record.
@@ -132,7 +137,7 @@ pub struct DeadLetterSink {
     path: PathBuf,
     out: Option<BufWriter<File>>,
     written: u64,
-    kafka: Option<crate::kafka::KafkaDeadLetters>,
+    kafka: Option<KafkaDeadLetters>,
     /// When the file was last synced, and whether it has been written since.
     synced: std::time::Instant,
     dirty: bool,
@@ -152,25 +157,25 @@ impl DeadLetterSink {
     }
 
     /// Also sends every dead letter to the Kafka dead-letter topic.
-    pub fn with_kafka(mut self, kafka: crate::kafka::KafkaDeadLetters) -> DeadLetterSink {
+    pub fn with_kafka(mut self, kafka: KafkaDeadLetters) -> DeadLetterSink {
         self.kafka = Some(kafka);
         self
     }
 
     /// Syncs the file and waits until the Kafka dead-letter topic
     /// acknowledged everything sent.
-    pub fn flush(&mut self) -> std::io::Result<()> {
+    pub fn flush(&mut self) -> Result<()> {
         self.sync()?;
         match &self.kafka {
-            Some(kafka) => kafka.flush().map_err(std::io::Error::other),
+            Some(kafka) => kafka.flush(),
             None => Ok(()),
         }
     }
 
     /// Syncs the file to disk if anything was written since the last sync.
-    pub fn sync(&mut self) -> std::io::Result<()> {
+    pub fn sync(&mut self) -> Result<()> {
         if let (true, Some(out)) = (self.dirty, &self.out) {
-            out.get_ref().sync_data()?;
+            out.get_ref().sync_data().map_err(|e| Error::io(format!("cannot sync {}", self.path.display()), e))?;
             self.dirty = false;
             self.synced = std::time::Instant::now();
         }
@@ -178,25 +183,26 @@ impl DeadLetterSink {
     }
 
     /// Writes one dead letter.
-    pub fn write(&mut self, letter: &DeadLetter) -> std::io::Result<()> {
-        if self.out.is_none() {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
+    pub fn write(&mut self, letter: &DeadLetter) -> Result<()> {
+        let failed = |e| Error::io(format!("cannot write {}", self.path.display()), e);
+        let out = match &mut self.out {
+            Some(out) => out,
+            None => {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir).map_err(failed)?;
+                }
+                let file = OpenOptions::new().create(true).append(true).open(&self.path).map_err(failed)?;
+                self.out.insert(BufWriter::new(file))
             }
-            let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
-            self.out = Some(BufWriter::new(file));
-        }
-        let out = self.out.as_mut().expect("opened above");
-        serde_json::to_writer(&mut *out, letter)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
+        };
+        serde_json::to_writer(&mut *out, letter).map_err(std::io::Error::from).map_err(failed)?;
+        out.write_all(b"\n").and_then(|()| out.flush()).map_err(failed)?;
         self.dirty = true;
-        if self.synced.elapsed() >= std::time::Duration::from_secs(1) {
+        if self.synced.elapsed() >= Duration::from_secs(1) {
             self.sync()?;
         }
         if let Some(kafka) = &self.kafka {
-            let key = letter.doc_id.as_deref();
-            kafka.send(letter, key).map_err(std::io::Error::other)?;
+            kafka.send(letter, letter.doc_id.as_deref())?;
         }
         self.written += 1;
         Ok(())
@@ -208,21 +214,70 @@ impl DeadLetterSink {
     }
 
     /// Reads every dead letter of a data directory.
-    pub fn read_all(data_dir: &Path) -> std::io::Result<Vec<DeadLetter>> {
+    pub fn read_all(data_dir: &Path) -> Result<Vec<DeadLetter>> {
         let dir = data_dir.join("dead-letter");
         let mut letters = Vec::new();
         if !dir.exists() {
             return Ok(letters);
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let read = |e| Error::io(format!("cannot read {}", dir.display()), e);
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(&dir).map_err(read)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
         for file in files {
-            for line in std::fs::read_to_string(&file)?.lines() {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?;
+            for line in text.lines() {
                 if let Ok(letter) = serde_json::from_str(line) {
                     letters.push(letter);
                 }
             }
         }
         Ok(letters)
+    }
+}
+
+/// Produces dead letters to [`DLQ_TOPIC`]: the original key and bytes, with
+/// the error class, kind, message, stage and source position as headers.
+pub struct KafkaDeadLetters {
+    producer: BaseProducer,
+}
+
+impl KafkaDeadLetters {
+    /// Connects a producer.
+    pub fn new(settings: &KafkaSettings) -> Result<KafkaDeadLetters> {
+        let producer =
+            settings.producer_config().create().map_err(|e| Error::kafka("cannot create a Kafka producer", e))?;
+        Ok(KafkaDeadLetters { producer })
+    }
+
+    /// Sends one dead letter (delivery is confirmed by [`Self::flush`]).
+    pub fn send(&self, letter: &DeadLetter, key: Option<&str>) -> Result<()> {
+        let bytes = letter.bytes();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "error_class", value: Some(letter.error_class.as_bytes()) })
+            .insert(Header { key: "error_kind", value: Some(letter.error_kind.as_bytes()) })
+            .insert(Header { key: "error_message", value: Some(letter.message.as_bytes()) })
+            .insert(Header { key: "stage", value: Some(letter.stage.as_bytes()) })
+            .insert(Header { key: "source", value: Some(letter.source.as_bytes()) })
+            .insert(Header { key: "source_position", value: Some(letter.position.as_bytes()) });
+        // The payload's bytes went with an earlier letter of the same record.
+        let headers = match &letter.bytes_at {
+            Some(at) => headers.insert(Header { key: "bytes_at", value: Some(at.as_bytes()) }),
+            None => headers,
+        };
+        let mut record: BaseRecord<'_, str, [u8]> =
+            BaseRecord::to(DLQ_TOPIC).payload(bytes.as_slice()).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.producer.send(record).map_err(|(e, _)| Error::kafka("cannot queue a dead letter", e))?;
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Waits until every dead letter sent so far is acknowledged.
+    pub fn flush(&self) -> Result<()> {
+        self.producer.flush(Duration::from_secs(30)).map_err(|e| Error::kafka("dead letters not acknowledged", e))
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::kafka::{KafkaJson, KafkaSettings};
 
 /// The prefix of every event type.
@@ -79,13 +80,13 @@ pub struct EventData {
 }
 
 /// Builds the CloudEvent of `step` with `data`.
-pub fn cloud_event(step: Lifecycle, data: &EventData) -> Result<Event, String> {
+pub fn cloud_event(step: Lifecycle, data: &EventData) -> Result<Event> {
     let subject = match (&data.doc_id, data.epoch) {
         (Some(doc), _) => doc.clone(),
         (None, Some(epoch)) => format!("epoch:{epoch}"),
         (None, None) => data.stage.clone(),
     };
-    let json = serde_json::to_value(data).map_err(|e| format!("event data: {e}"))?;
+    let json = serde_json::to_value(data).map_err(|e| Error::json("event data", e))?;
     EventBuilderV10::new()
         .id(uuid::Uuid::new_v4().to_string())
         .source(format!("/medkg/{}/{}", data.pipeline, data.stage))
@@ -94,7 +95,7 @@ pub fn cloud_event(step: Lifecycle, data: &EventData) -> Result<Event, String> {
         .time(chrono::Utc::now())
         .data("application/json", json)
         .build()
-        .map_err(|e| format!("cannot build a CloudEvent: {e}"))
+        .map_err(|e| Error::Other(format!("cannot build a CloudEvent: {e}")))
 }
 
 /// Where events go (`--events`).
@@ -166,23 +167,25 @@ impl std::fmt::Debug for EventSink {
 
 impl EventSink {
     /// Opens `target`; a Kafka topic needs the run's broker settings.
-    pub fn open(target: &EventTarget, kafka: Option<&KafkaSettings>) -> Result<EventSink, String> {
+    pub fn open(target: &EventTarget, kafka: Option<&KafkaSettings>) -> Result<EventSink> {
         match target {
             EventTarget::Off => Ok(EventSink::Off),
             EventTarget::File(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
                 }
                 let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| format!("cannot open the events file {}: {e}", path.display()))?;
+                    .map_err(|e| Error::io(format!("cannot open the events file {}", path.display()), e))?;
                 Ok(EventSink::File(Mutex::new(BufWriter::new(file)), path.clone()))
             }
             EventTarget::Kafka(topic) => {
-                let settings = kafka
-                    .ok_or_else(|| format!("--events kafka:{topic} needs brokers (--brokers, or a Kafka source)"))?;
+                let settings = kafka.ok_or_else(|| {
+                    Error::Config(format!("--events kafka:{topic} needs brokers (--brokers, or a Kafka source)"))
+                })?;
                 Ok(EventSink::Kafka(KafkaJson::new(settings, topic)?))
             }
         }
@@ -194,19 +197,19 @@ impl EventSink {
     }
 
     /// Writes one event.
-    pub fn emit(&self, step: Lifecycle, data: &EventData) -> Result<(), String> {
+    pub fn emit(&self, step: Lifecycle, data: &EventData) -> Result<()> {
         if !self.enabled() {
             return Ok(());
         }
         let event = cloud_event(step, data)?;
-        let json = serde_json::to_vec(&event).map_err(|e| format!("cannot serialise an event: {e}"))?;
+        let json = serde_json::to_vec(&event).map_err(|e| Error::json("cannot serialise an event", e))?;
         match self {
             EventSink::Off => Ok(()),
             EventSink::File(file, path) => {
                 let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
                 file.write_all(&json)
                     .and_then(|()| file.write_all(b"\n"))
-                    .map_err(|e| format!("cannot write an event to {}: {e}", path.display()))
+                    .map_err(|e| Error::io(format!("cannot write an event to {}", path.display()), e))
             }
             EventSink::Kafka(kafka) => {
                 let ty = step.event_type();
@@ -217,25 +220,25 @@ impl EventSink {
     }
 
     /// Makes every event so far durable (file) or acknowledged (Kafka).
-    pub fn flush(&self) -> Result<(), String> {
+    pub fn flush(&self) -> Result<()> {
         match self {
             EventSink::Off => Ok(()),
             EventSink::File(file, path) => file
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .flush()
-                .map_err(|e| format!("cannot write events to {}: {e}", path.display())),
+                .map_err(|e| Error::io(format!("cannot write events to {}", path.display()), e)),
             EventSink::Kafka(kafka) => kafka.flush(),
         }
     }
 }
 
 /// Reads an events file back (tests, `jq`-less inspection).
-pub fn read_file(path: &Path) -> Result<Vec<Event>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn read_file(path: &Path) -> Result<Vec<Event>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| format!("{}: not a CloudEvent: {e}", path.display())))
+        .map(|l| serde_json::from_str(l).map_err(|e| Error::json(format!("{}: not a CloudEvent", path.display()), e)))
         .collect()
 }
 

@@ -3,21 +3,28 @@
 //! - [`file`]: JSONL (plain or gzip) and directories of document files,
 //!   split across workers by record number, with a durable [`Checkpoint`].
 //! - [`dead_letter`]: the dead-letter sink every failed record goes to.
-//! - [`kafka`]: Kafka settings, dead letters and events on topics.
+//! - [`kafka`]: Kafka settings, the consumer (offsets committed once
+//!   durable) and a producer of JSON records.
+//! - [`error`]: the one error type of the connectors.
 //! - [`events`]: CloudEvents lifecycle events to a file or a topic.
 //! - [`ledger`]: the SQLite job ledger, one row per document.
 //! - [`lineage`]: OpenLineage run events to a file or an HTTP endpoint.
+//! - [`stream`]: where a side stream lives (`dir:PATH` or `kafka:TOPIC`).
 #![warn(missing_docs)]
 
 pub mod dead_letter;
+pub mod error;
 pub mod events;
 pub mod file;
 pub mod kafka;
 pub mod ledger;
 pub mod lineage;
+pub mod stream;
 
 pub use dead_letter::{DeadLetter, DeadLetterSink};
+pub use error::Error;
 pub use file::{complete_json_files, Checkpoint, FileSource, SourceError};
+pub use stream::StreamSpec;
 
 use serde::{Deserialize, Serialize};
 

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+
 /// The OpenLineage spec the events follow.
 pub const SCHEMA_URL: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/definitions/RunEvent";
 /// Who produced them.
@@ -111,41 +113,41 @@ pub struct LineageSink {
 
 impl LineageSink {
     /// A sink for `target`.
-    pub fn new(target: LineageTarget) -> Result<LineageSink, String> {
+    pub fn new(target: LineageTarget) -> Result<LineageSink> {
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
-            .map_err(|e| format!("cannot build the lineage HTTP client: {e}"))?;
+            .map_err(|e| Error::Http { what: "cannot build the lineage HTTP client".into(), cause: e })?;
         Ok(LineageSink { target, client })
     }
 
     /// Sends one event.
-    pub async fn emit(&self, info: &RunInfo, state: RunState, error: Option<&str>) -> Result<(), String> {
+    pub async fn emit(&self, info: &RunInfo, state: RunState, error: Option<&str>) -> Result<()> {
         let event = run_event(info, state, error);
         match &self.target {
             LineageTarget::File(path) => {
-                let mut line = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
+                let mut line = serde_json::to_vec(&event).map_err(|e| Error::json("lineage event", e))?;
                 line.push(b'\n');
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
                     .and_then(|mut f| f.write_all(&line).and_then(|()| f.sync_data()))
-                    .map_err(|e| format!("cannot write lineage to {}: {e}", path.display()))
+                    .map_err(|e| Error::io(format!("cannot write lineage to {}", path.display()), e))
             }
             LineageTarget::Http(url) => {
                 let response = self
                     .client
                     .post(url)
                     .header("content-type", "application/json")
-                    .body(serde_json::to_vec(&event).map_err(|e| e.to_string())?)
+                    .body(serde_json::to_vec(&event).map_err(|e| Error::json("lineage event", e))?)
                     .send()
                     .await
-                    .map_err(|e| format!("cannot post lineage to {url}: {e}"))?;
+                    .map_err(|e| Error::Http { what: format!("cannot post lineage to {url}"), cause: e })?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
-                    Err(format!("lineage endpoint {url} answered {}", response.status()))
+                    Err(Error::Other(format!("lineage endpoint {url} answered {}", response.status())))
                 }
             }
         }

@@ -11,8 +11,12 @@ use medkg_operators::parse;
 use medkg_operators::ChunkedDocument;
 use serde::Serialize;
 
-use crate::stages::{ModelOptions, StageConfig, StageSettings};
-use crate::{models, run, Mode, Progress, Retriever, RunOptions};
+use crate::models;
+use crate::options::RunOptions;
+use crate::progress::Progress;
+use crate::retriever::{Mode, Retriever};
+use crate::run::run;
+use crate::settings::{ModelOptions, StageConfig, StageSettings};
 
 /// Encodes texts on worker `w`'s session with a token budget; returns how many came back.
 type EncodeFn = dyn Fn(usize, &[&str], usize) -> Result<usize, medkg_operators::StageError> + Sync;

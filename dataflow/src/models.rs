@@ -3,37 +3,63 @@
 
 use std::path::{Path, PathBuf};
 
-use medkg_operators::models::{DenseEncoder, SpladeEncoder};
-use medkg_operators::StageError;
+use medkg_operators::models::{DenseEncoder, SparseVector, SpladeEncoder};
+use medkg_operators::{Chunk, StageError};
 use serde::{Deserialize, Serialize};
 
-use crate::stages::{EncoderSpec, StageConfig, StageSettings};
+use crate::settings::{EncoderSpec, StageConfig, StageSettings};
 
-/// The sessions of one stage: one per worker (an ONNX Runtime session runs
-/// one batch at a time; workers must not queue behind each other).
-pub(crate) enum StageEncoders {
-    None,
+/// The sessions of one model stage: one per worker (an ONNX Runtime
+/// session runs one batch at a time; workers must not queue behind each other).
+pub(crate) enum Sessions {
     Dense(Vec<DenseEncoder>),
     Splade(Vec<SpladeEncoder>),
 }
 
-/// Loads every model stage's sessions, `workers` of each.
-pub(crate) fn load_encoders(settings: &StageSettings, workers: usize) -> Result<Vec<StageEncoders>, StageError> {
-    settings
-        .stages
-        .iter()
-        .map(|stage| {
-            Ok(match stage {
-                StageConfig::Embed(spec) => {
-                    StageEncoders::Dense((0..workers).map(|_| dense(spec)).collect::<Result<_, _>>()?)
-                }
-                StageConfig::Splade(spec) => {
-                    StageEncoders::Splade((0..workers).map(|_| splade(spec)).collect::<Result<_, _>>()?)
-                }
-                _ => StageEncoders::None,
-            })
-        })
-        .collect()
+/// A model's output for one text.
+pub(crate) enum Vector {
+    Dense(Vec<f32>),
+    Sparse(SparseVector),
+}
+
+impl Vector {
+    /// Stores the vector in its chunk.
+    pub fn assign(self, chunk: &mut Chunk) {
+        match self {
+            Vector::Dense(v) => chunk.dense = Some(v),
+            Vector::Sparse(v) => chunk.sparse = Some(v),
+        }
+    }
+}
+
+impl Sessions {
+    /// `workers` sessions of a dense model.
+    pub fn dense(spec: &EncoderSpec, workers: usize) -> Result<Sessions, StageError> {
+        Ok(Sessions::Dense((0..workers).map(|_| dense(spec)).collect::<Result<_, _>>()?))
+    }
+
+    /// `workers` sessions of a SPLADE model.
+    pub fn splade(spec: &EncoderSpec, workers: usize) -> Result<Sessions, StageError> {
+        Ok(Sessions::Splade((0..workers).map(|_| splade(spec)).collect::<Result<_, _>>()?))
+    }
+
+    /// Encodes `texts` on worker `worker`'s session in batches of at most
+    /// `max_batch_tokens` padded tokens: one vector per text, in order.
+    pub fn encode(&self, worker: usize, texts: &[&str], max_batch_tokens: usize) -> Result<Vec<Vector>, StageError> {
+        let missing = || StageError::permanent("no_session", format!("no model session for worker {worker}"));
+        match self {
+            Sessions::Dense(sessions) => sessions
+                .get(worker)
+                .ok_or_else(missing)?
+                .encode_many(texts, max_batch_tokens)
+                .map(|v| v.into_iter().map(Vector::Dense).collect()),
+            Sessions::Splade(sessions) => sessions
+                .get(worker)
+                .ok_or_else(missing)?
+                .encode_many(texts, max_batch_tokens)
+                .map(|v| v.into_iter().map(Vector::Sparse).collect()),
+        }
+    }
 }
 
 /// Loads a dense encoder as specified.

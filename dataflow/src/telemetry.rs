@@ -1,7 +1,7 @@
 //! What a run tells the outside world while it works: Prometheus metrics
 //! (served at `/metrics`), CloudEvents lifecycle events, the job ledger and
 //! logs. One [`Telemetry`] serves the whole process; each worker reports
-//! through a [`Watch`] per stage.
+//! through a [`Reporter`] per stage.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ use prometheus::{
     exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::Progress;
+use crate::progress::Progress;
 
 /// Where a run reports (`--events`, `--event-granularity`, `--metrics-addr`, `--lineage`).
 #[derive(Clone, Debug)]
@@ -248,7 +248,7 @@ pub(crate) struct Subject<'a> {
 
 /// One stage's reporting on one worker.
 #[derive(Clone)]
-pub(crate) struct Watch {
+pub(crate) struct Reporter {
     pub telemetry: Arc<Telemetry>,
     pub stage: Rc<str>,
     index: u32,
@@ -260,7 +260,7 @@ pub(crate) struct Watch {
     ledger: Rc<RefCell<LedgerBuffer>>,
 }
 
-impl Watch {
+impl Reporter {
     pub fn new(
         telemetry: &Arc<Telemetry>,
         stage: &str,
@@ -268,10 +268,10 @@ impl Watch {
         is_sink: bool,
         progress_rows: bool,
         ledger: &Rc<RefCell<LedgerBuffer>>,
-    ) -> Watch {
+    ) -> Reporter {
         let duration = telemetry.metrics.stage_duration.with_label_values(&[&telemetry.pipeline, stage]);
         telemetry.metrics.stage_retries.with_label_values(&[&telemetry.pipeline, stage]);
-        Watch {
+        Reporter {
             telemetry: telemetry.clone(),
             stage: stage.into(),
             index: index as u32,

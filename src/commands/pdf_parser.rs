@@ -38,14 +38,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use medkg_connectors::dead_letter::DeadLetter;
-use medkg_connectors::kafka::{KafkaDeadLetters, KafkaJson, KafkaSettings};
-use medkg_connectors::Position;
+use medkg_connectors::dead_letter::{DeadLetter, KafkaDeadLetters};
+use medkg_connectors::kafka::{KafkaJson, KafkaSettings};
+use medkg_connectors::{Position, StreamSpec};
 use medkg_operators::index::write_atomically;
 use medkg_operators::pdf::{extract, sha256_hex, Downloaded, IrReady, ObjectStore};
 use medkg_operators::{Document, StageError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::cli::PdfParserArgs;
 
 /// Where downloaded records come from.
 enum Input {
@@ -243,37 +245,50 @@ impl Store {
     }
 }
 
+/// `medkg pdf-parser`.
+pub fn command(args: PdfParserArgs) -> anyhow::Result<()> {
+    let PdfParserArgs { input, output, once, objects, max_pdf_bytes, extract_memory, extract_timeout, kafka } = args;
+    let settings = kafka.brokers.is_some().then(|| kafka.settings_or("medkg-pdf-parser")).transpose()?;
+    let store = Store::open(&objects, max_pdf_bytes)?;
+    let timeout = Duration::try_from_secs_f64(extract_timeout)
+        .map_err(|e| anyhow!("--extract-timeout {extract_timeout}: {e}"))?;
+    run(&input, &output, once, store, Isolation { memory: extract_memory, timeout }, settings)
+}
+
+/// Parses what comes on `input` into `output` until stopped (or, `once`,
+/// until `input` is drained).
 pub fn run(
-    input: &str,
-    output: &str,
+    input: &StreamSpec,
+    output: &StreamSpec,
     once: bool,
     store: Store,
     isolation: Isolation,
     kafka: Option<KafkaSettings>,
 ) -> anyhow::Result<()> {
-    let kafka_for = |spec: &str| kafka.clone().ok_or_else(|| anyhow!("`{spec}` needs --brokers HOST:PORT"));
-    let mut input = if let Some(dir) = input.strip_prefix("dir:") {
-        Input::Dir { dir: PathBuf::from(dir), seen: HashSet::new() }
-    } else if let Some(topic) = input.strip_prefix("kafka:") {
-        let consumer: BaseConsumer =
-            kafka_for(input)?.consumer_config().create().map_err(|e| anyhow!("cannot create a Kafka consumer: {e}"))?;
-        consumer.subscribe(&[topic]).map_err(|e| anyhow!("cannot subscribe to {topic}: {e}"))?;
-        Input::Kafka { consumer, topic: topic.to_string() }
-    } else {
-        bail!("--input `{input}`: expected dir:PATH or kafka:TOPIC");
-    };
-    let output = if let Some(dir) = output.strip_prefix("dir:") {
-        let dir = PathBuf::from(dir);
-        std::fs::create_dir_all(dir.join("failed")).with_context(|| format!("cannot create {}", dir.display()))?;
-        Output::Dir(dir)
-    } else if let Some(topic) = output.strip_prefix("kafka:") {
-        let settings = kafka_for(output)?;
-        Output::Kafka {
-            records: KafkaJson::new(&settings, topic).map_err(|e| anyhow!(e))?,
-            dead_letters: KafkaDeadLetters::new(&settings).map_err(|e| anyhow!(e))?,
+    let kafka_for = |spec: &StreamSpec| kafka.clone().ok_or_else(|| anyhow!("`{spec}` needs --brokers HOST:PORT"));
+    let mut input = match input {
+        StreamSpec::Dir(dir) => Input::Dir { dir: dir.clone(), seen: HashSet::new() },
+        StreamSpec::Kafka(topic) => {
+            let consumer: BaseConsumer = kafka_for(input)?
+                .consumer_config()
+                .create()
+                .map_err(|e| anyhow!("cannot create a Kafka consumer: {e}"))?;
+            consumer.subscribe(&[topic]).map_err(|e| anyhow!("cannot subscribe to {topic}: {e}"))?;
+            Input::Kafka { consumer, topic: topic.clone() }
         }
-    } else {
-        bail!("--output `{output}`: expected dir:PATH or kafka:TOPIC");
+    };
+    let output = match output {
+        StreamSpec::Dir(dir) => {
+            std::fs::create_dir_all(dir.join("failed")).with_context(|| format!("cannot create {}", dir.display()))?;
+            Output::Dir(dir.clone())
+        }
+        StreamSpec::Kafka(topic) => {
+            let settings = kafka_for(output)?;
+            Output::Kafka {
+                records: KafkaJson::new(&settings, topic)?,
+                dead_letters: KafkaDeadLetters::new(&settings)?,
+            }
+        }
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -1,32 +1,52 @@
-//! The Kafka source: every worker is a member of the consumer group, so the
-//! topic's partitions spread over all workers (and, in a cluster, all
-//! processes).
+//! The Kafka consumer: messages as [`RawPayload`]s, with offsets committed
+//! only once what was read is durable.
 //!
-//! A message is sent into the dataflow at the worker's current epoch, and the
-//! worker remembers, per epoch, the next offset of every partition it read.
-//! Epochs close every `epoch_ms` (on every worker's clock, counted from the
-//! same start) or after `epoch_records` messages. When the probe after the
-//! index sinks passes an epoch, everything read in it is durable in every
-//! index, and only then are those offsets committed. A crash replays at most
-//! the uncommitted epochs, whose writes are idempotent upserts.
-//!
-//! On a rebalance, revoked partitions commit what is durable and forget the
-//! rest: the new owner replays it. SIGTERM drains: the input closes, the
-//! sinks commit, the offsets commit, the worker exits.
+//! Each message is remembered under the epoch it was read in; the engine
+//! says which epochs are durable (its probe after the index sinks passed
+//! them), and only their offsets are committed. On a rebalance, revoked
+//! partitions commit what is durable and forget the rest: the new owner
+//! replays it. A crash replays at most the uncommitted epochs, whose writes
+//! are idempotent upserts.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use medkg_connectors::kafka::KafkaSettings;
-use medkg_connectors::RawPayload;
+use super::KafkaSettings;
+use crate::error::{Error, Result};
+use crate::{Position, RawPayload};
 
-use crate::{Feed, KafkaSource, Shared};
+/// A consumed message as a payload: its key, value and (topic, partition,
+/// offset) position; a message with a key and no value is a tombstone.
+pub fn payload_of(message: &BorrowedMessage<'_>) -> RawPayload {
+    let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
+    let tenant = message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == "tenant_id")
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    });
+    RawPayload {
+        source: format!("kafka:{}", message.topic()),
+        tombstone: message.payload().is_none() && key.is_some(),
+        key,
+        bytes: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        name: None,
+        position: Position {
+            ordinal: message.offset().max(0) as u64,
+            file: message.topic().to_string(),
+            line: None,
+            partition: Some(message.partition()),
+        },
+        tenant,
+    }
+}
 
 /// Per epoch: partition → the offset after the last message read in it.
 type Pending = BTreeMap<u64, HashMap<i32, i64>>;
@@ -61,20 +81,16 @@ impl Offsets {
         out
     }
 
-    fn commit<C: ConsumerContext>(
-        &self,
-        consumer: &BaseConsumer<C>,
-        offsets: &HashMap<i32, i64>,
-    ) -> Result<(), String> {
+    fn commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, offsets: &HashMap<i32, i64>) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
         let mut list = TopicPartitionList::new();
         for (&partition, &offset) in offsets {
             list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
-                .map_err(|e| format!("offset list: {e}"))?;
+                .map_err(|e| Error::kafka("offset list", e))?;
         }
-        consumer.commit(&list, CommitMode::Sync).map_err(|e| format!("cannot commit offsets: {e}"))
+        consumer.commit(&list, CommitMode::Sync).map_err(|e| Error::kafka("cannot commit offsets", e))
     }
 }
 
@@ -103,22 +119,22 @@ impl ConsumerContext for Rebalancer {
     }
 }
 
-/// Watches the group's lag on its own thread (broker round trips never
-/// stall a worker): every 2 s, each partition's end minus the group's
-/// committed offset (the beginning where none is), summed, until `done`.
-pub(crate) fn monitor_lag(
-    kafka: KafkaSource,
-    progress: Arc<crate::Progress>,
-    done: Arc<std::sync::atomic::AtomicBool>,
+/// Watches the lag of `settings.group` on `topic` on its own thread (broker
+/// round trips never stall a worker): every 2 s, each partition's end minus
+/// the group's committed offset (the beginning where none is), summed and
+/// handed to `on_lag`, until `done`.
+pub fn monitor_lag(
+    settings: KafkaSettings,
+    topic: String,
+    on_lag: impl Fn(u64) + Send + 'static,
+    done: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         // Same group id to read its commits, but never subscribed: not a member.
-        let Ok(consumer) = kafka.settings.consumer_config().create::<BaseConsumer>() else { return };
+        let Ok(consumer) = settings.consumer_config().create::<BaseConsumer>() else { return };
         while !done.load(Ordering::SeqCst) {
-            if let Some(lag) = group_lag(&consumer, &kafka.topic) {
-                if let Ok(mut lags) = progress.lag.lock() {
-                    lags.insert(0, lag);
-                }
+            if let Some(lag) = group_lag(&consumer, &topic) {
+                on_lag(lag);
             }
             for _ in 0..20 {
                 if done.load(Ordering::SeqCst) {
@@ -157,18 +173,18 @@ fn group_lag(consumer: &BaseConsumer, topic: &str) -> Option<u64> {
 /// pipeline's gates. Each message is remembered under the epoch it was sent
 /// at; [`KafkaInput::commit_durable`] commits the partitions' offsets of the
 /// epochs the `committed` probe has passed.
-pub(crate) struct KafkaInput {
+pub struct KafkaInput {
     consumer: BaseConsumer<Rebalancer>,
     offsets: Arc<Offsets>,
 }
 
 impl KafkaInput {
     /// Joins `settings.group` and subscribes to `topic`.
-    pub fn subscribe(settings: &KafkaSettings, topic: &str) -> anyhow::Result<KafkaInput> {
+    pub fn subscribe(settings: &KafkaSettings, topic: &str) -> Result<KafkaInput> {
         KafkaInput::subscribe_with(settings, topic, true)
     }
 
-    fn subscribe_with(settings: &KafkaSettings, topic: &str, subscribe: bool) -> anyhow::Result<KafkaInput> {
+    fn subscribe_with(settings: &KafkaSettings, topic: &str, subscribe: bool) -> Result<KafkaInput> {
         let offsets = Arc::new(Offsets {
             topic: topic.to_string(),
             pending: Mutex::new(BTreeMap::new()),
@@ -177,9 +193,9 @@ impl KafkaInput {
         let consumer: BaseConsumer<Rebalancer> = settings
             .consumer_config()
             .create_with_context(Rebalancer { offsets: offsets.clone() })
-            .map_err(|e| anyhow!("cannot create a Kafka consumer: {e}"))?;
+            .map_err(|e| Error::kafka("cannot create a Kafka consumer", e))?;
         if subscribe {
-            consumer.subscribe(&[topic]).map_err(|e| anyhow!("cannot subscribe to {topic}: {e}"))?;
+            consumer.subscribe(&[topic]).map_err(|e| Error::kafka(format!("cannot subscribe to {topic}"), e))?;
         }
         Ok(KafkaInput { consumer, offsets })
     }
@@ -189,12 +205,12 @@ impl KafkaInput {
     /// `settings.group` committed (else the beginning), and commits there.
     /// The set of workers is fixed for a run, so nothing ever rebalances.
     /// (Partitions added while it runs are read from the next run on.)
-    pub fn assign(settings: &KafkaSettings, topic: &str, worker: usize, peers: usize) -> anyhow::Result<KafkaInput> {
+    pub fn assign(settings: &KafkaSettings, topic: &str, worker: usize, peers: usize) -> Result<KafkaInput> {
         let input = KafkaInput::subscribe_with(settings, topic, false)?;
         let metadata = input
             .consumer
             .fetch_metadata(Some(topic), Duration::from_secs(30))
-            .map_err(|e| anyhow!("cannot read the metadata of {topic}: {e}"))?;
+            .map_err(|e| Error::kafka(format!("cannot read the metadata of {topic}"), e))?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -202,13 +218,13 @@ impl KafkaInput {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            bail!("topic {topic} does not exist (or has no partitions)");
+            return Err(Error::Config(format!("topic {topic} does not exist (or has no partitions)")));
         }
         let mut list = TopicPartitionList::new();
         for p in partitions.into_iter().filter(|&p| p as usize % peers == worker) {
-            list.add_partition_offset(topic, p, Offset::Stored).map_err(|e| anyhow!("offset list: {e}"))?;
+            list.add_partition_offset(topic, p, Offset::Stored).map_err(|e| Error::kafka("offset list", e))?;
         }
-        input.consumer.assign(&list).map_err(|e| anyhow!("cannot read {topic}: {e}"))?;
+        input.consumer.assign(&list).map_err(|e| Error::kafka(format!("cannot read {topic}"), e))?;
         Ok(input)
     }
 
@@ -217,7 +233,7 @@ impl KafkaInput {
     pub fn poll(&self, epoch: u64, timeout: Duration) -> Option<RawPayload> {
         match self.consumer.poll(timeout) {
             Some(Ok(message)) => {
-                let payload = medkg_connectors::kafka::payload_of(&message);
+                let payload = payload_of(&message);
                 if let Some(partition) = payload.position.partition {
                     if let Ok(mut pending) = self.offsets.pending.lock() {
                         let next = message.offset() + 1;
@@ -236,91 +252,19 @@ impl KafkaInput {
     }
 
     /// Commits the offsets of the epochs before `frontier` (durable); calls
-    /// `before` first when there is anything to commit.
-    pub fn commit_durable(&self, frontier: u64, before: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    /// `before` first when there is anything to commit (what must be durable
+    /// before the offsets move, such as the dead letters of those epochs).
+    pub fn commit_durable<E: From<Error>>(
+        &self,
+        frontier: u64,
+        before: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
         self.offsets.durable.store(frontier, Ordering::SeqCst);
         let durable = self.offsets.take_durable(|_| true);
         if !durable.is_empty() {
             before()?;
-            self.offsets.commit(&self.consumer, &durable).map_err(|e| anyhow!(e))?;
+            self.offsets.commit(&self.consumer, &durable)?;
         }
         Ok(())
     }
-}
-
-/// Consumes `kafka.topic` until stopped.
-pub(crate) fn feed(
-    worker: &mut timely::worker::Worker,
-    shared: &Arc<Shared>,
-    feed: Feed,
-    kafka: &KafkaSource,
-) -> anyhow::Result<()> {
-    let Feed { mut input, flow, committed, dead_letters, mut books, mut ir, census: _ } = feed;
-    books.opened(0);
-    let source = KafkaInput::subscribe(&kafka.settings, &kafka.topic)?;
-    let runtime = &shared.options.plan.runtime;
-    let (epoch_ms, epoch_records, window) =
-        (runtime.epoch_ms.max(1), runtime.epoch_records.max(1), runtime.max_epochs_in_flight.max(1));
-    let mut epoch = 0u64;
-    let mut in_epoch = 0u64;
-    // Dead letters of durable epochs must be in their topic before the offsets move.
-    let flush = || dead_letters.borrow_mut().flush().map_err(|e| anyhow!("{e}"));
-    let commit_durable = |ir: &Option<crate::IrFeed>| -> anyhow::Result<()> {
-        let frontier = crate::frontier_of(&committed);
-        source.commit_durable(frontier, flush)?;
-        if let Some(ir) = ir {
-            ir.commit_durable(frontier, flush)?;
-        }
-        Ok(())
-    };
-
-    while !shared.stop.load(Ordering::SeqCst) {
-        if let Some(fatal) = shared.failed() {
-            bail!("{fatal}");
-        }
-        // Close the epoch by time or by size.
-        let by_time = shared.began.elapsed().as_millis() as u64 / epoch_ms;
-        if by_time > epoch || in_epoch >= epoch_records {
-            epoch = by_time.max(epoch + 1);
-            in_epoch = 0;
-            input.advance_to(epoch);
-            books.opened(epoch);
-            if let Some(ir) = &mut ir {
-                ir.advance(epoch);
-            }
-            commit_durable(&ir)?;
-        }
-        if let Some(ir) = &mut ir {
-            ir.poll();
-        }
-        if let Some(payload) = source.poll(epoch, Duration::from_millis(20)) {
-            shared.progress.records.fetch_add(1, Ordering::Relaxed);
-            input.send(payload);
-            in_epoch += 1;
-        }
-        worker.step();
-        books.tick(&committed)?;
-        // Flow control: stay within `window` epochs of what the sinks have seen.
-        while flow.less_than(&epoch.saturating_sub(window)) && !shared.stop.load(Ordering::SeqCst) {
-            // (librdkafka heartbeats from its own thread meanwhile.)
-            worker.step_or_park(Some(Duration::from_millis(5)));
-        }
-    }
-
-    // Drain: no more input; wait until everything read is durable, commit it.
-    // (Documents still waiting at a gate stay waiting, durably, for the next run.)
-    drop(input);
-    if let Some(ir) = &mut ir {
-        ir.close();
-    }
-    while !committed.done() {
-        if let Some(fatal) = shared.failed() {
-            bail!("{fatal}");
-        }
-        worker.step_or_park(Some(Duration::from_millis(20)));
-        books.tick(&committed)?;
-    }
-    books.finish(&committed)?;
-    commit_durable(&ir)?;
-    Ok(())
 }

@@ -35,7 +35,8 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::{ProbeHandle, StreamVec};
 
-use crate::graph::Ctx;
+use super::ctx::Ctx;
+use crate::progress::frontier_of;
 use crate::telemetry::Subject;
 
 type Key = (String, String);
@@ -76,7 +77,12 @@ pub(crate) struct GateState {
 
 impl GateState {
     /// Opens the gate's store and restores the entries this worker owns.
-    pub fn open(ctx: Ctx, gate: &medkg_topology::Gate, worker: usize, peers: usize) -> Result<GateState, String> {
+    pub fn open(
+        ctx: Ctx,
+        gate: &medkg_topology::Gate,
+        worker: usize,
+        peers: usize,
+    ) -> Result<GateState, medkg_connectors::Error> {
         let store = GateStore::open(&ctx.shared.options.data_dir, &gate.name)?;
         let mut state = GateState {
             ctx,
@@ -163,7 +169,7 @@ impl GateState {
             return Some(self.join(time, key, record, payload, early.ir));
         }
         let subject = Subject { id: &record.doc_id, tenant: &record.tenant_id, is_doc: true };
-        self.ctx.watch.started(&subject);
+        self.ctx.reporter.started(&subject);
         self.ledger(&key, Status::Waiting, true, false);
         let since_ms = chrono::Utc::now().timestamp_millis();
         let stored = serde_json::to_vec(&(&record, &payload)).unwrap_or_default();
@@ -233,7 +239,7 @@ impl GateState {
         ir.tenant_id = Some(record.tenant_id.clone());
         self.ledger(&key, Status::InProgress, true, true);
         let subject = Subject { id: &record.doc_id, tenant: &record.tenant_id, is_doc: true };
-        self.ctx.watch.completed(&subject, Instant::now(), 1);
+        self.ctx.reporter.completed(&subject, Instant::now(), 1);
         RawPayload {
             bytes: serde_json::to_vec(&ir).unwrap_or_default(),
             name: Some("ir-ready.json".into()),
@@ -245,10 +251,10 @@ impl GateState {
 
     /// Where a document stands at the gate, for its ledger row.
     fn ledger(&self, (tenant, doc): &Key, status: Status, pdf_downloaded: bool, pdf_ir_ready: bool) {
-        let mut update = Update::new(tenant, doc, &self.ctx.watch.stage, self.ctx.watch.index(), status);
+        let mut update = Update::new(tenant, doc, &self.ctx.reporter.stage, self.ctx.reporter.index(), status);
         update.pdf_downloaded = pdf_downloaded;
         update.pdf_ir_ready = pdf_ir_ready;
-        self.ctx.watch.update(update);
+        self.ctx.reporter.update(update);
     }
 
     fn fail(&self, payload: &RawPayload, began: Option<Instant>, error: &StageError) {
@@ -261,7 +267,7 @@ impl GateState {
     fn write(&mut self) {
         let entries = std::mem::take(&mut self.to_write);
         if let Err(e) = self.store.put(&entries) {
-            self.ctx.shared.fail(e);
+            self.ctx.shared.fail(e.to_string());
         }
     }
 
@@ -275,7 +281,7 @@ impl GateState {
     /// Called between steps: marks joined documents whose epoch is durable
     /// as done, and fails documents that waited too long.
     pub fn tick(&mut self, committed: &ProbeHandle<u64>) {
-        let frontier = crate::frontier_of(committed);
+        let frontier = frontier_of(committed);
         let durable: Vec<u64> = self.joined.range(..frontier).map(|(t, _)| *t).collect();
         let mut entries = Vec::new();
         for time in durable {
@@ -292,7 +298,7 @@ impl GateState {
             }
         }
         if let Err(e) = self.store.put(&entries) {
-            self.ctx.shared.fail(e);
+            self.ctx.shared.fail(e.to_string());
         }
         let Some(timeout) = self.timeout else { return };
         let now = chrono::Utc::now().timestamp_millis();
@@ -309,7 +315,7 @@ impl GateState {
                 );
                 let subject = Subject { id: &key.1, tenant: &key.0, is_doc: true };
                 self.ctx.fail(&early.payload, &subject, None, 1, &error);
-                self.ctx.watch.record(&subject, Status::GateTimeout, 1, Some(error.to_string()));
+                self.ctx.reporter.record(&subject, Status::GateTimeout, 1, Some(error.to_string()));
             }
         }
         for key in &expired[..first_pdf] {
@@ -321,11 +327,11 @@ impl GateState {
                 );
                 let subject = Subject { id: &w.record.doc_id, tenant: &w.record.tenant_id, is_doc: true };
                 self.ctx.fail(&w.payload, &subject, None, 1, &error);
-                self.ctx.watch.record(&subject, Status::GateTimeout, 1, Some(error.to_string()));
+                self.ctx.reporter.record(&subject, Status::GateTimeout, 1, Some(error.to_string()));
             }
         }
         if let Err(e) = self.store.remove(&expired) {
-            self.ctx.shared.fail(e);
+            self.ctx.shared.fail(e.to_string());
         }
     }
 }

@@ -1,14 +1,14 @@
-//! Stage settings read from the plan, and the per-record work of each stage
-//! (kept free of timely so the operators in `graph` stay thin).
+//! Each stage's typed settings, read from the plan once, and the check that
+//! this build runs every stage a plan names.
 
 use std::path::Path;
 use std::time::Duration;
 
-use medkg_connectors::{DeadLetter, DeadLetterSink, RawPayload};
+use medkg_connectors::StreamSpec;
 use medkg_operators::fetch::FetchConfig;
 use medkg_operators::models::{Device, ModelFiles};
 use medkg_operators::parse::{Format, ParseOptions};
-use medkg_operators::{ChunkConfig, Chunker, StageError};
+use medkg_operators::{ChunkConfig, Chunker};
 use medkg_topology::{Plan, PlannedStage, StageKind};
 use serde_json::Value;
 
@@ -35,8 +35,9 @@ pub enum StageConfig {
     /// `fetch`
     Fetch(FetchConfig),
     /// `download`: the call's settings, and where downloaded records go
-    /// (`dir:PATH` or `kafka:TOPIC`; default `dir:DATA_DIR/downloaded`).
-    Download(FetchConfig, Option<String>),
+    /// (default: `dir:DATA_DIR/downloaded`, or `kafka:pdf.downloaded.v1`
+    /// beside a Kafka source).
+    Download(FetchConfig, Option<StreamSpec>),
     /// `parse`
     Parse(ParseOptions),
     /// `chunk`
@@ -152,7 +153,11 @@ impl StageSettings {
                         config.allow_hosts = hosts.iter().filter_map(Value::as_str).map(str::to_string).collect();
                     }
                     match stage.kind {
-                        StageKind::Download => StageConfig::Download(config, str_of("output")),
+                        StageKind::Download => {
+                            let output =
+                                str_of("output").map(|o| o.parse()).transpose().map_err(|e| in_stage(stage, e))?;
+                            StageConfig::Download(config, output)
+                        }
                         _ => StageConfig::Fetch(config),
                     }
                 }
@@ -203,8 +208,54 @@ fn backend(stage: &PlannedStage, name: &str) -> bool {
     stage.config.get("backends").and_then(Value::as_array).is_some_and(|b| b.iter().any(|x| x.as_str() == Some(name)))
 }
 
+/// The stage types (and index backends) this build runs.
+pub fn check_implemented(plan: &Plan) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for stage in &plan.stages {
+        match stage.kind {
+            StageKind::Ingest
+            | StageKind::Fetch
+            | StageKind::Download
+            | StageKind::Parse
+            | StageKind::Chunk
+            | StageKind::Embed
+            | StageKind::Splade
+            | StageKind::Index => {}
+            other => missing.push(format!("{} (stage `{}`)", other.name(), stage.name)),
+        }
+    }
+    // The gate this build has joins downloaded PDFs with their IR.
+    for gate in &plan.gates {
+        if gate.condition != "ir_ready" || plan.stages[gate.after].kind != StageKind::Download {
+            missing.push(format!(
+                "gate `{}` (condition `{}` after a {} stage; this build gates `ir_ready` after `download`)",
+                gate.name,
+                gate.condition,
+                plan.stages[gate.after].kind.name()
+            ));
+        }
+    }
+    let indexes = plan.stages.iter().filter(|s| s.kind == StageKind::Index).count();
+    if indexes > 1 {
+        return Err(format!(
+            "pipeline `{}` ({}) has {indexes} index stages; one data directory holds one index",
+            plan.name, plan.file
+        ));
+    }
+    if missing.is_empty() {
+        check_backends(plan)
+    } else {
+        Err(format!(
+            "pipeline `{}` ({}) uses what this build does not implement yet: {}",
+            plan.name,
+            plan.file,
+            missing.join(", ")
+        ))
+    }
+}
+
 /// Checks that an index backend has the stage that feeds it upstream.
-pub(crate) fn check_backends(plan: &Plan) -> Result<(), String> {
+fn check_backends(plan: &Plan) -> Result<(), String> {
     for (i, stage) in plan.stages.iter().enumerate() {
         if stage.kind != StageKind::Index {
             continue;
@@ -231,31 +282,4 @@ pub(crate) fn check_backends(plan: &Plan) -> Result<(), String> {
 
 fn in_stage(stage: &PlannedStage, error: String) -> String {
     format!("{}: stage `{}`: {error}", stage.location, stage.name)
-}
-
-/// Writes a dead letter for a payload that failed in `stage`, with the
-/// payload's bytes unless an earlier letter of the same payload holds them
-/// (`with_bytes`). A dead letter that cannot be written is an unrecoverable
-/// error: the record would be lost.
-pub(crate) fn dead_letter(
-    sink: &mut DeadLetterSink,
-    stage: &str,
-    payload: &RawPayload,
-    doc_id: Option<String>,
-    error: &StageError,
-    with_bytes: bool,
-) -> Result<(), String> {
-    let bytes: &[u8] = if with_bytes { &payload.bytes } else { &[] };
-    let letter = DeadLetter::new(
-        stage,
-        &payload.source,
-        &payload.position,
-        doc_id,
-        error.class.as_str(),
-        &error.kind,
-        &error.message,
-        bytes,
-    );
-    let letter = if with_bytes { letter } else { letter.without_bytes() };
-    sink.write(&letter).map_err(|e| format!("cannot write a dead letter to the data directory: {e}"))
 }

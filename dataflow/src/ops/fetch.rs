@@ -14,10 +14,11 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use medkg_connectors::RawPayload;
 use std::path::PathBuf;
 
+use medkg_connectors::kafka::{KafkaJson, KafkaSettings};
 use medkg_connectors::ledger::{Status, Update};
+use medkg_connectors::{RawPayload, StreamSpec};
 use medkg_operators::fetch::{body_name, request_of, FetchConfig, Fetcher};
 use medkg_operators::pdf::{check_pdf, Downloaded, ObjectStore};
 use medkg_operators::resilience::{Outcome, Resilience};
@@ -27,7 +28,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::graph::Ctx;
+use super::ctx::Ctx;
 use crate::telemetry::CallObserver;
 
 /// A fetch or download stage's process-wide parts: its policy runtime,
@@ -49,23 +50,21 @@ pub(crate) struct Download {
 /// The downloaded stream: a folder of JSON records, or a Kafka topic.
 pub(crate) enum DownloadedOutput {
     Dir(PathBuf),
-    Kafka(medkg_connectors::kafka::KafkaJson),
+    Kafka(KafkaJson),
 }
 
 impl DownloadedOutput {
-    /// `dir:PATH` or `kafka:TOPIC` (a topic needs the run's brokers).
-    pub fn open(
-        spec: &str,
-        kafka: Option<&medkg_connectors::kafka::KafkaSettings>,
-    ) -> Result<DownloadedOutput, String> {
-        if let Some(dir) = spec.strip_prefix("dir:") {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
-            Ok(DownloadedOutput::Dir(PathBuf::from(dir)))
-        } else if let Some(topic) = spec.strip_prefix("kafka:") {
-            let settings = kafka.ok_or_else(|| format!("output kafka:{topic} needs brokers (--brokers)"))?;
-            Ok(DownloadedOutput::Kafka(medkg_connectors::kafka::KafkaJson::new(settings, topic)?))
-        } else {
-            Err(format!("output `{spec}`: expected dir:PATH or kafka:TOPIC"))
+    /// Opens the stream (a topic needs the run's brokers).
+    pub fn open(spec: &StreamSpec, kafka: Option<&KafkaSettings>) -> Result<DownloadedOutput, String> {
+        match spec {
+            StreamSpec::Dir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                Ok(DownloadedOutput::Dir(dir.clone()))
+            }
+            StreamSpec::Kafka(topic) => {
+                let settings = kafka.ok_or_else(|| format!("output kafka:{topic} needs brokers (--brokers)"))?;
+                Ok(DownloadedOutput::Kafka(KafkaJson::new(settings, topic).map_err(|e| e.to_string())?))
+            }
         }
     }
 
@@ -78,9 +77,10 @@ impl DownloadedOutput {
                 medkg_operators::index::write_atomically(&dir.join(record.record_name()), json)
                     .map_err(|e| fail(e.to_string()))
             }
-            DownloadedOutput::Kafka(producer) => {
-                producer.deliver(&record.doc_id, json, &[("content-type", "application/json")]).await.map_err(fail)
-            }
+            DownloadedOutput::Kafka(producer) => producer
+                .deliver(&record.doc_id, json, &[("content-type", "application/json")])
+                .await
+                .map_err(|e| fail(e.to_string())),
         }
     }
 }
@@ -144,16 +144,15 @@ struct Settled {
     outcome: Outcome<Output>,
 }
 
-pub(crate) fn fetch_stage<'s>(
+/// Builds a `fetch` or `download` stage on `input`, calling out with `runtime`.
+pub(crate) fn fetch<'s>(
     scope: Scope<'s, u64>,
     input: StreamVec<'s, u64, RawPayload>,
     ctx: Ctx,
-    stage: usize,
-    max_in_flight: usize,
+    runtime: Arc<FetchRuntime>,
 ) -> StreamVec<'s, u64, RawPayload> {
-    let name = ctx.watch.stage.clone();
-    let runtime = ctx.shared.fetchers[stage].clone().expect("a fetch stage has its runtime");
-    let max_in_flight = max_in_flight.max(1);
+    let name = ctx.reporter.stage.clone();
+    let max_in_flight = runtime.config.max_in_flight.max(1);
     let worker = scope.worker();
     let operator_name = name.to_string();
     input.unary_frontier::<CapacityContainerBuilder<Vec<RawPayload>>, _, _, _>(
@@ -195,18 +194,18 @@ pub(crate) fn fetch_stage<'s>(
                     let subject = ctx.subject_named(&payload, id.as_deref(), &position);
                     match outcome.result {
                         Ok(out) => {
-                            ctx.watch.completed(&subject, began, outcome.attempts);
+                            ctx.reporter.completed(&subject, began, outcome.attempts);
                             if out.downloaded {
-                                let watch = &ctx.watch;
+                                let reporter = &ctx.reporter;
                                 let mut update = Update::new(
                                     subject.tenant,
                                     subject.id,
-                                    &watch.stage,
-                                    watch.index(),
+                                    &reporter.stage,
+                                    reporter.index(),
                                     Status::Waiting,
                                 );
                                 update.pdf_downloaded = true;
-                                watch.update(update);
+                                reporter.update(update);
                             }
                             let fetched_payload = RawPayload {
                                 name: out.name,
@@ -247,7 +246,7 @@ pub(crate) fn fetch_stage<'s>(
                         Err(error) => {
                             let position = payload.position.to_string();
                             let subject = ctx.subject_of(&payload, &position);
-                            let began = ctx.watch.started(&subject);
+                            let began = ctx.reporter.started(&subject);
                             ctx.fail(&payload, &subject, Some(began), 0, &error);
                             release(&mut held, time);
                             continue;
@@ -255,7 +254,7 @@ pub(crate) fn fetch_stage<'s>(
                     };
                     let url = request.url.to_string();
                     let subject = ctx.subject_named(&payload, request.id.as_deref(), &url);
-                    let began = ctx.watch.started(&subject);
+                    let began = ctx.reporter.started(&subject);
                     let observer = CallObserver {
                         telemetry: ctx.shared.telemetry.clone(),
                         stage: name.to_string(),

@@ -1,0 +1,18 @@
+//! The stage operators, one file each. Every operator is handed what it
+//! needs when the graph is built (a [`ctx::Ctx`] and its own resources);
+//! none looks anything up at run time.
+//!
+//! - [`records`]: the stateless stages (`ingest`, `parse`, `chunk`) and the
+//!   operator loop that reports for all of them;
+//! - [`encode`]: the model stages (`embed`, `splade`);
+//! - [`index`]: the tantivy + FAISS sink;
+//! - [`fetch`]: HTTP calls (`fetch`, `download`) on the I/O runtime;
+//! - [`gate`]: the PDF gate, a frontier-aware join with the IR-ready stream.
+
+pub(crate) mod ctx;
+pub(crate) mod encode;
+pub(crate) mod envelope;
+pub(crate) mod fetch;
+pub(crate) mod gate;
+pub(crate) mod index;
+pub(crate) mod records;

@@ -1,0 +1,81 @@
+//! One file per subcommand, and what several of them share: loading a
+//! pipeline with its policies, and turning arguments into run options.
+
+pub mod bench;
+pub mod ledger;
+pub mod pdf_parser;
+pub mod produce;
+pub mod run;
+pub mod search;
+pub mod stats;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use medkg_dataflow::{KafkaSource, RunOptions};
+use medkg_topology::{Plan, Policies, ValidationErrors};
+
+use crate::cli::{KafkaArgs, ModelArgs, SourceSpec};
+
+/// The policies for a pipeline: `--resilience`, else `resilience.yaml` in
+/// the pipeline's parent directory (config/), else the built-in ones.
+fn policies_for(pipeline: &Path, explicit: Option<&Path>) -> Result<Policies, ValidationErrors> {
+    if let Some(path) = explicit {
+        return Policies::from_path(path);
+    }
+    let beside = pipeline.parent().and_then(Path::parent).map(|config| config.join("resilience.yaml"));
+    match beside {
+        Some(path) if path.is_file() => Policies::from_path(&path),
+        _ => Ok(Policies::builtin()),
+    }
+}
+
+pub fn load_plan(pipeline: &Path, resilience: Option<&Path>) -> Result<Plan, ValidationErrors> {
+    let policies = policies_for(pipeline, resilience)?;
+    Plan::from_path(pipeline, &policies)
+}
+
+/// What a pipeline run needs before the run's own options (telemetry,
+/// cluster, gates) are added.
+pub struct Job<'a> {
+    pub pipeline: &'a Path,
+    pub source: &'a SourceSpec,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    pub tenant: String,
+    pub from_start: bool,
+    pub resilience: Option<&'a Path>,
+    pub models: &'a ModelArgs,
+    pub kafka: &'a KafkaArgs,
+}
+
+/// The options of a run of `job`.
+pub fn run_options(job: Job<'_>) -> anyhow::Result<RunOptions> {
+    let Job { pipeline, source, data_dir, workers, tenant, from_start, resilience, models, kafka } = job;
+    let plan = load_plan(pipeline, resilience).map_err(anyhow::Error::new)?;
+    let (path, kafka) = match source {
+        SourceSpec::File(path) => (path.clone(), None),
+        SourceSpec::Kafka(topic) => {
+            (PathBuf::new(), Some(KafkaSource { topic: topic.clone(), settings: kafka.settings()? }))
+        }
+    };
+    if workers == 0 {
+        bail!("-w must be at least 1");
+    }
+    Ok(RunOptions {
+        plan,
+        source: path,
+        kafka,
+        data_dir,
+        workers,
+        tenant,
+        from_start,
+        models: models.models.clone(),
+        device: models.device()?,
+        stop: None,
+        cluster: None,
+        telemetry: Default::default(),
+        ir_ready: None,
+    })
+}
