@@ -9,7 +9,6 @@
 //! - [`events`]: CloudEvents lifecycle events to a file or a topic.
 //! - [`ledger`]: the SQLite job ledger, one row per document.
 //! - [`lineage`]: OpenLineage run events to a file or an HTTP endpoint.
-//! - [`stream`]: where a side stream lives (`dir:PATH` or `kafka:TOPIC`).
 #![warn(missing_docs)]
 
 pub mod dead_letter;
@@ -19,12 +18,12 @@ pub mod file;
 pub mod kafka;
 pub mod ledger;
 pub mod lineage;
-pub mod stream;
 
 pub use dead_letter::{DeadLetter, DeadLetterSink};
 pub use error::Error;
 pub use file::{complete_json_files, Checkpoint, FileSource, SourceError};
-pub use stream::StreamSpec;
+/// Where a side stream lives (`dir:PATH` or `kafka:TOPIC`), as the topology reads it.
+pub use medkg_topology::StreamSpec;
 
 use serde::{Deserialize, Serialize};
 

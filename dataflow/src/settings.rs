@@ -9,11 +9,8 @@ use medkg_operators::fetch::FetchConfig;
 use medkg_operators::models::{Device, ModelFiles};
 use medkg_operators::parse::{Format, ParseOptions};
 use medkg_operators::{ChunkConfig, Chunker};
-use medkg_topology::{Plan, PlannedStage, StageKind};
-use serde_json::Value;
-
-/// Default cap on one raw record (a JSONL line or a whole file).
-pub const DEFAULT_MAX_RECORD_BYTES: usize = 256 << 20;
+use medkg_topology::StageSettings as Settings;
+use medkg_topology::{FetchSettings, IngestSettings, ModelSettings, Plan, PlannedStage, StageKind};
 
 /// Settings of every stage of a plan, read once.
 #[derive(Clone, Debug)]
@@ -90,111 +87,72 @@ pub struct ModelOptions {
 }
 
 impl EncoderSpec {
-    fn from_stage(
-        stage: &PlannedStage,
-        default_model: &str,
-        default_batch: usize,
-        options: &ModelOptions,
-    ) -> Result<EncoderSpec, String> {
-        let str_of = |key: &str| stage.config.get(key).and_then(Value::as_str);
-        let u64_of = |key: &str| stage.config.get(key).and_then(Value::as_u64);
+    fn new(stage: &PlannedStage, model: &ModelSettings, options: &ModelOptions) -> Result<EncoderSpec, String> {
         let device = match options.device {
             Some(device) => device,
-            None => str_of("device").unwrap_or("cpu").parse().map_err(|e| in_stage(stage, e))?,
+            None => model.device.parse().map_err(|e| in_stage(stage, e))?,
         };
-        let needs_dir = !str_of("model").unwrap_or(default_model).ends_with(".onnx");
-        let dir = if needs_dir {
-            medkg_operators::models::models_dir(options.models.as_deref()).map_err(|e| in_stage(stage, e.message))?
-        } else {
-            Path::new(".").to_path_buf()
+        let dir = match model.model.ends_with(".onnx") {
+            true => Path::new(".").to_path_buf(),
+            false => medkg_operators::models::models_dir(options.models.as_deref())
+                .map_err(|e| in_stage(stage, e.message))?,
         };
-        let files = ModelFiles::resolve(&dir, str_of("model").unwrap_or(default_model), str_of("tokenizer"))
+        let files = ModelFiles::resolve(&dir, &model.model, model.tokenizer.as_deref())
             .map_err(|e| in_stage(stage, e.message))?;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Ok(EncoderSpec {
             files,
             device,
-            max_seq_len: u64_of("max_seq_len").unwrap_or(256) as usize,
-            max_batch_tokens: u64_of("max_batch_tokens").unwrap_or(default_batch as u64) as usize,
-            intra_threads: u64_of("intra_threads")
-                .map(|n| n as usize)
-                .unwrap_or((cores / options.workers.max(1)).max(1)),
-            top_k: u64_of("top_k").unwrap_or(128) as usize,
-            threshold: stage.config.get("threshold").and_then(Value::as_f64).unwrap_or(0.0) as f32,
+            max_seq_len: model.max_seq_len,
+            max_batch_tokens: model.max_batch_tokens,
+            intra_threads: model.intra_threads.unwrap_or((cores / options.workers.max(1)).max(1)),
+            top_k: model.top_k,
+            threshold: model.threshold,
         })
     }
 }
 
 impl StageSettings {
-    /// Reads every stage's `config` (already validated by the topology).
+    /// Turns every stage's typed settings (decoded once by the topology)
+    /// into what its operator takes.
     pub fn from_plan(plan: &Plan, options: &ModelOptions) -> Result<StageSettings, String> {
-        let mut max_record_bytes = DEFAULT_MAX_RECORD_BYTES;
+        let mut max_record_bytes = IngestSettings::DEFAULT_MAX_RECORD_BYTES;
         let mut stages = Vec::new();
         for stage in &plan.stages {
-            let u64_of = |key: &str| stage.config.get(key).and_then(Value::as_u64);
-            let config = match stage.kind {
-                StageKind::Ingest => {
-                    let cap = u64_of("max_record_bytes").map(|b| b as usize).unwrap_or(DEFAULT_MAX_RECORD_BYTES);
-                    max_record_bytes = max_record_bytes.min(cap);
-                    StageConfig::Ingest { max_record_bytes: cap }
+            let config = match &stage.settings {
+                Settings::Ingest(ingest) => {
+                    max_record_bytes = max_record_bytes.min(ingest.max_record_bytes);
+                    StageConfig::Ingest { max_record_bytes: ingest.max_record_bytes }
                 }
-                StageKind::Fetch | StageKind::Download => {
-                    let mut config = FetchConfig::default();
-                    if stage.kind == StageKind::Download {
-                        config.url_field = "pdf_url".into();
-                        config.max_bytes = 64 << 20;
-                    }
-                    let str_of = |key: &str| stage.config.get(key).and_then(Value::as_str).map(str::to_string);
-                    config.url_field = str_of("url_field").unwrap_or(config.url_field);
-                    config.id_field = str_of("id_field").unwrap_or(config.id_field);
-                    config.max_bytes = u64_of("max_bytes").map_or(config.max_bytes, |b| b as usize);
-                    config.max_in_flight = u64_of("max_in_flight").map_or(config.max_in_flight, |n| n as usize);
-                    if let Some(hosts) = stage.config.get("allow_hosts").and_then(Value::as_array) {
-                        config.allow_hosts = hosts.iter().filter_map(Value::as_str).map(str::to_string).collect();
-                    }
-                    match stage.kind {
-                        StageKind::Download => {
-                            let output =
-                                str_of("output").map(|o| o.parse()).transpose().map_err(|e| in_stage(stage, e))?;
-                            StageConfig::Download(config, output)
-                        }
-                        _ => StageConfig::Fetch(config),
-                    }
-                }
-                StageKind::Parse => {
-                    let mut options = ParseOptions::default();
-                    if let Some(format) = stage.config.get("format").and_then(Value::as_str) {
-                        options.format = format.parse::<Format>().map_err(|e| in_stage(stage, e))?;
-                    }
-                    if let Some(cap) = u64_of("max_doc_bytes") {
-                        options.max_doc_bytes = cap as usize;
-                    }
-                    StageConfig::Parse(options)
-                }
-                StageKind::Chunk => {
-                    let config = ChunkConfig::from_config(&stage.config).map_err(|e| in_stage(stage, e))?;
+                Settings::Fetch(fetch) => StageConfig::Fetch(fetch_config(fetch)),
+                Settings::Download(fetch) => StageConfig::Download(fetch_config(fetch), fetch.output.clone()),
+                Settings::Parse(parse) => StageConfig::Parse(ParseOptions {
+                    format: parse.format.parse::<Format>().map_err(|e| in_stage(stage, e))?,
+                    max_doc_bytes: parse.max_doc_bytes,
+                    ..ParseOptions::default()
+                }),
+                Settings::Chunk(chunk) => {
+                    let config = ChunkConfig {
+                        split_by: chunk.split_by.parse().map_err(|e| in_stage(stage, e))?,
+                        split_length: chunk.split_length,
+                        split_overlap: chunk.split_overlap,
+                        respect_sentence_boundary: chunk.respect_sentence_boundary,
+                    };
                     StageConfig::Chunk(Chunker::new(config).map_err(|e| in_stage(stage, e))?)
                 }
-                StageKind::Embed => {
-                    StageConfig::Embed(EncoderSpec::from_stage(stage, "all-MiniLM-L6-v2", 8192, options)?)
-                }
-                StageKind::Splade => StageConfig::Splade(EncoderSpec::from_stage(stage, "splade-tiny", 4096, options)?),
-                StageKind::Index => StageConfig::Index {
-                    splade: backend(stage, "splade"),
-                    dense: backend(stage, "dense"),
-                    commit_interval: stage
-                        .config
-                        .get("commit_interval")
-                        .and_then(Value::as_str)
-                        .and_then(medkg_topology::parse_duration)
-                        .unwrap_or(Duration::from_secs(1)),
-                    writer_memory_bytes: u64_of("writer_memory_mb").map(|m| m as usize).unwrap_or(64) << 20,
+                Settings::Embed(model) => StageConfig::Embed(EncoderSpec::new(stage, model, options)?),
+                Settings::Splade(model) => StageConfig::Splade(EncoderSpec::new(stage, model, options)?),
+                Settings::Index(index) => StageConfig::Index {
+                    splade: index.has("splade"),
+                    dense: index.has("dense"),
+                    commit_interval: index.commit_interval,
+                    writer_memory_bytes: index.writer_memory_mb.saturating_mul(1 << 20),
                 },
-                other => {
+                Settings::Extract(_) | Settings::Kg(_) => {
                     return Err(format!(
                         "stage `{}`: type {} is not implemented by this build",
                         stage.name,
-                        other.name()
+                        stage.kind.name()
                     ))
                 }
             };
@@ -204,8 +162,14 @@ impl StageSettings {
     }
 }
 
-fn backend(stage: &PlannedStage, name: &str) -> bool {
-    stage.config.get("backends").and_then(Value::as_array).is_some_and(|b| b.iter().any(|x| x.as_str() == Some(name)))
+fn fetch_config(fetch: &FetchSettings) -> FetchConfig {
+    FetchConfig {
+        url_field: fetch.url_field.clone(),
+        id_field: fetch.id_field.clone(),
+        max_bytes: fetch.max_bytes,
+        allow_hosts: fetch.allow_hosts.clone(),
+        max_in_flight: fetch.max_in_flight,
+    }
 }
 
 /// The stage types (and index backends) this build runs.
@@ -267,7 +231,11 @@ fn check_backends(plan: &Plan) -> Result<(), String> {
             stack.extend(plan.stages[j].inputs.iter().copied());
         }
         for (backend_name, kind) in [("dense", StageKind::Embed), ("splade", StageKind::Splade)] {
-            if backend(stage, backend_name) && !upstream.contains(&kind) {
+            let indexes = match &stage.settings {
+                Settings::Index(index) => index.has(backend_name),
+                _ => false,
+            };
+            if indexes && !upstream.contains(&kind) {
                 return Err(format!(
                     "{}: stage `{}` indexes {backend_name} but no {} stage feeds it",
                     stage.location,

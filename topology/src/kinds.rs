@@ -49,6 +49,8 @@ pub enum ValueKind {
     Duration,
     /// A list of `allow_hosts` entries ([`crate::hosts::AllowEntry`]).
     Hosts,
+    /// Where a side stream lives: `dir:PATH` or `kafka:TOPIC`.
+    Stream,
 }
 
 impl ValueKind {
@@ -115,6 +117,10 @@ impl ValueKind {
                 }
                 Ok(())
             }
+            ValueKind::Stream => match value.as_str().map(str::parse::<crate::StreamSpec>) {
+                Some(Ok(_)) => Ok(()),
+                _ => Err(format!("expected dir:PATH or kafka:TOPIC, found {}", describe(value))),
+            },
             ValueKind::Duration => match value.as_str().and_then(crate::parse_duration) {
                 Some(_) => Ok(()),
                 None => Err(format!("expected a duration such as 500ms, 30s or 5m, found {}", describe(value))),
@@ -131,16 +137,6 @@ pub struct ConfigKey {
     /// Its type.
     pub kind: ValueKind,
 }
-
-const fn key(name: &'static str, kind: ValueKind) -> ConfigKey {
-    ConfigKey { name, kind }
-}
-
-/// Formats `parse` understands; `auto` sniffs each payload.
-pub const PARSE_FORMATS: &[&str] = &["auto", "pubmed-jsonl", "pubmed-xml", "jats", "ctgov", "tei", "ir"];
-const DEVICES: &[&str] = &["cpu", "cuda"];
-/// Index backends; this build implements `bm25`.
-pub const INDEX_BACKENDS: &[&str] = &["bm25", "splade", "dense"];
 
 /// A stage type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -229,112 +225,21 @@ impl StageKind {
         matches!(self, StageKind::Index | StageKind::Kg)
     }
 
-    /// The configuration keys the stage accepts.
+    /// The configuration keys the stage accepts (declared with its
+    /// settings in [`crate::settings`]).
     pub fn config_keys(self) -> &'static [ConfigKey] {
-        use ValueKind::*;
+        use crate::settings::*;
         match self {
-            StageKind::Ingest => {
-                const K: &[ConfigKey] = &[key("max_record_bytes", PositiveInt)];
-                K
-            }
-            StageKind::Fetch => {
-                const K: &[ConfigKey] = &[
-                    key("url_field", Text),
-                    key("id_field", Text),
-                    key("max_bytes", PositiveInt),
-                    key("allow_hosts", Hosts),
-                    key("max_in_flight", PositiveInt),
-                ];
-                K
-            }
-            StageKind::Download => {
-                const K: &[ConfigKey] = &[
-                    key("url_field", Text),
-                    key("id_field", Text),
-                    key("max_bytes", PositiveInt),
-                    key("allow_hosts", Hosts),
-                    key("max_in_flight", PositiveInt),
-                    key("output", Text),
-                ];
-                K
-            }
-            StageKind::Parse => {
-                const K: &[ConfigKey] = &[key("format", OneOf(PARSE_FORMATS)), key("max_doc_bytes", PositiveInt)];
-                K
-            }
-            StageKind::Chunk => {
-                const K: &[ConfigKey] = &[
-                    key("split_by", OneOf(&["word", "sentence", "passage"])),
-                    key("split_length", PositiveInt),
-                    key("split_overlap", NonNegInt),
-                    key("respect_sentence_boundary", Bool),
-                ];
-                K
-            }
-            StageKind::Embed => {
-                const K: &[ConfigKey] = &[
-                    key("model", Text),
-                    key("tokenizer", Text),
-                    key("device", OneOf(DEVICES)),
-                    key("max_seq_len", PositiveInt),
-                    key("max_batch_tokens", PositiveInt),
-                    key("intra_threads", PositiveInt),
-                ];
-                K
-            }
-            StageKind::Splade => {
-                const K: &[ConfigKey] = &[
-                    key("model", Text),
-                    key("tokenizer", Text),
-                    key("device", OneOf(DEVICES)),
-                    key("max_seq_len", PositiveInt),
-                    key("max_batch_tokens", PositiveInt),
-                    key("intra_threads", PositiveInt),
-                    key("top_k", PositiveInt),
-                    key("threshold", NonNegFloat),
-                ];
-                K
-            }
-            StageKind::Index => {
-                const K: &[ConfigKey] = &[
-                    key("backends", ListOf(INDEX_BACKENDS)),
-                    key("commit_interval", Duration),
-                    key("writer_memory_mb", PositiveInt),
-                ];
-                K
-            }
-            StageKind::Extract => {
-                const K: &[ConfigKey] = &[key("model", Text), key("min_confidence", NonNegFloat)];
-                K
-            }
-            StageKind::Kg => {
-                const K: &[ConfigKey] = &[key("backend", Text), key("uri", Text)];
-                K
-            }
+            StageKind::Ingest => IngestSettings::KEYS,
+            StageKind::Fetch => FetchSettings::FETCH_KEYS,
+            StageKind::Download => FetchSettings::DOWNLOAD_KEYS,
+            StageKind::Parse => ParseSettings::KEYS,
+            StageKind::Chunk => ChunkSettings::KEYS,
+            StageKind::Embed => ModelSettings::EMBED_KEYS,
+            StageKind::Splade => ModelSettings::SPLADE_KEYS,
+            StageKind::Index => IndexSettings::KEYS,
+            StageKind::Extract => ExtractSettings::KEYS,
+            StageKind::Kg => KgSettings::KEYS,
         }
-    }
-
-    /// Checks relations between keys once each key is valid on its own.
-    pub(crate) fn check_config(self, config: &serde_json::Map<String, Value>) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
-        if self == StageKind::Chunk {
-            let length = config.get("split_length").and_then(Value::as_u64);
-            let overlap = config.get("split_overlap").and_then(Value::as_u64);
-            let (length, overlap) = (length.unwrap_or(200), overlap.unwrap_or(0));
-            if overlap >= length {
-                problems.push((
-                    "split_overlap",
-                    format!("split_overlap ({overlap}) must be smaller than split_length ({length})"),
-                ));
-            }
-        }
-        if self == StageKind::Index {
-            if let Some(Value::Array(items)) = config.get("backends") {
-                if items.is_empty() {
-                    problems.push(("backends", "backends must name at least one backend".into()));
-                }
-            }
-        }
-        problems
     }
 }

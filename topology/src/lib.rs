@@ -30,17 +30,25 @@
 //! ```
 #![warn(missing_docs)]
 
+mod compile;
 mod error;
 pub mod hosts;
 mod kinds;
 mod plan;
 mod policy;
 mod raw;
+mod settings;
+mod stream;
 
 pub use error::{Location, TopologyError, ValidationErrors};
 pub use kinds::{ConfigKey, StageKind, StreamKind, ValueKind};
 pub use plan::{Gate, Plan, PlannedStage, RuntimeSettings};
 pub use policy::{Backoff, Policies, Policy};
+pub use settings::{
+    ChunkSettings, ExtractSettings, FetchSettings, IndexSettings, IngestSettings, KgSettings, ModelSettings,
+    ParseSettings, StageSettings, INDEX_BACKENDS, PARSE_FORMATS,
+};
+pub use stream::StreamSpec;
 
 /// Parses a human duration such as `500ms`, `30s`, `5m`, `1h` or `2d`.
 ///

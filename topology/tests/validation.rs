@@ -2,7 +2,7 @@
 //! mistake is reported with its file, line, column and name, and (proptest)
 //! random DAGs compile while random cycles are rejected at the right line.
 
-use medkg_topology::{Plan, Policies, StageKind};
+use medkg_topology::{ChunkSettings, IndexSettings, Plan, Policies, StageKind, StageSettings, StreamSpec};
 use proptest::prelude::*;
 
 fn plan(text: &str) -> Result<Plan, medkg_topology::ValidationErrors> {
@@ -124,6 +124,57 @@ fn overlap_must_be_smaller_than_length() {
     let errors = plan(text).unwrap_err().0;
     assert_eq!(errors.len(), 1);
     assert_eq!((errors[0].location.line, errors[0].name.as_deref()), (11, Some("split_overlap")));
+}
+
+#[test]
+fn settings_are_decoded_once_with_their_defaults() {
+    let plan = plan(
+        "
+name: p
+version: 1
+stages:
+  - { name: chunk, type: chunk, depends_on: [parse], config: { split_length: 50 } }
+  - { name: parse, type: parse }
+  - { name: index, type: index, depends_on: [chunk], config: { backends: [bm25, splade], commit_interval: 250ms } }
+  - { name: dl, type: download, config: { output: kafka:pdf.downloaded.v1 } }
+",
+    )
+    .unwrap();
+    let settings: Vec<&StageSettings> = plan.stages.iter().map(|s| &s.settings).collect();
+    // A key that is not given takes the one default there is.
+    let StageSettings::Chunk(chunk) = settings[1] else { panic!("{settings:?}") };
+    assert_eq!(
+        chunk,
+        &ChunkSettings {
+            split_by: "word".into(),
+            split_length: 50,
+            split_overlap: 20,
+            respect_sentence_boundary: true
+        }
+    );
+    let StageSettings::Index(index) = settings[2] else { panic!("{settings:?}") };
+    assert_eq!(
+        index,
+        &IndexSettings {
+            backends: vec!["bm25".into(), "splade".into()],
+            commit_interval: std::time::Duration::from_millis(250),
+            writer_memory_mb: 64
+        }
+    );
+    let StageSettings::Download(download) = settings[3] else { panic!("{settings:?}") };
+    assert_eq!((download.url_field.as_str(), download.max_bytes), ("pdf_url", 64 << 20));
+    assert_eq!(download.output, Some(StreamSpec::Kafka("pdf.downloaded.v1".into())));
+}
+
+#[test]
+fn a_default_that_breaks_a_given_value_is_reported_at_validation() {
+    // split_overlap defaults to 20: a length of 10 alone cannot work, and
+    // the topology says so (the chunker once found it out at run time).
+    let errors = plan("name: p\nversion: 1\nstages:\n  - { name: parse, type: parse }\n  - { name: chunk, type: chunk, depends_on: [parse], config: { split_length: 10 } }\n").unwrap_err();
+    assert!(errors.to_string().contains("split_overlap (20) must be smaller than split_length (10)"), "{errors}");
+    let errors = plan("name: p\nversion: 1\nstages:\n  - { name: dl, type: download, config: { output: /tmp/x } }\n")
+        .unwrap_err();
+    assert!(errors.to_string().contains("expected dir:PATH or kafka:TOPIC"), "{errors}");
 }
 
 #[test]

@@ -25,8 +25,6 @@ pub mod sentences;
 
 use std::str::FromStr;
 
-use serde_json::{Map, Value};
-
 use crate::{Chunk, ChunkedDocument, Document};
 use sentences::Span;
 
@@ -69,26 +67,6 @@ pub struct ChunkConfig {
 impl Default for ChunkConfig {
     fn default() -> Self {
         ChunkConfig { split_by: SplitBy::Word, split_length: 200, split_overlap: 20, respect_sentence_boundary: true }
-    }
-}
-
-impl ChunkConfig {
-    /// Reads a stage's validated `config` map (missing keys take defaults).
-    pub fn from_config(config: &Map<String, Value>) -> Result<Self, String> {
-        let mut out = ChunkConfig::default();
-        if let Some(v) = config.get("split_by").and_then(Value::as_str) {
-            out.split_by = v.parse()?;
-        }
-        if let Some(v) = config.get("split_length").and_then(Value::as_u64) {
-            out.split_length = v as usize;
-        }
-        if let Some(v) = config.get("split_overlap").and_then(Value::as_u64) {
-            out.split_overlap = v as usize;
-        }
-        if let Some(v) = config.get("respect_sentence_boundary").and_then(Value::as_bool) {
-            out.respect_sentence_boundary = v;
-        }
-        Ok(out)
     }
 }
 

@@ -1,0 +1,374 @@
+//! Each stage type's settings: the keys its `config:` accepts, their
+//! defaults, and the typed struct they decode into, side by side, once.
+//!
+//! The topology validates every key against [`StageKind::config_keys`]
+//! (which reads the lists here) and then decodes the stage's `config:` into
+//! its [`StageSettings`]; the engine reads only these typed settings, never
+//! raw keys, so a default lives in exactly one place.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::kinds::{ConfigKey, StageKind, ValueKind::*};
+use crate::StreamSpec;
+
+const fn key(name: &'static str, kind: crate::kinds::ValueKind) -> ConfigKey {
+    ConfigKey { name, kind }
+}
+
+/// Formats `parse` understands; `auto` sniffs each payload.
+pub const PARSE_FORMATS: &[&str] = &["auto", "pubmed-jsonl", "pubmed-xml", "jats", "ctgov", "tei", "ir"];
+const DEVICES: &[&str] = &["cpu", "cuda"];
+/// Index backends.
+pub const INDEX_BACKENDS: &[&str] = &["bm25", "splade", "dense"];
+
+/// A stage's typed settings, by stage type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StageSettings {
+    /// `ingest`
+    Ingest(IngestSettings),
+    /// `fetch`
+    Fetch(FetchSettings),
+    /// `download`
+    Download(FetchSettings),
+    /// `parse`
+    Parse(ParseSettings),
+    /// `chunk`
+    Chunk(ChunkSettings),
+    /// `embed`
+    Embed(ModelSettings),
+    /// `splade`
+    Splade(ModelSettings),
+    /// `index`
+    Index(IndexSettings),
+    /// `extract`
+    Extract(ExtractSettings),
+    /// `kg`
+    Kg(KgSettings),
+}
+
+impl StageSettings {
+    /// Decodes a stage's validated `config` (missing keys take their defaults).
+    pub fn decode(kind: StageKind, config: &Map<String, Value>) -> StageSettings {
+        let c = Config(config);
+        match kind {
+            StageKind::Ingest => StageSettings::Ingest(IngestSettings::decode(c)),
+            StageKind::Fetch => StageSettings::Fetch(FetchSettings::decode(c, false)),
+            StageKind::Download => StageSettings::Download(FetchSettings::decode(c, true)),
+            StageKind::Parse => StageSettings::Parse(ParseSettings::decode(c)),
+            StageKind::Chunk => StageSettings::Chunk(ChunkSettings::decode(c)),
+            StageKind::Embed => StageSettings::Embed(ModelSettings::decode(c, ModelSettings::EMBED)),
+            StageKind::Splade => StageSettings::Splade(ModelSettings::decode(c, ModelSettings::SPLADE)),
+            StageKind::Index => StageSettings::Index(IndexSettings::decode(c)),
+            StageKind::Extract => StageSettings::Extract(ExtractSettings::decode(c)),
+            StageKind::Kg => StageSettings::Kg(KgSettings::decode(c)),
+        }
+    }
+
+    /// What is wrong between keys that are each valid on their own.
+    pub(crate) fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        match self {
+            StageSettings::Chunk(chunk) if chunk.split_overlap >= chunk.split_length => problems.push((
+                "split_overlap",
+                format!(
+                    "split_overlap ({}) must be smaller than split_length ({})",
+                    chunk.split_overlap, chunk.split_length
+                ),
+            )),
+            StageSettings::Index(index) if index.backends.is_empty() => {
+                problems.push(("backends", "backends must name at least one backend".into()))
+            }
+            _ => {}
+        }
+        problems
+    }
+}
+
+/// Reads validated values (their types were checked against the key list).
+#[derive(Clone, Copy)]
+struct Config<'a>(&'a Map<String, Value>);
+
+impl Config<'_> {
+    fn u64(&self, key: &str) -> Option<u64> {
+        self.0.get(key).and_then(Value::as_u64)
+    }
+
+    fn usize(&self, key: &str, default: usize) -> usize {
+        self.u64(key).map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn text(&self, key: &str) -> Option<String> {
+        self.0.get(key).and_then(Value::as_str).map(str::to_string)
+    }
+
+    fn list(&self, key: &str) -> Option<Vec<String>> {
+        let items = self.0.get(key).and_then(Value::as_array)?;
+        Some(items.iter().filter_map(Value::as_str).map(str::to_string).collect())
+    }
+}
+
+/// `ingest`: size limits on raw records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngestSettings {
+    /// Records above this size are dead-lettered (default 256 MiB).
+    pub max_record_bytes: usize,
+}
+
+impl IngestSettings {
+    /// The keys of `ingest`.
+    pub const KEYS: &'static [ConfigKey] = &[key("max_record_bytes", PositiveInt)];
+    /// The default cap on one raw record (a JSONL line or a whole file).
+    pub const DEFAULT_MAX_RECORD_BYTES: usize = 256 << 20;
+
+    fn decode(c: Config<'_>) -> IngestSettings {
+        IngestSettings { max_record_bytes: c.usize("max_record_bytes", Self::DEFAULT_MAX_RECORD_BYTES) }
+    }
+}
+
+/// `fetch` and `download`: one HTTP GET per record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FetchSettings {
+    /// The record field holding the URL (`url`; download: `pdf_url`).
+    pub url_field: String,
+    /// The record field holding the document id (`id`).
+    pub id_field: String,
+    /// The largest body taken (16 MiB; download: 64 MiB).
+    pub max_bytes: usize,
+    /// Hosts the stage may call (names, `*.domain`, IPs, CIDR ranges).
+    pub allow_hosts: Vec<String>,
+    /// Calls in flight per worker (16).
+    pub max_in_flight: usize,
+    /// Download only: where downloaded records go, `dir:PATH` or
+    /// `kafka:TOPIC` (default: beside the source).
+    pub output: Option<StreamSpec>,
+}
+
+impl FetchSettings {
+    /// The keys of `fetch`.
+    pub const FETCH_KEYS: &'static [ConfigKey] = &[
+        key("url_field", Text),
+        key("id_field", Text),
+        key("max_bytes", PositiveInt),
+        key("allow_hosts", Hosts),
+        key("max_in_flight", PositiveInt),
+    ];
+    /// The keys of `download`: `fetch`'s and `output`.
+    pub const DOWNLOAD_KEYS: &'static [ConfigKey] = &[
+        key("url_field", Text),
+        key("id_field", Text),
+        key("max_bytes", PositiveInt),
+        key("allow_hosts", Hosts),
+        key("max_in_flight", PositiveInt),
+        key("output", Stream),
+    ];
+
+    fn decode(c: Config<'_>, download: bool) -> FetchSettings {
+        let (url_field, max_bytes) = if download { ("pdf_url", 64 << 20) } else { ("url", 16 << 20) };
+        FetchSettings {
+            url_field: c.text("url_field").unwrap_or_else(|| url_field.into()),
+            id_field: c.text("id_field").unwrap_or_else(|| "id".into()),
+            max_bytes: c.usize("max_bytes", max_bytes),
+            allow_hosts: c.list("allow_hosts").unwrap_or_default(),
+            max_in_flight: c.usize("max_in_flight", 16),
+            output: c.text("output").filter(|_| download).and_then(|o| o.parse().ok()),
+        }
+    }
+}
+
+/// `parse`: payload → document IR.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParseSettings {
+    /// One of [`PARSE_FORMATS`] (`auto`).
+    pub format: String,
+    /// The largest document taken (8 MiB).
+    pub max_doc_bytes: usize,
+}
+
+impl ParseSettings {
+    /// The keys of `parse`.
+    pub const KEYS: &'static [ConfigKey] = &[key("format", OneOf(PARSE_FORMATS)), key("max_doc_bytes", PositiveInt)];
+
+    fn decode(c: Config<'_>) -> ParseSettings {
+        ParseSettings {
+            format: c.text("format").unwrap_or_else(|| "auto".into()),
+            max_doc_bytes: c.usize("max_doc_bytes", 8 << 20),
+        }
+    }
+}
+
+/// `chunk`: document → chunks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkSettings {
+    /// `word`, `sentence` or `passage` (`word`).
+    pub split_by: String,
+    /// Units per chunk (200).
+    pub split_length: usize,
+    /// Units shared with the previous chunk (20; less than `split_length`).
+    pub split_overlap: usize,
+    /// With `word`: pack whole sentences (true).
+    pub respect_sentence_boundary: bool,
+}
+
+impl ChunkSettings {
+    /// The keys of `chunk`.
+    pub const KEYS: &'static [ConfigKey] = &[
+        key("split_by", OneOf(&["word", "sentence", "passage"])),
+        key("split_length", PositiveInt),
+        key("split_overlap", NonNegInt),
+        key("respect_sentence_boundary", Bool),
+    ];
+
+    fn decode(c: Config<'_>) -> ChunkSettings {
+        ChunkSettings {
+            split_by: c.text("split_by").unwrap_or_else(|| "word".into()),
+            split_length: c.usize("split_length", 200),
+            split_overlap: c.usize("split_overlap", 20),
+            respect_sentence_boundary: c.0.get("respect_sentence_boundary").and_then(Value::as_bool).unwrap_or(true),
+        }
+    }
+}
+
+/// `embed` and `splade`: an ONNX model over every chunk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSettings {
+    /// A model name in the models directory, or a path to an `.onnx` file
+    /// (embed: `all-MiniLM-L6-v2`; splade: `splade-tiny`).
+    pub model: String,
+    /// Its tokenizer (default: beside the model).
+    pub tokenizer: Option<String>,
+    /// `cpu` or `cuda` (`cpu`; `--device` overrides it).
+    pub device: String,
+    /// Truncation (256).
+    pub max_seq_len: usize,
+    /// Padded tokens per batch (embed 8192, splade 4096).
+    pub max_batch_tokens: usize,
+    /// ONNX Runtime threads per worker (default: the cores shared among workers).
+    pub intra_threads: Option<usize>,
+    /// SPLADE: terms kept per chunk (128).
+    pub top_k: usize,
+    /// SPLADE: least weight kept (0).
+    pub threshold: f32,
+}
+
+/// A model stage's defaults.
+pub struct ModelDefaults {
+    model: &'static str,
+    max_batch_tokens: usize,
+}
+
+impl ModelSettings {
+    /// `embed`'s defaults.
+    pub const EMBED: ModelDefaults = ModelDefaults { model: "all-MiniLM-L6-v2", max_batch_tokens: 8192 };
+    /// `splade`'s defaults.
+    pub const SPLADE: ModelDefaults = ModelDefaults { model: "splade-tiny", max_batch_tokens: 4096 };
+    /// The keys of `embed`.
+    pub const EMBED_KEYS: &'static [ConfigKey] = &[
+        key("model", Text),
+        key("tokenizer", Text),
+        key("device", OneOf(DEVICES)),
+        key("max_seq_len", PositiveInt),
+        key("max_batch_tokens", PositiveInt),
+        key("intra_threads", PositiveInt),
+    ];
+    /// The keys of `splade`: `embed`'s, `top_k` and `threshold`.
+    pub const SPLADE_KEYS: &'static [ConfigKey] = &[
+        key("model", Text),
+        key("tokenizer", Text),
+        key("device", OneOf(DEVICES)),
+        key("max_seq_len", PositiveInt),
+        key("max_batch_tokens", PositiveInt),
+        key("intra_threads", PositiveInt),
+        key("top_k", PositiveInt),
+        key("threshold", NonNegFloat),
+    ];
+
+    fn decode(c: Config<'_>, defaults: ModelDefaults) -> ModelSettings {
+        ModelSettings {
+            model: c.text("model").unwrap_or_else(|| defaults.model.into()),
+            tokenizer: c.text("tokenizer"),
+            device: c.text("device").unwrap_or_else(|| "cpu".into()),
+            max_seq_len: c.usize("max_seq_len", 256),
+            max_batch_tokens: c.usize("max_batch_tokens", defaults.max_batch_tokens),
+            intra_threads: c.u64("intra_threads").map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            top_k: c.usize("top_k", 128),
+            threshold: c.0.get("threshold").and_then(Value::as_f64).unwrap_or(0.0) as f32,
+        }
+    }
+}
+
+/// `index`: tantivy BM25 (+ SPLADE terms) and FAISS, committed per epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexSettings {
+    /// Of [`INDEX_BACKENDS`] (`[bm25]`).
+    pub backends: Vec<String>,
+    /// Least time between two commits (1 s).
+    pub commit_interval: Duration,
+    /// Indexing memory per shard, MiB (64).
+    pub writer_memory_mb: usize,
+}
+
+impl IndexSettings {
+    /// The keys of `index`.
+    pub const KEYS: &'static [ConfigKey] = &[
+        key("backends", ListOf(INDEX_BACKENDS)),
+        key("commit_interval", crate::kinds::ValueKind::Duration),
+        key("writer_memory_mb", PositiveInt),
+    ];
+
+    fn decode(c: Config<'_>) -> IndexSettings {
+        IndexSettings {
+            backends: c.list("backends").unwrap_or_else(|| vec!["bm25".into()]),
+            commit_interval: c
+                .text("commit_interval")
+                .and_then(|t| crate::parse_duration(&t))
+                .unwrap_or(Duration::from_secs(1)),
+            writer_memory_mb: c.usize("writer_memory_mb", 64),
+        }
+    }
+
+    /// Whether the index writes `backend`.
+    pub fn has(&self, backend: &str) -> bool {
+        self.backends.iter().any(|b| b == backend)
+    }
+}
+
+/// `extract` (not run by this build yet).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExtractSettings {
+    /// The extractor.
+    pub model: Option<String>,
+    /// Claims below this confidence are dropped.
+    pub min_confidence: f64,
+}
+
+impl ExtractSettings {
+    /// The keys of `extract`.
+    pub const KEYS: &'static [ConfigKey] = &[key("model", Text), key("min_confidence", NonNegFloat)];
+
+    fn decode(c: Config<'_>) -> ExtractSettings {
+        ExtractSettings {
+            model: c.text("model"),
+            min_confidence: c.0.get("min_confidence").and_then(Value::as_f64).unwrap_or(0.0),
+        }
+    }
+}
+
+/// `kg` (not run by this build yet).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KgSettings {
+    /// The graph store.
+    pub backend: Option<String>,
+    /// Where it is.
+    pub uri: Option<String>,
+}
+
+impl KgSettings {
+    /// The keys of `kg`.
+    pub const KEYS: &'static [ConfigKey] = &[key("backend", Text), key("uri", Text)];
+
+    fn decode(c: Config<'_>) -> KgSettings {
+        KgSettings { backend: c.text("backend"), uri: c.text("uri") }
+    }
+}
