@@ -30,3 +30,8 @@ if [ -z "${MEDKG_KAFKA_BROKERS:-}" ]; then
 fi
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+# The examples are part of the contract (each fails when it finds nothing): run them.
+for example in parse_and_chunk embed_engine hybrid_query; do
+  echo "== example $example"
+  cargo run --quiet --example "$example"
+done

@@ -30,6 +30,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod builder;
 mod compile;
 mod error;
 pub mod hosts;
@@ -40,6 +41,7 @@ mod raw;
 mod settings;
 mod stream;
 
+pub use builder::PlanBuilder;
 pub use error::{Location, TopologyError, ValidationErrors};
 pub use kinds::{ConfigKey, StageKind, StreamKind, ValueKind};
 pub use plan::{Gate, Plan, PlannedStage, RuntimeSettings};
