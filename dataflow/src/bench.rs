@@ -99,7 +99,7 @@ pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
                 })
                 .collect();
             for handle in handles {
-                handle.join().map_err(|_| anyhow!("a bench thread panicked"))?.map_err(|e| anyhow!("{e}"))?;
+                handle.join().map_err(|_| anyhow!("a bench thread panicked"))??;
             }
             Ok(())
         })?;
@@ -141,7 +141,7 @@ fn parse_and_chunk(source: &Path, settings: &StageSettings, tenant: &str) -> any
         .iter()
         .find_map(|s| if let StageConfig::Chunk(c) = s { Some(c.clone()) } else { None })
         .ok_or_else(|| anyhow!("the pipeline has no chunk stage to bench"))?;
-    let source = FileSource::open(source).map_err(|e| anyhow!("{e}"))?;
+    let source = FileSource::open(source)?;
     let mut docs = Vec::new();
     for (_, record) in source.records(0, 1, 0, settings.max_record_bytes) {
         let Ok(payload) = record else { continue };
@@ -177,16 +177,16 @@ pub fn queries(data_dir: &Path, file: &PathBuf, mode: Mode, tenant: &str, k: usi
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let queries: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let opened = Instant::now();
-    let mut retriever = Retriever::open(data_dir, mode).map_err(|e| anyhow!("{e}"))?;
+    let mut retriever = Retriever::open(data_dir, mode)?;
     let open_ms = opened.elapsed().as_secs_f64() * 1000.0;
     // One untimed query warms caches the way a running server's would be.
     if let Some(first) = queries.first() {
-        retriever.search(first, mode, tenant, k).map_err(|e| anyhow!("{e}"))?;
+        retriever.search(first, mode, tenant, k)?;
     }
     let mut times = Vec::with_capacity(queries.len());
     for query in &queries {
         let started = Instant::now();
-        retriever.search(query, mode, tenant, k).map_err(|e| anyhow!("{e}"))?;
+        retriever.search(query, mode, tenant, k)?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);

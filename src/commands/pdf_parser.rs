@@ -452,8 +452,8 @@ impl Output {
                     Output::Kafka { records, .. } => {
                         records
                             .send(&record.doc_id, &json, &[("content-type", "application/json")])
-                            .map_err(|e| anyhow!(e))?;
-                        records.flush().map_err(|e| anyhow!(e))?;
+                            ?;
+                        records.flush()?;
                     }
                 }
                 Ok(Outcome::Parsed)
@@ -497,8 +497,8 @@ impl Output {
                     error,
                     &pending.bytes,
                 );
-                dead_letters.send(&letter, doc_id.as_deref()).map_err(|e| anyhow!(e))?;
-                dead_letters.flush().map_err(|e| anyhow!(e))?;
+                dead_letters.send(&letter, doc_id.as_deref())?;
+                dead_letters.flush()?;
             }
         }
         Ok(())

@@ -13,7 +13,7 @@ pub fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let topic = topic.as_str();
     let producer: rdkafka::producer::BaseProducer =
         kafka.settings()?.producer_config().create().map_err(|e| anyhow!("cannot create a Kafka producer: {e}"))?;
-    let source = medkg_connectors::FileSource::open(&file).map_err(|e| anyhow!("{e}"))?;
+    let source = medkg_connectors::FileSource::open(&file)?;
     let began = std::time::Instant::now();
     let mut sent = 0u64;
     for (_, record) in source.records(0, 1, 0, 64 << 20) {

@@ -10,9 +10,9 @@ use crate::cli::SearchArgs;
 pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     let SearchArgs { data_dir, tenant, k, json, mode, weights, query } = args;
     let mode: Mode = mode.parse().map_err(|e: String| anyhow!(e))?;
-    let mut retriever = Retriever::open(&data_dir, mode).map_err(|e| anyhow!("{e}"))?;
+    let mut retriever = Retriever::open(&data_dir, mode)?;
     retriever.weights = parse_weights(&weights)?;
-    let hits = retriever.search(&query.join(" "), mode, &tenant, k).map_err(|e| anyhow!("{e}"))?;
+    let hits = retriever.search(&query.join(" "), mode, &tenant, k)?;
     if json {
         let rows: Vec<serde_json::Value> = hits
             .iter()
