@@ -16,7 +16,9 @@ use crate::options::RunOptions;
 use crate::progress::Progress;
 use crate::retriever::{Mode, Retriever};
 use crate::run::run;
-use crate::settings::{ModelOptions, StageConfig, StageSettings};
+use crate::settings::{self, StageConfig, StageContext, StageSettings};
+use medkg_operators::parse::ParseOptions;
+use medkg_topology::StageSettings as Settings;
 
 /// Encodes texts on worker `w`'s session with a token budget; returns how many came back.
 type EncodeFn = dyn Fn(usize, &[&str], usize) -> Result<usize, medkg_operators::StageError> + Sync;
@@ -51,9 +53,14 @@ pub struct PipelineBench {
 /// Runs the pipeline bench; `options.data_dir` receives the end-to-end run's index.
 pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
     let workers = options.workers.max(1);
-    let model_options = ModelOptions { models: options.models.clone(), device: options.device, workers };
-    let settings = StageSettings::from_plan(&options.plan, &model_options).map_err(|e| anyhow!(e))?;
-    let docs = parse_and_chunk(&options.source, &settings, &options.tenant)?;
+    let context = StageContext {
+        models: options.models.clone(),
+        device: options.device,
+        workers,
+        tenant: options.tenant.clone(),
+    };
+    let settings = StageSettings::from_plan(&options.plan, &context).map_err(|e| anyhow!(e))?;
+    let docs = parse_and_chunk(options, settings.max_record_bytes)?;
     let chunks = docs.iter().map(|d| d.chunks.len()).sum();
     let epoch = options.plan.runtime.epoch_records.max(1) as usize;
 
@@ -129,23 +136,24 @@ pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
 }
 
 /// Parses and chunks a source as the pipeline's parse and chunk stages would.
-fn parse_and_chunk(source: &Path, settings: &StageSettings, tenant: &str) -> anyhow::Result<Vec<ChunkedDocument>> {
-    let mut options = settings
-        .stages
-        .iter()
-        .find_map(|s| if let StageConfig::Parse(o) = s { Some(o.clone()) } else { None })
-        .unwrap_or_default();
-    options.default_tenant = tenant.to_string();
-    let chunker = settings
-        .stages
-        .iter()
-        .find_map(|s| if let StageConfig::Chunk(c) = s { Some(c.clone()) } else { None })
-        .ok_or_else(|| anyhow!("the pipeline has no chunk stage to bench"))?;
-    let source = FileSource::open(source)?;
+fn parse_and_chunk(options: &RunOptions, max_record_bytes: usize) -> anyhow::Result<Vec<ChunkedDocument>> {
+    let mut parse_options = ParseOptions { default_tenant: options.tenant.clone(), ..ParseOptions::default() };
+    let mut chunker = None;
+    for stage in &options.plan.stages {
+        match &stage.settings {
+            Settings::Parse(parse) => {
+                parse_options = settings::parse_options(stage, parse, &options.tenant).map_err(anyhow::Error::msg)?
+            }
+            Settings::Chunk(chunk) => chunker = Some(settings::chunker(stage, chunk).map_err(anyhow::Error::msg)?),
+            _ => {}
+        }
+    }
+    let chunker = chunker.ok_or_else(|| anyhow!("the pipeline has no chunk stage to bench"))?;
+    let source = FileSource::open(&options.source)?;
     let mut docs = Vec::new();
-    for (_, record) in source.records(0, 1, 0, settings.max_record_bytes) {
+    for (_, record) in source.records(0, 1, 0, max_record_bytes) {
         let Ok(payload) = record else { continue };
-        for doc in parse::parse(&options, &payload.bytes, payload.name.as_deref()).into_iter().flatten() {
+        for doc in parse::parse(&parse_options, &payload.bytes, payload.name.as_deref()).into_iter().flatten() {
             let chunked = chunker.chunk(&doc);
             if !chunked.chunks.is_empty() {
                 docs.push(chunked);

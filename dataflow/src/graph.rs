@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use medkg_connectors::ledger::LedgerBuffer;
 use medkg_connectors::RawPayload;
-use medkg_operators::parse::ParseOptions;
-use medkg_operators::{ChunkedDocument, Chunker, Document};
+use medkg_operators::{ChunkedDocument, Document};
 use medkg_topology::{Plan, StageKind};
 use timely::dataflow::operators::{Concatenate, Probe};
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
@@ -21,6 +20,7 @@ use crate::ops::envelope::Envelope;
 use crate::ops::fetch::FetchRuntime;
 use crate::ops::gate::GateState;
 use crate::ops::index::IndexSpec;
+use crate::ops::records::Records;
 use crate::ops::{encode, fetch, gate, index, records};
 use crate::shared::Shared;
 use crate::telemetry::Reporter;
@@ -28,14 +28,10 @@ use crate::telemetry::Reporter;
 /// One stage of the plan, ready to build: its settings and the resources
 /// its operator is handed (made once per process, before any worker starts).
 pub(crate) enum StageOp {
-    /// `ingest`
-    Ingest { max_record_bytes: usize },
+    /// A stateless stage (`ingest`, `parse`, `chunk`, ...).
+    Records(Records),
     /// `fetch` and `download`: the stage's client, policy and outputs.
     Fetch(Arc<FetchRuntime>),
-    /// `parse`
-    Parse(ParseOptions),
-    /// `chunk`
-    Chunk(Chunker),
     /// `embed` and `splade`: one session per worker.
     Encode { sessions: Arc<Sessions>, max_batch_tokens: usize },
     /// `index`
@@ -120,22 +116,21 @@ pub(crate) fn build<'s>(
         let ctx = Ctx { shared: shared.clone(), letters: ports.letters.clone(), reporter };
         let mistyped = || format!("stage `{}`: its inputs carry another kind of record", stage.name);
         let output = match op {
-            StageOp::Ingest { max_record_bytes } => {
+            StageOp::Records(Records::RawToRaw(make)) => {
                 let input = concat(scope, inputs, Flow::raw).ok_or_else(mistyped)?;
-                Flow::Raw(records::stateless(input, ctx, is_sink, records::ingest(*max_record_bytes)))
+                Flow::Raw(records::stateless(input, ctx, is_sink, make()))
+            }
+            StageOp::Records(Records::RawToDocs(make)) => {
+                let input = concat(scope, inputs, Flow::raw).ok_or_else(mistyped)?;
+                Flow::Docs(records::stateless(input, ctx, is_sink, make()))
+            }
+            StageOp::Records(Records::DocsToChunks(make)) => {
+                let input = concat(scope, inputs, Flow::docs).ok_or_else(mistyped)?;
+                Flow::Chunks(records::stateless(input, ctx, is_sink, make()))
             }
             StageOp::Fetch(runtime) => {
                 let input = concat(scope, inputs, Flow::raw).ok_or_else(mistyped)?;
                 Flow::Raw(fetch::fetch(scope, input, ctx, runtime.clone()))
-            }
-            StageOp::Parse(options) => {
-                let input = concat(scope, inputs, Flow::raw).ok_or_else(mistyped)?;
-                let options = ParseOptions { default_tenant: shared.options.tenant.clone(), ..options.clone() };
-                Flow::Docs(records::stateless(input, ctx, is_sink, records::parse(options)))
-            }
-            StageOp::Chunk(chunker) => {
-                let input = concat(scope, inputs, Flow::docs).ok_or_else(mistyped)?;
-                Flow::Chunks(records::stateless(input, ctx, is_sink, records::chunk(chunker.clone())))
             }
             StageOp::Encode { sessions, max_batch_tokens } => {
                 let input = concat(scope, inputs, Flow::chunks).ok_or_else(mistyped)?;

@@ -59,5 +59,5 @@ pub use options::{Cluster, KafkaSource, RunOptions, RunSummary};
 pub use progress::Progress;
 pub use retriever::{Mode, Retriever, FUSION_DEPTH};
 pub use run::run;
-pub use settings::{check_implemented, EncoderSpec, ModelOptions, StageConfig, StageSettings};
+pub use settings::{check_implemented, EncoderSpec, StageContext};
 pub use telemetry::{TelemetryOptions, DEFAULT_METRICS_ADDR};

@@ -111,7 +111,7 @@ fn recorded(spec: &EncoderSpec) -> RecordedModel {
 
 impl ModelRecord {
     /// The models a pipeline's settings use.
-    pub fn from_settings(settings: &StageSettings) -> ModelRecord {
+    pub(crate) fn from_settings(settings: &StageSettings) -> ModelRecord {
         let mut record = ModelRecord::default();
         for stage in &settings.stages {
             match stage {

@@ -22,7 +22,7 @@ use crate::ops::fetch::{Download, DownloadedOutput, FetchRuntime};
 use crate::ops::index::IndexSpec;
 use crate::options::{RunOptions, RunSummary};
 use crate::progress::Progress;
-use crate::settings::{check_implemented, ModelOptions, StageConfig, StageSettings};
+use crate::settings::{check_implemented, StageConfig, StageContext, StageSettings};
 use crate::shared::{Shared, SharedParts};
 use crate::telemetry::{self, Reporter, Telemetry};
 use crate::worker::run_worker;
@@ -98,8 +98,13 @@ fn run_workers(
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<RunSummary> {
     let workers = options.workers.max(1);
-    let model_options = ModelOptions { models: options.models.clone(), device: options.device, workers };
-    let settings = StageSettings::from_plan(&options.plan, &model_options).map_err(|e| anyhow!(e))?;
+    let context = StageContext {
+        models: options.models.clone(),
+        device: options.device,
+        workers,
+        tenant: options.tenant.clone(),
+    };
+    let settings = StageSettings::from_plan(&options.plan, &context).map_err(|e| anyhow!(e))?;
     // Models load before anything is written: a missing model or an absent
     // GPU stops the run here, with nothing half-written.
     let sessions = load_sessions(&settings, workers)?;
@@ -245,7 +250,7 @@ fn stage_ops(
     for ((stage, config), sessions) in options.plan.stages.iter().zip(&settings.stages).zip(sessions) {
         let in_stage = |e: String| anyhow!("stage `{}`: {e}", stage.name);
         let op = match config {
-            StageConfig::Ingest { max_record_bytes } => StageOp::Ingest { max_record_bytes: *max_record_bytes },
+            StageConfig::Records(records) => StageOp::Records(records.clone()),
             StageConfig::Fetch(fetch) => {
                 Reporter::calls_out(telemetry, &stage.name);
                 let runtime = FetchRuntime::new(fetch, &stage.policy, None).map_err(|e| in_stage(e.message))?;
@@ -261,8 +266,6 @@ fn stage_ops(
                 let runtime = FetchRuntime::new(fetch, &stage.policy, download).map_err(|e| in_stage(e.message))?;
                 StageOp::Fetch(Arc::new(runtime))
             }
-            StageConfig::Parse(parse) => StageOp::Parse(parse.clone()),
-            StageConfig::Chunk(chunker) => StageOp::Chunk(chunker.clone()),
             StageConfig::Embed(spec) | StageConfig::Splade(spec) => {
                 let sessions = sessions.ok_or_else(|| in_stage("its model sessions were not loaded".into()))?;
                 StageOp::Encode { sessions, max_batch_tokens: spec.max_batch_tokens }

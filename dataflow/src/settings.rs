@@ -10,35 +10,33 @@ use medkg_operators::models::{Device, ModelFiles};
 use medkg_operators::parse::{Format, ParseOptions};
 use medkg_operators::{ChunkConfig, Chunker};
 use medkg_topology::StageSettings as Settings;
-use medkg_topology::{FetchSettings, IngestSettings, ModelSettings, Plan, PlannedStage, StageKind};
+use medkg_topology::{
+    ChunkSettings, FetchSettings, IngestSettings, ModelSettings, ParseSettings, Plan, PlannedStage, StageKind,
+};
+
+use crate::ops::records::{self, factory, Records};
 
 /// Settings of every stage of a plan, read once.
-#[derive(Clone, Debug)]
-pub struct StageSettings {
+#[derive(Clone)]
+pub(crate) struct StageSettings {
     /// Cap on raw records, from the `ingest` stage (or the default).
     pub max_record_bytes: usize,
     /// Per stage, in plan order.
     pub stages: Vec<StageConfig>,
 }
 
-/// One stage's typed settings.
-#[derive(Clone, Debug)]
-pub enum StageConfig {
-    /// `ingest`
-    Ingest {
-        /// Records above this size are dead-lettered.
-        max_record_bytes: usize,
-    },
+/// One stage's operator settings (the topology's typed settings, turned
+/// into what the operators take).
+#[derive(Clone)]
+pub(crate) enum StageConfig {
+    /// A stateless stage: how each worker makes its logic.
+    Records(Records),
     /// `fetch`
     Fetch(FetchConfig),
     /// `download`: the call's settings, and where downloaded records go
     /// (default: `dir:DATA_DIR/downloaded`, or `kafka:pdf.downloaded.v1`
     /// beside a Kafka source).
     Download(FetchConfig, Option<StreamSpec>),
-    /// `parse`
-    Parse(ParseOptions),
-    /// `chunk`
-    Chunk(Chunker),
     /// `embed`
     Embed(EncoderSpec),
     /// `splade`
@@ -77,17 +75,19 @@ pub struct EncoderSpec {
 
 /// Options of a run that reach into stage settings.
 #[derive(Clone, Debug, Default)]
-pub struct ModelOptions {
+pub struct StageContext {
     /// `--models DIR`.
     pub models: Option<std::path::PathBuf>,
     /// `--device`, overriding every model stage's `device`.
     pub device: Option<Device>,
     /// Worker threads (to share the cores among sessions).
     pub workers: usize,
+    /// The tenant of records that name none.
+    pub tenant: String,
 }
 
 impl EncoderSpec {
-    fn new(stage: &PlannedStage, model: &ModelSettings, options: &ModelOptions) -> Result<EncoderSpec, String> {
+    fn new(stage: &PlannedStage, model: &ModelSettings, options: &StageContext) -> Result<EncoderSpec, String> {
         let device = match options.device {
             Some(device) => device,
             None => model.device.parse().map_err(|e| in_stage(stage, e))?,
@@ -115,31 +115,27 @@ impl EncoderSpec {
 impl StageSettings {
     /// Turns every stage's typed settings (decoded once by the topology)
     /// into what its operator takes.
-    pub fn from_plan(plan: &Plan, options: &ModelOptions) -> Result<StageSettings, String> {
+    pub fn from_plan(plan: &Plan, options: &StageContext) -> Result<StageSettings, String> {
         let mut max_record_bytes = IngestSettings::DEFAULT_MAX_RECORD_BYTES;
         let mut stages = Vec::new();
         for stage in &plan.stages {
             let config = match &stage.settings {
+                // The stateless stages: one line each.
                 Settings::Ingest(ingest) => {
-                    max_record_bytes = max_record_bytes.min(ingest.max_record_bytes);
-                    StageConfig::Ingest { max_record_bytes: ingest.max_record_bytes }
+                    let cap = ingest.max_record_bytes;
+                    max_record_bytes = max_record_bytes.min(cap);
+                    StageConfig::Records(Records::RawToRaw(factory(move || records::ingest(cap))))
+                }
+                Settings::Parse(parse) => {
+                    let parse = parse_options(stage, parse, &options.tenant)?;
+                    StageConfig::Records(Records::RawToDocs(factory(move || records::parse(parse.clone()))))
+                }
+                Settings::Chunk(chunk) => {
+                    let chunker = chunker(stage, chunk)?;
+                    StageConfig::Records(Records::DocsToChunks(factory(move || records::chunk(chunker.clone()))))
                 }
                 Settings::Fetch(fetch) => StageConfig::Fetch(fetch_config(fetch)),
                 Settings::Download(fetch) => StageConfig::Download(fetch_config(fetch), fetch.output.clone()),
-                Settings::Parse(parse) => StageConfig::Parse(ParseOptions {
-                    format: parse.format.parse::<Format>().map_err(|e| in_stage(stage, e))?,
-                    max_doc_bytes: parse.max_doc_bytes,
-                    ..ParseOptions::default()
-                }),
-                Settings::Chunk(chunk) => {
-                    let config = ChunkConfig {
-                        split_by: chunk.split_by.parse().map_err(|e| in_stage(stage, e))?,
-                        split_length: chunk.split_length,
-                        split_overlap: chunk.split_overlap,
-                        respect_sentence_boundary: chunk.respect_sentence_boundary,
-                    };
-                    StageConfig::Chunk(Chunker::new(config).map_err(|e| in_stage(stage, e))?)
-                }
                 Settings::Embed(model) => StageConfig::Embed(EncoderSpec::new(stage, model, options)?),
                 Settings::Splade(model) => StageConfig::Splade(EncoderSpec::new(stage, model, options)?),
                 Settings::Index(index) => StageConfig::Index {
@@ -162,6 +158,26 @@ impl StageSettings {
     }
 }
 
+/// A `parse` stage's options; `tenant` for records that name none.
+pub(crate) fn parse_options(stage: &PlannedStage, parse: &ParseSettings, tenant: &str) -> Result<ParseOptions, String> {
+    Ok(ParseOptions {
+        format: parse.format.parse::<Format>().map_err(|e| in_stage(stage, e))?,
+        max_doc_bytes: parse.max_doc_bytes,
+        default_tenant: tenant.to_string(),
+    })
+}
+
+/// A `chunk` stage's chunker.
+pub(crate) fn chunker(stage: &PlannedStage, chunk: &ChunkSettings) -> Result<Chunker, String> {
+    let config = ChunkConfig {
+        split_by: chunk.split_by.parse().map_err(|e| in_stage(stage, e))?,
+        split_length: chunk.split_length,
+        split_overlap: chunk.split_overlap,
+        respect_sentence_boundary: chunk.respect_sentence_boundary,
+    };
+    Chunker::new(config).map_err(|e| in_stage(stage, e))
+}
+
 fn fetch_config(fetch: &FetchSettings) -> FetchConfig {
     FetchConfig {
         url_field: fetch.url_field.clone(),
@@ -172,22 +188,17 @@ fn fetch_config(fetch: &FetchSettings) -> FetchConfig {
     }
 }
 
+/// Stage types a plan may name that this build does not run yet.
+const NOT_RUN: &[StageKind] = &[StageKind::Extract, StageKind::Kg];
+
 /// The stage types (and index backends) this build runs.
 pub fn check_implemented(plan: &Plan) -> Result<(), String> {
-    let mut missing = Vec::new();
-    for stage in &plan.stages {
-        match stage.kind {
-            StageKind::Ingest
-            | StageKind::Fetch
-            | StageKind::Download
-            | StageKind::Parse
-            | StageKind::Chunk
-            | StageKind::Embed
-            | StageKind::Splade
-            | StageKind::Index => {}
-            other => missing.push(format!("{} (stage `{}`)", other.name(), stage.name)),
-        }
-    }
+    let mut missing: Vec<String> = plan
+        .stages
+        .iter()
+        .filter(|stage| NOT_RUN.contains(&stage.kind))
+        .map(|stage| format!("{} (stage `{}`)", stage.kind.name(), stage.name))
+        .collect();
     // The gate this build has joins downloaded PDFs with their IR.
     for gate in &plan.gates {
         if gate.condition != "ir_ready" || plan.stages[gate.after].kind != StageKind::Download {

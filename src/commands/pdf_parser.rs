@@ -450,9 +450,7 @@ impl Output {
                 match self {
                     Output::Dir(dir) => write_atomically(&dir.join(&name), &json)?,
                     Output::Kafka { records, .. } => {
-                        records
-                            .send(&record.doc_id, &json, &[("content-type", "application/json")])
-                            ?;
+                        records.send(&record.doc_id, &json, &[("content-type", "application/json")])?;
                         records.flush()?;
                     }
                 }

@@ -11,6 +11,7 @@
 //! summary letter).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use medkg_connectors::dead_letter::MAX_LETTERS_PER_RECORD;
@@ -98,6 +99,32 @@ impl<O: Reported> Emit<'_, O> {
         }
         self.failed += 1;
     }
+}
+
+/// Makes one worker's instance of a stateless stage's logic (each worker
+/// has its own, so the logic may keep state of its own).
+pub(crate) type Factory<I, O> = Arc<dyn Fn() -> Box<dyn FnMut(I, &mut Emit<'_, O>)> + Send + Sync>;
+
+/// A stateless stage, by what it reads and what it emits. The graph has
+/// one arm per shape, so a new stateless stage of a known shape is a
+/// function in this folder plus one line that makes its `Records` (a new
+/// shape adds a variant here and its arm in the graph).
+#[derive(Clone)]
+pub(crate) enum Records {
+    /// Raw payloads in and out (`ingest`).
+    RawToRaw(Factory<RawPayload, RawPayload>),
+    /// Raw payloads to documents (`parse`).
+    RawToDocs(Factory<RawPayload, Envelope<Document>>),
+    /// Documents to chunked documents (`chunk`).
+    DocsToChunks(Factory<Envelope<Document>, Envelope<ChunkedDocument>>),
+}
+
+/// Wraps a logic maker as a [`Factory`].
+pub(crate) fn factory<I: 'static, O: 'static, L>(make: impl Fn() -> L + Send + Sync + 'static) -> Factory<I, O>
+where
+    L: FnMut(I, &mut Emit<'_, O>) + 'static,
+{
+    Arc::new(move || Box::new(make()))
 }
 
 /// A `RawPayload` without its bytes.
