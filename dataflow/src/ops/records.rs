@@ -202,7 +202,7 @@ pub(crate) fn ingest(max_record_bytes: usize) -> impl FnMut(RawPayload, &mut Emi
 }
 
 /// Dead-letters a record as itself (its key, else its position).
-fn fail_record<O: Reported>(emit: &mut Emit<'_, O>, payload: &RawPayload, error: &StageError) {
+pub(crate) fn fail_record<O: Reported>(emit: &mut Emit<'_, O>, payload: &RawPayload, error: &StageError) {
     let position = payload.position.to_string();
     let ctx = emit.ctx;
     emit.fail(payload, &ctx.subject_of(payload, &position), error);
