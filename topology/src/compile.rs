@@ -15,8 +15,14 @@ use crate::policy::{Policies, Policy};
 use crate::raw::{RawGate, RawStage, RawTopology};
 use crate::settings::StageSettings;
 
-/// Validates a topology's text; `file` names it in errors.
-pub(crate) fn compile(file: &str, text: &str, policies: &Policies) -> Result<Plan, ValidationErrors> {
+impl Plan {
+    /// Validates a topology's text; `file` names it in errors.
+    pub fn from_yaml_str(file: &str, text: &str, policies: &Policies) -> Result<Plan, ValidationErrors> {
+        compile(file, text, policies)
+    }
+}
+
+fn compile(file: &str, text: &str, policies: &Policies) -> Result<Plan, ValidationErrors> {
     let raw: RawTopology = serde_saphyr::from_str(text).map_err(|e| {
         // serde stops at the first shape error: sweep the file for the
         // rest, so a user fixes it in one pass.
@@ -315,7 +321,7 @@ impl Checker<'_> {
                 );
             }
             let timeout = gate.timeout.as_ref().and_then(|t| {
-                let parsed = crate::parse_duration(&t.value);
+                let parsed = crate::duration::parse_duration(&t.value);
                 if parsed.is_none() {
                     self.errors.push(
                         self.at(&t.referenced),

@@ -117,11 +117,11 @@ impl ValueKind {
                 }
                 Ok(())
             }
-            ValueKind::Stream => match value.as_str().map(str::parse::<crate::StreamSpec>) {
+            ValueKind::Stream => match value.as_str().map(str::parse::<crate::stream::StreamSpec>) {
                 Some(Ok(_)) => Ok(()),
                 _ => Err(format!("expected dir:PATH or kafka:TOPIC, found {}", describe(value))),
             },
-            ValueKind::Duration => match value.as_str().and_then(crate::parse_duration) {
+            ValueKind::Duration => match value.as_str().and_then(crate::duration::parse_duration) {
                 Some(_) => Ok(()),
                 None => Err(format!("expected a duration such as 500ms, 30s or 5m, found {}", describe(value))),
             },
@@ -223,23 +223,5 @@ impl StageKind {
     /// by document id (one worker owns a document and its index shard).
     pub fn keyed(self) -> bool {
         matches!(self, StageKind::Index | StageKind::Kg)
-    }
-
-    /// The configuration keys the stage accepts (declared with its
-    /// settings in [`crate::settings`]).
-    pub fn config_keys(self) -> &'static [ConfigKey] {
-        use crate::settings::*;
-        match self {
-            StageKind::Ingest => IngestSettings::KEYS,
-            StageKind::Fetch => FetchSettings::FETCH_KEYS,
-            StageKind::Download => FetchSettings::DOWNLOAD_KEYS,
-            StageKind::Parse => ParseSettings::KEYS,
-            StageKind::Chunk => ChunkSettings::KEYS,
-            StageKind::Embed => ModelSettings::EMBED_KEYS,
-            StageKind::Splade => ModelSettings::SPLADE_KEYS,
-            StageKind::Index => IndexSettings::KEYS,
-            StageKind::Extract => ExtractSettings::KEYS,
-            StageKind::Kg => KgSettings::KEYS,
-        }
     }
 }

@@ -99,11 +99,6 @@ impl Plan {
         }
     }
 
-    /// Validates a topology's text; `file` names it in errors.
-    pub fn from_yaml_str(file: &str, text: &str, policies: &Policies) -> Result<Plan, ValidationErrors> {
-        crate::compile::compile(file, text, policies)
-    }
-
     /// The stage called `name`.
     pub fn stage(&self, name: &str) -> Option<&PlannedStage> {
         self.stages.iter().find(|s| s.name == name)

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::duration::parse_duration;
 use crate::error::{yaml_error, Errors, Location, ValidationErrors};
-use crate::parse_duration;
 
 /// The policies this build ships (the same text as `config/resilience.yaml`).
 pub const BUILTIN_RESILIENCE_YAML: &str = include_str!("../../config/resilience.yaml");

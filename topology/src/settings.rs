@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::kinds::{ConfigKey, StageKind, ValueKind::*};
-use crate::StreamSpec;
+use crate::stream::StreamSpec;
 
 const fn key(name: &'static str, kind: crate::kinds::ValueKind) -> ConfigKey {
     ConfigKey { name, kind }
@@ -22,6 +22,25 @@ pub const PARSE_FORMATS: &[&str] = &["auto", "pubmed-jsonl", "pubmed-xml", "jats
 const DEVICES: &[&str] = &["cpu", "cuda"];
 /// Index backends.
 pub const INDEX_BACKENDS: &[&str] = &["bm25", "splade", "dense"];
+
+impl StageKind {
+    /// The configuration keys the stage accepts (declared with its
+    /// settings in this module).
+    pub fn config_keys(self) -> &'static [ConfigKey] {
+        match self {
+            StageKind::Ingest => IngestSettings::KEYS,
+            StageKind::Fetch => FetchSettings::FETCH_KEYS,
+            StageKind::Download => FetchSettings::DOWNLOAD_KEYS,
+            StageKind::Parse => ParseSettings::KEYS,
+            StageKind::Chunk => ChunkSettings::KEYS,
+            StageKind::Embed => ModelSettings::EMBED_KEYS,
+            StageKind::Splade => ModelSettings::SPLADE_KEYS,
+            StageKind::Index => IndexSettings::KEYS,
+            StageKind::Extract => ExtractSettings::KEYS,
+            StageKind::Kg => KgSettings::KEYS,
+        }
+    }
+}
 
 /// A stage's typed settings, by stage type.
 #[derive(Clone, Debug, PartialEq)]
@@ -322,7 +341,7 @@ impl IndexSettings {
             backends: c.list("backends").unwrap_or_else(|| vec!["bm25".into()]),
             commit_interval: c
                 .text("commit_interval")
-                .and_then(|t| crate::parse_duration(&t))
+                .and_then(|t| crate::duration::parse_duration(&t))
                 .unwrap_or(Duration::from_secs(1)),
             writer_memory_mb: c.usize("writer_memory_mb", 64),
         }
