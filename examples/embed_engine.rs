@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use medkg_dataflow::{Mode, Progress, Retriever, RunOptions, TelemetryOptions};
+use medkg_dataflow::{Mode, Progress, Retriever, RunOptions};
 use medkg_topology::{Plan, Policies, StageKind};
 use serde_json::json;
 
@@ -48,22 +48,8 @@ fn main() -> anyhow::Result<()> {
         .build(&Policies::builtin())?;
 
     let data_dir = work.path().join("data");
-    let options = RunOptions {
-        plan,
-        source,
-        data_dir: data_dir.clone(),
-        workers: 2,
-        tenant: "default".into(),
-        from_start: false,
-        models: None,
-        device: None,
-        kafka: None,
-        stop: None,
-        cluster: None,
-        // No /metrics server and no events; the job ledger stays on.
-        telemetry: TelemetryOptions::default(),
-        ir_ready: None,
-    };
+    // Two workers; no /metrics server and no events; the job ledger stays on.
+    let options = RunOptions { workers: 2, ..RunOptions::new(plan, source, &data_dir) };
     // The progress counters are live while the workers run.
     let progress = Arc::new(Progress::default());
     let summary = medkg_dataflow::run(options, progress.clone(), |p, elapsed| {

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use medkg_dataflow::{Mode, Progress, Retriever, RunOptions, TelemetryOptions};
+use medkg_dataflow::{Mode, Progress, Retriever, RunOptions};
 use medkg_topology::{Plan, Policies};
 
 fn main() -> anyhow::Result<()> {
@@ -58,21 +58,8 @@ fn index_a_sample(work: &std::path::Path) -> anyhow::Result<std::path::PathBuf> 
     let pipeline = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pipelines/hybrid.yaml");
     let plan = Plan::from_path(&pipeline, &Policies::builtin())?;
     let data_dir = work.join("data");
-    let options = RunOptions {
-        plan,
-        source,
-        data_dir: data_dir.clone(),
-        workers: 1,
-        tenant: "default".into(),
-        from_start: false,
-        models: None,
-        device: None,
-        kafka: None,
-        stop: None,
-        cluster: None,
-        telemetry: TelemetryOptions { ledger: false, ..TelemetryOptions::default() },
-        ir_ready: None,
-    };
+    let mut options = RunOptions::new(plan, source, &data_dir);
+    options.telemetry.ledger = false;
     let summary = medkg_dataflow::run(options, Arc::new(Progress::default()), |_, _| {})?;
     eprintln!("indexed {} documents ({} chunks) in {:.1} s", summary.docs, summary.chunks, summary.seconds);
     Ok(data_dir)

@@ -24,9 +24,10 @@ impl FromStr for SourceSpec {
     type Err = String;
 
     fn from_str(source: &str) -> Result<SourceSpec, String> {
-        match source.split_once(':') {
-            Some(("file", path)) if !path.is_empty() => Ok(SourceSpec::File(PathBuf::from(path))),
-            Some(("kafka", topic)) if !topic.is_empty() => Ok(SourceSpec::Kafka(topic.to_string())),
+        let path = source.strip_prefix("file:").filter(|p| !p.is_empty());
+        match (path, source.parse::<StreamSpec>()) {
+            (Some(path), _) => Ok(SourceSpec::File(PathBuf::from(path))),
+            (None, Ok(StreamSpec::Kafka(topic))) => Ok(SourceSpec::Kafka(topic)),
             _ => Err(format!("unsupported source `{source}`: use file:PATH or kafka:TOPIC")),
         }
     }

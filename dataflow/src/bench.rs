@@ -53,13 +53,7 @@ pub struct PipelineBench {
 /// Runs the pipeline bench; `options.data_dir` receives the end-to-end run's index.
 pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
     let workers = options.workers.max(1);
-    let context = StageContext {
-        models: options.models.clone(),
-        device: options.device,
-        workers,
-        tenant: options.tenant.clone(),
-    };
-    let settings = StageSettings::from_plan(&options.plan, &context).map_err(|e| anyhow!(e))?;
+    let settings = StageSettings::from_plan(&options.plan, &StageContext::of(options)).map_err(|e| anyhow!(e))?;
     let docs = parse_and_chunk(options, settings.max_record_bytes)?;
     let chunks = docs.iter().map(|d| d.chunks.len()).sum();
     let epoch = options.plan.runtime.epoch_records.max(1) as usize;

@@ -47,6 +47,28 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// A batch run of `plan` over the file or folder `source` into
+    /// `data_dir`: one worker, tenant `default`, from the checkpoint, the
+    /// default models on their stages' devices, no `/metrics` and no
+    /// events, the job ledger on. Set the fields to change any of it.
+    pub fn new(plan: Plan, source: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> RunOptions {
+        RunOptions {
+            plan,
+            source: source.into(),
+            data_dir: data_dir.into(),
+            workers: 1,
+            tenant: "default".into(),
+            from_start: false,
+            models: None,
+            device: None,
+            kafka: None,
+            stop: None,
+            cluster: None,
+            telemetry: TelemetryOptions::default(),
+            ir_ready: None,
+        }
+    }
+
     /// The brokers the run's Kafka outputs and side inputs use (events, the
     /// downloaded stream, the IR-ready stream): the Kafka source's, else
     /// `--brokers` given beside a file source.

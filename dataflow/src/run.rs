@@ -2,7 +2,7 @@
 //! workers share, start them, report progress, and settle how it ended.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use crate::ops::index::IndexSpec;
 use crate::options::{RunOptions, RunSummary};
 use crate::progress::Progress;
 use crate::settings::{check_implemented, StageConfig, StageContext, StageSettings};
-use crate::shared::{Shared, SharedParts};
+use crate::shared::{Fate, Shared};
 use crate::telemetry::{self, Reporter, Telemetry};
 use crate::worker::run_worker;
 
@@ -98,13 +98,7 @@ fn run_workers(
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<RunSummary> {
     let workers = options.workers.max(1);
-    let context = StageContext {
-        models: options.models.clone(),
-        device: options.device,
-        workers,
-        tenant: options.tenant.clone(),
-    };
-    let settings = StageSettings::from_plan(&options.plan, &context).map_err(|e| anyhow!(e))?;
+    let settings = StageSettings::from_plan(&options.plan, &StageContext::of(&options)).map_err(|e| anyhow!(e))?;
     // Models load before anything is written: a missing model or an absent
     // GPU stops the run here, with nothing half-written.
     let sessions = load_sessions(&settings, workers)?;
@@ -122,18 +116,20 @@ fn run_workers(
     let ledger = start_ledger(&options)?;
 
     let (finished_tx, finished_rx) = mpsc::channel();
-    let shared = Arc::new(Shared::new(SharedParts {
+    let shared = Arc::new(Shared {
         options: options.clone(),
         telemetry: telemetry.clone(),
         runtime: runtime.handle().clone(),
         ledger: ledger.clone(),
+        gate_pending: AtomicI64::new(0),
         max_record_bytes: settings.max_record_bytes,
         source,
         stop,
+        began: Instant::now(),
         start,
         progress: progress.clone(),
-        finished: finished_tx,
-    }));
+        fate: Fate::new(finished_tx),
+    });
     let began = Instant::now();
     let lag = LagMonitor::start(&options, &progress);
     let worker_shared = shared.clone();

@@ -15,6 +15,7 @@ use medkg_topology::{
 };
 
 use crate::ops::records::{self, factory, Records};
+use crate::options::RunOptions;
 
 /// Settings of every stage of a plan, read once.
 #[derive(Clone)]
@@ -84,6 +85,18 @@ pub struct StageContext {
     pub workers: usize,
     /// The tenant of records that name none.
     pub tenant: String,
+}
+
+impl StageContext {
+    /// What a run's options say about its stages.
+    pub fn of(options: &RunOptions) -> StageContext {
+        StageContext {
+            models: options.models.clone(),
+            device: options.device,
+            workers: options.workers.max(1),
+            tenant: options.tenant.clone(),
+        }
+    }
 }
 
 impl EncoderSpec {

@@ -37,72 +37,41 @@ pub(crate) struct Shared {
     /// First ordinal to read (from the checkpoint).
     pub start: u64,
     pub progress: Arc<Progress>,
-    /// The first unrecoverable error (disk full, index locked...): every worker stops.
+    /// The first unrecoverable error (disk full, index locked...), and
+    /// which workers are done.
+    pub fate: Fate,
+}
+
+/// How a run ends: its first unrecoverable error, and each worker saying
+/// it is done.
+pub(crate) struct Fate {
     fatal: Mutex<Option<String>>,
-    /// Each worker says here when it is done.
     finished: Mutex<Sender<()>>,
 }
 
-/// The parts of [`Shared`] that [`Shared::new`] does not fill in itself.
-pub(crate) struct SharedParts {
-    pub options: RunOptions,
-    pub telemetry: Arc<Telemetry>,
-    pub runtime: tokio::runtime::Handle,
-    pub ledger: Option<Arc<LedgerWriter>>,
-    pub max_record_bytes: usize,
-    pub source: Option<FileSource>,
-    pub stop: Arc<AtomicBool>,
-    pub start: u64,
-    pub progress: Arc<Progress>,
-    pub finished: Sender<()>,
+impl Fate {
+    /// Workers say they are done on `finished`.
+    pub fn new(finished: Sender<()>) -> Fate {
+        Fate { fatal: Mutex::new(None), finished: Mutex::new(finished) }
+    }
 }
 
 impl Shared {
-    pub fn new(parts: SharedParts) -> Shared {
-        let SharedParts {
-            options,
-            telemetry,
-            runtime,
-            ledger,
-            max_record_bytes,
-            source,
-            stop,
-            start,
-            progress,
-            finished,
-        } = parts;
-        Shared {
-            options,
-            telemetry,
-            runtime,
-            ledger,
-            gate_pending: AtomicI64::new(0),
-            max_record_bytes,
-            source,
-            stop,
-            began: Instant::now(),
-            start,
-            progress,
-            fatal: Mutex::new(None),
-            finished: Mutex::new(finished),
-        }
-    }
-
     /// Records the run's first unrecoverable error: every worker stops.
     pub fn fail(&self, message: String) {
-        if let Ok(mut fatal) = self.fatal.lock() {
+        if let Ok(mut fatal) = self.fate.fatal.lock() {
             fatal.get_or_insert(message);
         }
     }
 
     /// The run's first unrecoverable error, if one happened.
     pub fn failed(&self) -> Option<String> {
-        self.fatal.lock().ok().and_then(|f| f.clone())
+        self.fate.fatal.lock().ok().and_then(|f| f.clone())
     }
 
     /// This worker is done (however it ended).
     pub fn worker_finished(&self) {
-        if let Ok(finished) = self.finished.lock() {
+        if let Ok(finished) = self.fate.finished.lock() {
             let _ = finished.send(());
         }
     }

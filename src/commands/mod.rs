@@ -64,18 +64,12 @@ pub fn run_options(job: Job<'_>) -> anyhow::Result<RunOptions> {
         bail!("-w must be at least 1");
     }
     Ok(RunOptions {
-        plan,
-        source: path,
         kafka,
-        data_dir,
         workers,
         tenant,
         from_start,
         models: models.models.clone(),
         device: models.device()?,
-        stop: None,
-        cluster: None,
-        telemetry: Default::default(),
-        ir_ready: None,
+        ..RunOptions::new(plan, path, data_dir)
     })
 }

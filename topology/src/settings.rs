@@ -17,6 +17,22 @@ const fn key(name: &'static str, kind: crate::kinds::ValueKind) -> ConfigKey {
     ConfigKey { name, kind }
 }
 
+/// `base` followed by `more` (`T` is `N + M`): a stage type that takes
+/// another's keys and a few of its own.
+const fn extend<const N: usize, const M: usize, const T: usize>(
+    base: &[ConfigKey; N],
+    more: &[ConfigKey; M],
+) -> [ConfigKey; T] {
+    assert!(N + M == T, "T must be N + M");
+    let mut out = [key("", Bool); T];
+    let mut i = 0;
+    while i < T {
+        out[i] = if i < N { base[i] } else { more[i - N] };
+        i += 1;
+    }
+    out
+}
+
 /// Formats `parse` understands; `auto` sniffs each payload.
 pub const PARSE_FORMATS: &[&str] = &["auto", "pubmed-jsonl", "pubmed-xml", "jats", "ctgov", "tei", "ir"];
 const DEVICES: &[&str] = &["cpu", "cuda"];
@@ -165,23 +181,17 @@ pub struct FetchSettings {
 }
 
 impl FetchSettings {
+    const FETCH: [ConfigKey; 5] = [
+        key("url_field", Text),
+        key("id_field", Text),
+        key("max_bytes", PositiveInt),
+        key("allow_hosts", Hosts),
+        key("max_in_flight", PositiveInt),
+    ];
     /// The keys of `fetch`.
-    pub const FETCH_KEYS: &'static [ConfigKey] = &[
-        key("url_field", Text),
-        key("id_field", Text),
-        key("max_bytes", PositiveInt),
-        key("allow_hosts", Hosts),
-        key("max_in_flight", PositiveInt),
-    ];
+    pub const FETCH_KEYS: &'static [ConfigKey] = &Self::FETCH;
     /// The keys of `download`: `fetch`'s and `output`.
-    pub const DOWNLOAD_KEYS: &'static [ConfigKey] = &[
-        key("url_field", Text),
-        key("id_field", Text),
-        key("max_bytes", PositiveInt),
-        key("allow_hosts", Hosts),
-        key("max_in_flight", PositiveInt),
-        key("output", Stream),
-    ];
+    pub const DOWNLOAD_KEYS: &'static [ConfigKey] = &extend::<5, 1, 6>(&Self::FETCH, &[key("output", Stream)]);
 
     fn decode(c: Config<'_>, download: bool) -> FetchSettings {
         let (url_field, max_bytes) = if download { ("pdf_url", 64 << 20) } else { ("url", 16 << 20) };
@@ -282,26 +292,19 @@ impl ModelSettings {
     pub const EMBED: ModelDefaults = ModelDefaults { model: "all-MiniLM-L6-v2", max_batch_tokens: 8192 };
     /// `splade`'s defaults.
     pub const SPLADE: ModelDefaults = ModelDefaults { model: "splade-tiny", max_batch_tokens: 4096 };
+    const MODEL: [ConfigKey; 6] = [
+        key("model", Text),
+        key("tokenizer", Text),
+        key("device", OneOf(DEVICES)),
+        key("max_seq_len", PositiveInt),
+        key("max_batch_tokens", PositiveInt),
+        key("intra_threads", PositiveInt),
+    ];
     /// The keys of `embed`.
-    pub const EMBED_KEYS: &'static [ConfigKey] = &[
-        key("model", Text),
-        key("tokenizer", Text),
-        key("device", OneOf(DEVICES)),
-        key("max_seq_len", PositiveInt),
-        key("max_batch_tokens", PositiveInt),
-        key("intra_threads", PositiveInt),
-    ];
+    pub const EMBED_KEYS: &'static [ConfigKey] = &Self::MODEL;
     /// The keys of `splade`: `embed`'s, `top_k` and `threshold`.
-    pub const SPLADE_KEYS: &'static [ConfigKey] = &[
-        key("model", Text),
-        key("tokenizer", Text),
-        key("device", OneOf(DEVICES)),
-        key("max_seq_len", PositiveInt),
-        key("max_batch_tokens", PositiveInt),
-        key("intra_threads", PositiveInt),
-        key("top_k", PositiveInt),
-        key("threshold", NonNegFloat),
-    ];
+    pub const SPLADE_KEYS: &'static [ConfigKey] =
+        &extend::<6, 2, 8>(&Self::MODEL, &[key("top_k", PositiveInt), key("threshold", NonNegFloat)]);
 
     fn decode(c: Config<'_>, defaults: ModelDefaults) -> ModelSettings {
         ModelSettings {
