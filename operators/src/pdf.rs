@@ -145,28 +145,6 @@ impl IrReady {
         }
         Ok(ready)
     }
-
-    /// The document it carries, under its record's id and tenant.
-    pub fn document(&self, options: &crate::parse::ParseOptions) -> Result<Document, StageError> {
-        let tenant = self.tenant_id.clone().unwrap_or_else(|| options.default_tenant.clone());
-        let mut doc = match (&self.ir, &self.tei) {
-            (Some(ir), _) => ir.clone(),
-            (None, Some(tei)) => crate::parse::tei_document(tei, options)?,
-            (None, None) => return Err(StageError::permanent("bad_ir_ready", "no `ir` and no `tei`")),
-        };
-        let sections = doc.sections.drain(..).map(|s| (s.name, s.text)).collect();
-        let mut metadata = std::mem::take(&mut doc.metadata);
-        if let Some(sha) = &self.sha256 {
-            metadata.insert("pdf_sha256".into(), vec![sha.clone()]);
-        }
-        if let Some(url) = &self.pdf_url {
-            metadata.insert("pdf_url".into(), vec![url.clone()]);
-        }
-        if let Some(parser) = &self.parser {
-            metadata.insert("ir_parser".into(), vec![parser.clone()]);
-        }
-        Ok(Document::new(self.doc_id.clone(), &tenant, doc.source, doc.title, sections, metadata))
-    }
 }
 
 /// Section names a heading line may carry (lowercase, numbering stripped).

@@ -25,6 +25,7 @@ mod xml;
 
 use std::str::FromStr;
 
+use crate::pdf::IrReady;
 use crate::{Document, StageError};
 
 /// A payload format; [`Format::Auto`] sniffs each payload.
@@ -160,9 +161,9 @@ fn parse_unchecked(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> 
         (Format::PubmedXml, _) => pubmed::parse_set(text, options),
         (Format::Jats, _) => vec![jats::parse(text, options)],
         (Format::Tei, _) => vec![tei::parse(text, options)],
-        (Format::Ir, Some(value)) => vec![serde_json::from_value::<crate::pdf::IrReady>(value.clone())
+        (Format::Ir, Some(value)) => vec![serde_json::from_value::<IrReady>(value.clone())
             .map_err(|e| StageError::permanent("bad_ir_ready", format!("not an IR-ready record: {e}")))
-            .and_then(|ready| ready.document(options))],
+            .and_then(|ready| ir_ready_document(&ready, options))],
         (Format::PubmedJsonl | Format::Ctgov | Format::Ir, None) => {
             unreachable!("JSON formats were parsed above")
         }
@@ -282,6 +283,28 @@ pub(crate) fn json_list(value: &serde_json::Value, key: &str) -> Vec<String> {
         Some(serde_json::Value::String(s)) if !s.trim().is_empty() => vec![normalize(s)],
         _ => Vec::new(),
     }
+}
+
+/// The document an IR-ready record carries, under the record's id and tenant.
+fn ir_ready_document(ready: &IrReady, options: &ParseOptions) -> Result<Document, StageError> {
+    let tenant = ready.tenant_id.clone().unwrap_or_else(|| options.default_tenant.clone());
+    let mut doc = match (&ready.ir, &ready.tei) {
+        (Some(ir), _) => ir.clone(),
+        (None, Some(tei)) => tei_document(tei, options)?,
+        (None, None) => return Err(StageError::permanent("bad_ir_ready", "no `ir` and no `tei`")),
+    };
+    let sections = doc.sections.drain(..).map(|s| (s.name, s.text)).collect();
+    let mut metadata = std::mem::take(&mut doc.metadata);
+    if let Some(sha) = &ready.sha256 {
+        metadata.insert("pdf_sha256".into(), vec![sha.clone()]);
+    }
+    if let Some(url) = &ready.pdf_url {
+        metadata.insert("pdf_url".into(), vec![url.clone()]);
+    }
+    if let Some(parser) = &ready.parser {
+        metadata.insert("ir_parser".into(), vec![parser.clone()]);
+    }
+    Ok(Document::new(ready.doc_id.clone(), &tenant, doc.source, doc.title, sections, metadata))
 }
 
 #[cfg(test)]
