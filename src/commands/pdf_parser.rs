@@ -39,20 +39,26 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use medkg_connectors::dead_letter::{DeadLetter, KafkaDeadLetters};
-use medkg_connectors::kafka::{KafkaJson, KafkaSettings};
+use medkg_connectors::kafka::{KafkaInput, KafkaJson, KafkaSettings};
 use medkg_connectors::{Position, StreamSpec};
 use medkg_operators::index::write_atomically;
 use medkg_operators::pdf::{extract, sha256_hex, Downloaded, IrReady, ObjectStore};
 use medkg_operators::{Document, StageError};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::cli::PdfParserArgs;
 
 /// Where downloaded records come from.
 enum Input {
-    Dir { dir: PathBuf, seen: HashSet<PathBuf> },
-    Kafka { consumer: BaseConsumer, topic: String },
+    Dir {
+        dir: PathBuf,
+        seen: HashSet<PathBuf>,
+    },
+    /// Each message is read at an epoch of its own (a counter), so
+    /// acknowledging one commits it and everything read before it.
+    Kafka {
+        input: KafkaInput,
+        read: u64,
+    },
 }
 
 /// One downloaded record in hand, and how to acknowledge it.
@@ -64,7 +70,8 @@ struct Pending {
 
 enum Ack {
     File(PathBuf),
-    Offset { partition: i32, next: i64 },
+    /// The epoch the message was read at.
+    Message(u64),
 }
 
 /// Where IR-ready records (and failures) go.
@@ -268,14 +275,7 @@ pub fn run(
     let kafka_for = |spec: &StreamSpec| kafka.clone().ok_or_else(|| anyhow!("`{spec}` needs --brokers HOST:PORT"));
     let mut input = match input {
         StreamSpec::Dir(dir) => Input::Dir { dir: dir.clone(), seen: HashSet::new() },
-        StreamSpec::Kafka(topic) => {
-            let consumer: BaseConsumer = kafka_for(input)?
-                .consumer_config()
-                .create()
-                .map_err(|e| anyhow!("cannot create a Kafka consumer: {e}"))?;
-            consumer.subscribe(&[topic]).map_err(|e| anyhow!("cannot subscribe to {topic}: {e}"))?;
-            Input::Kafka { consumer, topic: topic.clone() }
-        }
+        StreamSpec::Kafka(topic) => Input::Kafka { input: KafkaInput::subscribe(&kafka_for(input)?, topic)?, read: 0 },
     };
     let output = match output {
         StreamSpec::Dir(dir) => {
@@ -333,7 +333,7 @@ impl Input {
     fn assigned(&self) -> bool {
         match self {
             Input::Dir { .. } => true,
-            Input::Kafka { consumer, .. } => consumer.assignment().is_ok_and(|a| a.count() > 0),
+            Input::Kafka { input, .. } => input.assigned(),
         }
     }
 
@@ -355,31 +355,14 @@ impl Input {
                 }
                 Ok(batch)
             }
-            Input::Kafka { consumer, topic } => {
+            Input::Kafka { input, read } => {
                 let mut batch = Vec::new();
                 let mut wait = Duration::from_millis(200);
                 while batch.len() < 64 {
-                    match consumer.poll(wait) {
-                        Some(Ok(message)) => {
-                            let position = Position {
-                                ordinal: message.offset().max(0) as u64,
-                                file: topic.clone(),
-                                line: None,
-                                partition: Some(message.partition()),
-                            };
-                            batch.push(Pending {
-                                bytes: message.payload().unwrap_or_default().to_vec(),
-                                position,
-                                ack: Ack::Offset { partition: message.partition(), next: message.offset() + 1 },
-                            });
-                            wait = Duration::ZERO;
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(topic = %topic, error = %e, "pdf-parser: kafka consumer");
-                            break;
-                        }
-                        None => break,
-                    }
+                    let Some(payload) = input.poll(*read, wait) else { break };
+                    batch.push(Pending { bytes: payload.bytes, position: payload.position, ack: Ack::Message(*read) });
+                    *read += 1;
+                    wait = Duration::ZERO;
                 }
                 Ok(batch)
             }
@@ -392,11 +375,8 @@ impl Input {
             (Input::Dir { seen, .. }, Ack::File(path)) => {
                 seen.insert(path);
             }
-            (Input::Kafka { consumer, topic }, Ack::Offset { partition, next }) => {
-                let mut list = TopicPartitionList::new();
-                list.add_partition_offset(topic, partition, Offset::Offset(next))
-                    .map_err(|e| anyhow!("offset list: {e}"))?;
-                consumer.commit(&list, CommitMode::Sync).map_err(|e| anyhow!("cannot commit offsets: {e}"))?;
+            (Input::Kafka { input, .. }, Ack::Message(epoch)) => {
+                input.commit_durable(epoch + 1, || Ok::<(), anyhow::Error>(()))?;
             }
             _ => {}
         }

@@ -228,6 +228,11 @@ impl KafkaInput {
         Ok(input)
     }
 
+    /// Whether the group has given this member partitions yet.
+    pub fn assigned(&self) -> bool {
+        self.consumer.assignment().is_ok_and(|a| a.count() > 0)
+    }
+
     /// The next message, if one comes within `timeout`, remembered as read
     /// in `epoch`.
     pub fn poll(&self, epoch: u64, timeout: Duration) -> Option<RawPayload> {
