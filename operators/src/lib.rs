@@ -4,6 +4,7 @@
 //! - [`parse`]: payload bytes → [`Document`] IR (PubMed JSONL and XML, PMC
 //!   JATS, ClinicalTrials.gov v2 JSON, GROBID TEI).
 //! - [`chunk`]: document → [`Chunk`]s with exact spans into the source text.
+//! - [`extract`]: entities and claims, from a vocabulary of real concepts.
 //! - [`index`]: BM25 shards in tantivy (idempotent upserts keyed by chunk id)
 //!   and search across shards with global BM25 statistics.
 //!
@@ -20,6 +21,7 @@
 pub mod chunk;
 mod document;
 mod error;
+pub mod extract;
 pub mod fetch;
 pub mod index;
 pub mod models;
