@@ -1,0 +1,102 @@
+//! The knowledge graph as a differential computation: every document's
+//! latest claim set, and what follows from all of them (each edge's support,
+//! each concept's mentions), kept consistent through upserts and deletes.
+//!
+//! Each epoch, a document contributes its whole claim set as a new version
+//! (a tombstone contributes none). An upsert arrangement keyed by
+//! `(tenant, document)` keeps the latest version only, so a new version
+//! retracts the old claims and a deletion retracts all of them. From that
+//! collection, `distinct` and `count` maintain, per tenant, the number of
+//! distinct documents that support each edge and that mention each concept.
+//! Only the net changes of an epoch leave the computation.
+
+use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Stream;
+
+/// A document, by tenant and id.
+pub type DocKey = (String, String);
+
+/// One edge of the graph: subject, predicate, object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Edge {
+    /// Subject CURIE.
+    pub subject: String,
+    /// Biolink predicate.
+    pub predicate: String,
+    /// Object CURIE.
+    pub object: String,
+}
+
+/// What one version of a document says to the graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DocClaims {
+    /// The edges its claims state (negated claims excluded by the caller).
+    pub edges: Vec<Edge>,
+    /// The concepts it mentions.
+    pub mentions: Vec<String>,
+}
+
+impl DocClaims {
+    /// What an extraction says to the graph: the edges of its claims that
+    /// are not negated, and the concepts it mentions, each once.
+    pub fn of(extraction: &medkg_operators::extract::Extraction) -> DocClaims {
+        let mut edges: Vec<Edge> = extraction
+            .claims
+            .iter()
+            .filter(|c| !c.negated)
+            .map(|c| Edge { subject: c.subject.clone(), predicate: c.predicate.clone(), object: c.object.clone() })
+            .collect();
+        edges.sort();
+        edges.dedup();
+        let mut mentions: Vec<String> = extraction.mentions.iter().map(|m| m.concept.clone()).collect();
+        mentions.sort();
+        mentions.dedup();
+        DocClaims { edges, mentions }
+    }
+}
+
+/// An upsert: a document's new claims at an epoch, or `None` to delete it.
+pub type Upsert = (DocKey, Option<DocClaims>, u64);
+
+/// What the graph maintains from the documents' latest versions.
+pub struct GraphViews<'s> {
+    /// `((tenant, edge), support)`: distinct documents stating each edge.
+    pub support: VecCollection<'s, u64, ((String, Edge), isize), isize>,
+    /// `((tenant, concept), documents)`: distinct documents mentioning each concept.
+    pub mentions: VecCollection<'s, u64, ((String, String), isize), isize>,
+    /// `((tenant, document), claims)`: each document's latest claim set.
+    pub documents: VecCollection<'s, u64, (DocKey, DocClaims), isize>,
+}
+
+/// Builds the graph over a stream of upserts. Upserts of one document at
+/// one time must be one (the last by source position): the caller keeps
+/// only that one.
+pub fn graph<'s>(upserts: Stream<'s, u64, Vec<Upsert>>) -> GraphViews<'s> {
+    let latest = arrange_from_upsert::<
+        ValBuilder<DocKey, DocClaims, u64, isize>,
+        ValSpine<DocKey, DocClaims, u64, isize>,
+        DocKey,
+        DocClaims,
+    >(upserts, "kg: latest version");
+    let documents = latest.as_collection(|k, v| (k.clone(), v.clone()));
+    let support = documents
+        .clone()
+        .flat_map(|((tenant, doc), claims)| {
+            claims.edges.into_iter().map(move |edge| ((tenant.clone(), edge), doc.clone()))
+        })
+        .distinct()
+        .map(|(tenant_edge, _doc)| tenant_edge)
+        .count();
+    let mentions = documents
+        .clone()
+        .flat_map(|((tenant, doc), claims)| {
+            claims.mentions.into_iter().map(move |concept| ((tenant.clone(), concept), doc.clone()))
+        })
+        .distinct()
+        .map(|(tenant_concept, _doc)| tenant_concept)
+        .count();
+    GraphViews { support, mentions, documents }
+}
