@@ -82,21 +82,22 @@ pub fn graph<'s>(upserts: Stream<'s, u64, Vec<Upsert>>) -> GraphViews<'s> {
         DocClaims,
     >(upserts, "kg: latest version");
     let documents = latest.as_collection(|k, v| (k.clone(), v.clone()));
-    let support = documents
-        .clone()
-        .flat_map(|((tenant, doc), claims)| {
-            claims.edges.into_iter().map(move |edge| ((tenant.clone(), edge), doc.clone()))
-        })
-        .distinct()
-        .map(|(tenant_edge, _doc)| tenant_edge)
-        .count();
-    let mentions = documents
-        .clone()
-        .flat_map(|((tenant, doc), claims)| {
-            claims.mentions.into_iter().map(move |concept| ((tenant.clone(), concept), doc.clone()))
-        })
-        .distinct()
-        .map(|(tenant_concept, _doc)| tenant_concept)
-        .count();
+    let support = per_tenant_by_documents(documents.clone(), |claims| claims.edges);
+    let mentions = per_tenant_by_documents(documents.clone(), |claims| claims.mentions);
     GraphViews { support, mentions, documents }
+}
+
+/// For each `(tenant, item)` that `items` finds in the documents, how many
+/// distinct documents hold it.
+fn per_tenant_by_documents<'s, I: differential_dataflow::ExchangeData + std::hash::Hash>(
+    documents: VecCollection<'s, u64, (DocKey, DocClaims), isize>,
+    items: fn(DocClaims) -> Vec<I>,
+) -> VecCollection<'s, u64, ((String, I), isize), isize> {
+    documents
+        .flat_map(move |((tenant, doc), claims)| {
+            items(claims).into_iter().map(move |item| ((tenant.clone(), item), doc.clone()))
+        })
+        .distinct()
+        .map(|(tenant_item, _doc)| tenant_item)
+        .count()
 }
