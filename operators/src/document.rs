@@ -180,6 +180,23 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// Chunk `n` of document `doc_id` that is all of `text` (one section,
+    /// `abstract`, from its start), without vectors: a document of one's own
+    /// making, for a test or a caller that has text but no chunker.
+    pub fn of_text(doc_id: &str, n: u32, text: &str) -> Chunk {
+        Chunk {
+            id: format!("{doc_id}#{n}"),
+            n,
+            section: 0,
+            section_name: "abstract".into(),
+            text: text.to_string(),
+            char_start: 0,
+            char_end: text.chars().count(),
+            dense: None,
+            sparse: None,
+        }
+    }
+
     /// What the models encode: the document title, then the chunk's text
     /// (a chunk of an abstract rarely names its subject; the title does).
     pub fn model_text(&self, title: &str) -> String {

@@ -17,21 +17,7 @@ fn extractor() -> &'static Extractor {
 }
 
 fn doc(id: &str, texts: &[&str]) -> ChunkedDocument {
-    let chunks = texts
-        .iter()
-        .enumerate()
-        .map(|(n, text)| Chunk {
-            id: format!("{id}#{n}"),
-            n: n as u32,
-            section: 0,
-            section_name: "abstract".into(),
-            text: text.to_string(),
-            char_start: 0,
-            char_end: text.chars().count(),
-            dense: None,
-            sparse: None,
-        })
-        .collect();
+    let chunks = texts.iter().enumerate().map(|(n, text)| Chunk::of_text(id, n as u32, text)).collect();
     ChunkedDocument {
         doc_id: id.into(),
         tenant_id: "default".into(),

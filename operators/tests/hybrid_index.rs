@@ -34,18 +34,12 @@ fn doc(id: &str, tenant: &str, texts: &[&str], terms: &[(u32, f32)], seed: u64) 
             .iter()
             .enumerate()
             .map(|(n, text)| Chunk {
-                id: format!("{id}#{n}"),
-                n: n as u32,
-                section: 0,
-                section_name: "abstract".into(),
-                text: text.to_string(),
-                char_start: 0,
-                char_end: text.len(),
                 dense: Some(unit(seed + n as u64)),
                 sparse: Some(SparseVector {
                     indices: terms.iter().map(|t| t.0).collect(),
                     weights: terms.iter().map(|t| t.1).collect(),
                 }),
+                ..Chunk::of_text(id, n as u32, text)
             })
             .collect(),
     }
