@@ -175,10 +175,9 @@ impl Extractor {
             let text = chunk.text.as_str();
             let mut found = self.vocabulary.find(text);
             learn_abbreviations(text, &found, &mut abbreviations);
-            let mut by_abbreviation = find_abbreviations(text, &found, &abbreviations);
-            found.append(&mut by_abbreviation.0);
+            let abbreviated = find_abbreviations(text, &found, &abbreviations);
+            found.extend_from_slice(&abbreviated);
             found.sort();
-            let abbreviated = by_abbreviation.1;
             let chars = CharIndex::new(text);
             for f in &found {
                 let Some(concept) = self.vocabulary.concept(f.concept) else { continue };
@@ -189,28 +188,26 @@ impl Extractor {
                     start: chars.of(f.start),
                     end: chars.of(f.end),
                     text: text[f.start..f.end].to_string(),
-                    abbreviation: abbreviated.contains(&(f.start, f.end)),
+                    abbreviation: abbreviated.binary_search(f).is_ok(),
                 });
             }
+            // Both are in text order: one pass pairs each sentence with its mentions.
+            let mut next = 0;
             for (s_start, s_end) in sentences(text) {
-                let inside: Vec<&Found> = found
-                    .iter()
-                    .filter(|f| f.start >= s_start && f.end <= s_end)
-                    .take(MAX_MENTIONS_PER_SENTENCE)
-                    .collect();
+                let first = next + found[next..].partition_point(|f| f.start < s_start);
+                next = first + found[first..].partition_point(|f| f.start < s_end);
+                let inside: Vec<&Found> =
+                    found[first..next].iter().filter(|f| f.end <= s_end).take(MAX_MENTIONS_PER_SENTENCE).collect();
                 // Neighbours only: what stands between two mentions speaks of them,
                 // not of a mention further on.
                 for pair in inside.windows(2) {
-                    let (a, b) = (pair[0], pair[1]);
-                    {
-                        let Some(claim) = self.claim(text, a, b) else { continue };
-                        out.claims.push(Claim {
-                            doc_id: doc.doc_id.clone(),
-                            chunk_id: Some(chunk.id.clone()),
-                            sentence: Some((chars.of(s_start), chars.of(s_end))),
-                            ..claim
-                        });
-                    }
+                    let Some(claim) = self.claim(text, pair[0], pair[1]) else { continue };
+                    out.claims.push(Claim {
+                        doc_id: doc.doc_id.clone(),
+                        chunk_id: Some(chunk.id.clone()),
+                        sentence: Some((chars.of(s_start), chars.of(s_end))),
+                        ..claim
+                    });
                 }
             }
         }
@@ -266,11 +263,10 @@ impl Extractor {
             concepts
         };
         // A trial studies its interventions in its conditions.
+        let conditions: Vec<&Concept> =
+            concepts_of("conditions").into_iter().filter(|c| c.category != Category::Drug).collect();
         for intervention in concepts_of("interventions").into_iter().filter(|c| c.category == Category::Drug) {
-            for condition in concepts_of("conditions") {
-                if condition.category == Category::Drug {
-                    continue;
-                }
+            for condition in &conditions {
                 out.claims.push(Claim {
                     subject: intervention.id.clone(),
                     predicate: "biolink:in_clinical_trials_for".into(),
@@ -308,17 +304,14 @@ fn learn_abbreviations(text: &str, found: &[Found], abbreviations: &mut HashMap<
 }
 
 /// Whole-word, case-sensitive occurrences of the learnt short forms outside
-/// the concepts already found; and their spans.
-fn find_abbreviations(
-    text: &str,
-    found: &[Found],
-    abbreviations: &HashMap<String, u32>,
-) -> (Vec<Found>, Vec<(usize, usize)>) {
+/// the concepts already found (`found`: sorted, not overlapping), sorted.
+fn find_abbreviations(text: &str, found: &[Found], abbreviations: &HashMap<String, u32>) -> Vec<Found> {
     let mut extra = Vec::new();
     for (short, &concept) in abbreviations {
         for (start, _) in text.match_indices(short.as_str()) {
             let end = start + short.len();
-            let taken = found.iter().any(|f| start < f.end && f.start < end);
+            // The one concept that could overlap: the first ending after `start`.
+            let taken = found.get(found.partition_point(|f| f.end <= start)).is_some_and(|f| f.start < end);
             if !taken && vocab::whole_word(text, start, end) {
                 extra.push(Found { start, end, concept });
             }
@@ -326,8 +319,7 @@ fn find_abbreviations(
     }
     extra.sort();
     extra.dedup_by(|a, b| a.start < b.end && b.start < a.end);
-    let spans = extra.iter().map(|f| (f.start, f.end)).collect();
-    (extra, spans)
+    extra
 }
 
 /// Whether `phrase` stands in `text` as whole words.
