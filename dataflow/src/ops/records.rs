@@ -95,7 +95,7 @@ impl<O: Reported> Emit<'_, O> {
         self.ctx.reporter.started(subject);
         self.ctx.fail_nth(payload, subject, Some(self.began), 1, error, self.failed);
         if self.failed == MAX_LETTERS_PER_RECORD {
-            self.rest = Some(RawPayload { bytes: Vec::new(), ..payload.clone_meta() });
+            self.rest = Some(without_bytes(payload));
         }
         self.failed += 1;
     }
@@ -127,22 +127,16 @@ where
     Arc::new(move || Box::new(make()))
 }
 
-/// A `RawPayload` without its bytes.
-trait CloneMeta {
-    fn clone_meta(&self) -> RawPayload;
-}
-
-impl CloneMeta for RawPayload {
-    fn clone_meta(&self) -> RawPayload {
-        RawPayload {
-            source: self.source.clone(),
-            key: self.key.clone(),
-            bytes: Vec::new(),
-            name: self.name.clone(),
-            position: self.position.clone(),
-            tombstone: self.tombstone,
-            tenant: self.tenant.clone(),
-        }
+/// `payload` without its bytes (all a summary letter needs).
+fn without_bytes(payload: &RawPayload) -> RawPayload {
+    RawPayload {
+        source: payload.source.clone(),
+        key: payload.key.clone(),
+        bytes: Vec::new(),
+        name: payload.name.clone(),
+        position: payload.position.clone(),
+        tombstone: payload.tombstone,
+        tenant: payload.tenant.clone(),
     }
 }
 
