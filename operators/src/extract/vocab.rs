@@ -314,6 +314,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_bad_vocabulary_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("concepts.jsonl");
+        let good =
+            r#"{"id": "HP:1", "label": "Seizure", "category": "biolink:PhenotypicFeature", "names": ["seizure"]}"#;
+        for (bad, says) in [
+            ("{not json", "line 2"),
+            (r#"{"id": "X:1", "label": "x", "category": "biolink:Planet"}"#, "unknown category `biolink:Planet`"),
+            (r#"{"label": "no id", "category": "biolink:Drug"}"#, "line 2"),
+        ] {
+            std::fs::write(&path, format!("{good}\n{bad}\n")).unwrap();
+            let error = Vocabulary::load(&path).err().expect("refused");
+            assert_eq!(error.kind, "bad_vocabulary");
+            assert!(error.message.contains(says), "{error}");
+        }
+        // Names past the caps are left out, not an error.
+        let long = "a".repeat(MAX_NAME_BYTES + 1);
+        let names: Vec<String> = std::iter::once(long).chain((0..100).map(|i| format!("name{i}"))).collect();
+        let line = serde_json::json!({"id": "X:1", "label": "x", "category": "biolink:Drug", "names": names});
+        std::fs::write(&path, format!("{line}\n\n")).unwrap();
+        let v = Vocabulary::load(&path).unwrap();
+        assert_eq!(v.find("name62 name63 name64").len(), 2, "the 64 names kept are the first 64 under the length cap");
+        assert!(Vocabulary::load(&dir.path().join("missing.jsonl")).is_err());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
