@@ -224,6 +224,10 @@ pub struct ChunkedDocument {
     pub content_hash: u64,
     /// The chunks, in order.
     pub chunks: Vec<Chunk>,
+    /// The document's metadata (the extractor reads a trial's interventions
+    /// and conditions and a record's MeSH headings from it).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, Vec<String>>,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

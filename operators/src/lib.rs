@@ -23,6 +23,7 @@ mod document;
 mod error;
 pub mod extract;
 pub mod fetch;
+pub mod graph;
 pub mod index;
 pub mod models;
 pub mod parse;

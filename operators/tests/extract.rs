@@ -25,11 +25,12 @@ fn doc(id: &str, texts: &[&str]) -> ChunkedDocument {
         title: String::new(),
         content_hash: 0,
         chunks,
+        metadata: Default::default(),
     }
 }
 
 fn extract(id: &str, texts: &[&str]) -> Extraction {
-    extractor().extract(&doc(id, texts), &BTreeMap::new())
+    extractor().extract(&doc(id, texts))
 }
 
 fn mentions(x: &Extraction) -> Vec<(String, String)> {
@@ -97,7 +98,7 @@ fn records_state_claims_and_topics_in_their_structure() {
     metadata.insert("interventions".to_string(), vec!["Metformin".to_string(), "Placebo".to_string()]);
     metadata.insert("conditions".to_string(), vec!["Polycystic Ovary Syndrome".to_string(), "Obesity".to_string()]);
     metadata.insert("mesh".to_string(), vec!["Aspirin".to_string(), "Humans".to_string(), "Hypertension".to_string()]);
-    let x = extractor().extract(&doc("nct:NCT00000001", &[]), &metadata);
+    let x = extractor().extract(&ChunkedDocument { metadata, ..doc("nct:NCT00000001", &[]) });
     let stated: Vec<(&str, &str, &str)> =
         x.claims.iter().map(|c| (c.subject.as_str(), c.predicate.as_str(), c.object.as_str())).collect();
     assert!(

@@ -42,6 +42,7 @@ fn doc(id: &str, tenant: &str, texts: &[&str], terms: &[(u32, f32)], seed: u64) 
                 ..Chunk::of_text(id, n as u32, text)
             })
             .collect(),
+        metadata: Default::default(),
     }
 }
 
@@ -106,6 +107,35 @@ fn the_same_document_id_in_two_tenants_is_two_documents() {
     assert_eq!((a.len(), a[0].text.as_str()), (1, "alpha"));
     let b = index.search_dense(&unit(6), "b", 5).unwrap();
     assert_eq!((b.len(), b[0].text.as_str()), (1, "gamma"));
+}
+
+#[test]
+fn a_restriction_to_some_chunks_holds_in_every_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs: Vec<ChunkedDocument> = (0..12)
+        .map(|n| {
+            doc(&format!("pmid:{n}"), "t", &["shared words here", "more shared words"], &[(7, 1.0 + n as f32)], n * 2)
+        })
+        .collect();
+    write(dir.path(), &docs);
+    let mut index = SearchIndex::open(dir.path()).unwrap();
+    let only: std::collections::HashSet<String> = ["pmid:3#1", "pmid:8#0", "pmid:11#1"].map(String::from).into();
+    index.restrict(Some(only.clone()));
+    let sparse = SparseVector { indices: vec![7], weights: vec![1.0] };
+    // The best-scored chunks overall (pmid:11, pmid:10, ...) are outside the set but for one.
+    let query = EncodedQuery { text: "shared words", sparse: Some(&sparse), dense: Some(&unit(0)) };
+    let lists = [
+        index.search("shared words", "t", 100).unwrap(),
+        index.search_splade(&sparse, "t", 100).unwrap(),
+        index.search_dense(&unit(0), "t", 100).unwrap(),
+        index.search_hybrid(&query, "t", 100, &Weights::default(), 100).unwrap(),
+    ];
+    for (mode, hits) in ["bm25", "splade", "dense", "hybrid"].iter().zip(&lists) {
+        let ids: std::collections::HashSet<String> = hits.iter().map(|h| h.chunk_id.clone()).collect();
+        assert_eq!(ids, only, "{mode}: exactly the chunks of the restriction");
+    }
+    index.restrict(None);
+    assert_eq!(index.search_dense(&unit(0), "t", 100).unwrap().len(), 24, "lifted: every chunk again");
 }
 
 proptest! {

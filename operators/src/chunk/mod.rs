@@ -130,6 +130,7 @@ impl Chunker {
             title: doc.title.clone(),
             content_hash: doc.content_hash,
             chunks,
+            metadata: doc.metadata.clone(),
         }
     }
 

@@ -20,6 +20,8 @@ pub use vocab::{Category, Concept, Found, Vocabulary};
 
 /// Mentions of one sentence taken into pairs (the rest still count as mentions).
 pub const MAX_MENTIONS_PER_SENTENCE: usize = 24;
+/// Characters of a sentence kept as a claim's evidence.
+pub const MAX_EVIDENCE_CHARS: usize = 600;
 /// Neighbouring mentions further apart than this (bytes) need a trigger to make a claim.
 const NEAR: usize = 120;
 
@@ -58,6 +60,10 @@ pub struct Claim {
     pub chunk_id: Option<String>,
     /// Character span of the sentence in the chunk's text.
     pub sentence: Option<(usize, usize)>,
+    /// The sentence itself (its first [`MAX_EVIDENCE_CHARS`] characters);
+    /// empty for a claim from the record's structure.
+    #[serde(default)]
+    pub evidence: String,
     /// A negation cue stood between the two mentions.
     pub negated: bool,
     /// What made it.
@@ -161,13 +167,9 @@ impl Extractor {
     }
 
     /// Mentions and claims of every chunk of `doc`, and the claims and
-    /// topics of its record (`metadata`: `interventions`, `conditions`,
-    /// `mesh`).
-    pub fn extract(
-        &self,
-        doc: &ChunkedDocument,
-        metadata: &std::collections::BTreeMap<String, Vec<String>>,
-    ) -> Extraction {
+    /// topics of its record (its metadata's `interventions`, `conditions`
+    /// and `mesh`).
+    pub fn extract(&self, doc: &ChunkedDocument) -> Extraction {
         let mut out = Extraction { doc_id: doc.doc_id.clone(), tenant_id: doc.tenant_id.clone(), ..Default::default() };
         // Abbreviations the document defines hold for the rest of it.
         let mut abbreviations: HashMap<String, u32> = HashMap::new();
@@ -206,12 +208,13 @@ impl Extractor {
                         doc_id: doc.doc_id.clone(),
                         chunk_id: Some(chunk.id.clone()),
                         sentence: Some((chars.of(s_start), chars.of(s_end))),
+                        evidence: evidence(&text[s_start..s_end]),
                         ..claim
                     });
                 }
             }
         }
-        self.structured(doc, metadata, &mut out);
+        self.structured(doc, &mut out);
         out.claims.dedup();
         out
     }
@@ -238,6 +241,7 @@ impl Extractor {
             doc_id: String::new(),
             chunk_id: None,
             sentence: None,
+            evidence: String::new(),
             negated,
             extractor: format!("medkg-dictionary/{extractor}"),
             confidence,
@@ -245,12 +249,8 @@ impl Extractor {
     }
 
     /// Claims and topics the record states in its structure.
-    fn structured(
-        &self,
-        doc: &ChunkedDocument,
-        metadata: &std::collections::BTreeMap<String, Vec<String>>,
-        out: &mut Extraction,
-    ) {
+    fn structured(&self, doc: &ChunkedDocument, out: &mut Extraction) {
+        let metadata = &doc.metadata;
         let concepts_of = |key: &str| -> Vec<&Concept> {
             let values = metadata.get(key).map(Vec::as_slice).unwrap_or_default();
             let mut concepts: Vec<&Concept> = values
@@ -274,6 +274,7 @@ impl Extractor {
                     doc_id: doc.doc_id.clone(),
                     chunk_id: None,
                     sentence: None,
+                    evidence: String::new(),
                     negated: false,
                     extractor: "medkg-record/ctgov".into(),
                     confidence: 0.9,
@@ -281,6 +282,15 @@ impl Extractor {
             }
         }
         out.topics = concepts_of("mesh").into_iter().map(|c| c.id.clone()).collect();
+    }
+}
+
+/// A sentence as evidence: trimmed, at most [`MAX_EVIDENCE_CHARS`] characters.
+fn evidence(sentence: &str) -> String {
+    let sentence = sentence.trim();
+    match sentence.char_indices().nth(MAX_EVIDENCE_CHARS) {
+        Some((cut, _)) => format!("{}…", &sentence[..cut]),
+        None => sentence.to_string(),
     }
 }
 

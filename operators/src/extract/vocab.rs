@@ -93,6 +93,27 @@ pub struct Vocabulary {
     folded: Option<(AhoCorasick, Vec<u32>)>,
     /// Case-sensitive names (gene symbols), and the concept of each pattern.
     exact: Option<(AhoCorasick, Vec<u32>)>,
+    /// Concepts by id.
+    by_id: std::collections::HashMap<String, u32>,
+}
+
+/// The vocabulary a run uses when its pipeline names none: `$MEDKG_VOCAB`,
+/// else `scripts/vocab.sh`'s output (`$MEDKG_CACHE` or `~/.cache/medkg`,
+/// then `vocab/concepts.jsonl`).
+pub fn default_path() -> Result<std::path::PathBuf, String> {
+    if let Some(path) = std::env::var_os("MEDKG_VOCAB").filter(|p| !p.is_empty()) {
+        return Ok(path.into());
+    }
+    let cache = match (std::env::var_os("MEDKG_CACHE"), std::env::var_os("HOME")) {
+        (Some(cache), _) if !cache.is_empty() => std::path::PathBuf::from(cache),
+        (_, Some(home)) => std::path::Path::new(&home).join(".cache/medkg"),
+        _ => return Err("no vocabulary: set MEDKG_VOCAB (scripts/vocab.sh builds one)".into()),
+    };
+    let path = cache.join("vocab/concepts.jsonl");
+    match path.exists() {
+        true => Ok(path),
+        false => Err(format!("no vocabulary at {}: run scripts/vocab.sh (or set MEDKG_VOCAB)", path.display())),
+    }
 }
 
 impl Vocabulary {
@@ -150,7 +171,8 @@ impl Vocabulary {
                 .map_err(|e| StageError::permanent("bad_vocabulary", format!("cannot build the matcher: {e}")))?;
             Ok(Some((automaton, ids)))
         };
-        Ok(Vocabulary { concepts, folded: build(folded, folded_ids)?, exact: build(exact, exact_ids)? })
+        let by_id = concepts.iter().enumerate().map(|(i, c)| (c.id.clone(), i as u32)).collect();
+        Ok(Vocabulary { concepts, folded: build(folded, folded_ids)?, exact: build(exact, exact_ids)?, by_id })
     }
 
     /// Every concept, by index.
@@ -161,6 +183,11 @@ impl Vocabulary {
     /// The concept at `index`.
     pub fn concept(&self, index: u32) -> Option<&Concept> {
         self.concepts.get(index as usize)
+    }
+
+    /// The concept with id `id` (a CURIE).
+    pub fn by_id(&self, id: &str) -> Option<&Concept> {
+        self.by_id.get(id).and_then(|&i| self.concept(i))
     }
 
     /// The concepts in `text`: whole words, leftmost-longest, not overlapping,

@@ -200,14 +200,25 @@ impl DenseShard {
         self.len() == 0
     }
 
-    /// The `k` nearest committed chunks of `tenant` (inner product, best first).
-    /// Only the tenant's ids are searched, so ranks are ranks within the tenant.
-    pub fn search(&mut self, query: &[f32], tenant: &str, k: usize) -> Result<Vec<(f32, DenseMeta)>, StageError> {
+    /// The `k` nearest committed chunks of `tenant` (inner product, best first),
+    /// among the chunks `only` names when it is given. Only those ids are
+    /// searched, so ranks are ranks within them.
+    pub fn search(
+        &mut self,
+        query: &[f32],
+        tenant: &str,
+        k: usize,
+        only: Option<&std::collections::HashSet<String>>,
+    ) -> Result<Vec<(f32, DenseMeta)>, StageError> {
         if query.len() != self.dim as usize || k == 0 {
             return Ok(Vec::new());
         }
-        let allowed: Vec<Idx> =
-            self.meta.iter().filter(|(_, m)| m.tenant_id == tenant).map(|(&id, _)| Idx::new(id as u64)).collect();
+        let allowed: Vec<Idx> = self
+            .meta
+            .iter()
+            .filter(|(_, m)| m.tenant_id == tenant && only.is_none_or(|only| only.contains(&m.chunk_id)))
+            .map(|(&id, _)| Idx::new(id as u64))
+            .collect();
         if allowed.is_empty() {
             return Ok(Vec::new());
         }

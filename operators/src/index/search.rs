@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::columnar::StrColumn;
 use tantivy::postings::Postings;
-use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, BoostQuery, Occur, Query, TermQuery, TermSetQuery};
 use tantivy::schema::{Field, IndexRecordOption, Value};
 use tantivy::{DocAddress, DocId, DocSet, Index, Searcher, TantivyDocument, Term};
 
@@ -92,6 +92,8 @@ pub struct SearchIndex {
     shards: Vec<(Index, Searcher)>,
     dense: Vec<DenseShard>,
     fields: Fields,
+    /// Search only these chunks (`--entity`: the chunks that mention a concept).
+    only: Option<std::collections::HashSet<String>>,
 }
 
 impl SearchIndex {
@@ -118,7 +120,7 @@ impl SearchIndex {
             Some(f) => f,
             None => super::schema().1,
         };
-        Ok(SearchIndex { shards, dense, fields })
+        Ok(SearchIndex { shards, dense, fields, only: None })
     }
 
     /// Reciprocal-rank fusion of the BM25, SPLADE and dense lists (each
@@ -163,6 +165,11 @@ impl SearchIndex {
         self.materialize(fused, tenant)
     }
 
+    /// Restricts every list to the chunks `only` names (`None`: all chunks).
+    pub fn restrict(&mut self, only: Option<std::collections::HashSet<String>>) {
+        self.only = only;
+    }
+
     /// Whether the directory holds dense vectors.
     pub fn has_dense(&self) -> bool {
         !self.dense.is_empty()
@@ -195,6 +202,23 @@ impl SearchIndex {
                         allowed[doc as usize] = true;
                         doc = postings.advance();
                     }
+                }
+                if let Some(only) = &self.only {
+                    let mut listed = vec![false; allowed.len()];
+                    let ids = segment.inverted_index(self.fields.chunk_id).map_err(|e| fail(&e))?;
+                    for chunk_id in only {
+                        let term = Term::from_field_text(self.fields.chunk_id, chunk_id);
+                        if let Some(mut postings) =
+                            ids.read_postings(&term, IndexRecordOption::Basic).map_err(|e| fail(&e))?
+                        {
+                            let mut doc = postings.doc();
+                            while doc != tantivy::TERMINATED {
+                                listed[doc as usize] = true;
+                                doc = postings.advance();
+                            }
+                        }
+                    }
+                    allowed.iter_mut().zip(listed).for_each(|(a, l)| *a &= l);
                 }
                 let alive = segment.alive_bitset();
                 let terms = segment.inverted_index(self.fields.splade_terms).map_err(|e| fail(&e))?;
@@ -231,7 +255,7 @@ impl SearchIndex {
     fn ranked_dense(&mut self, query: &[f32], tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
         let mut found = Vec::new();
         for dense in &mut self.dense {
-            found.extend(dense.search(query, tenant, k)?);
+            found.extend(dense.search(query, tenant, k, self.only.as_ref())?);
         }
         found.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.chunk_id.cmp(&b.1.chunk_id)));
         found.truncate(k);
@@ -379,10 +403,13 @@ impl SearchIndex {
                 should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(query), boost))));
             }
         }
-        Ok(Some(BooleanQuery::new(vec![
-            (Occur::Must, Box::new(BooleanQuery::new(should))),
-            (Occur::Must, self.tenant_filter(tenant)),
-        ])))
+        let mut must: Vec<(Occur, Box<dyn Query>)> =
+            vec![(Occur::Must, Box::new(BooleanQuery::new(should))), (Occur::Must, self.tenant_filter(tenant))];
+        if let Some(only) = &self.only {
+            let chunks = TermSetQuery::new(only.iter().map(|id| Term::from_field_text(self.fields.chunk_id, id)));
+            must.push((Occur::Must, Box::new(BoostQuery::new(Box::new(chunks), 0.0))));
+        }
+        Ok(Some(BooleanQuery::new(must)))
     }
 
     fn hit(&self, shard: usize, address: DocAddress, score: f32) -> Result<Hit, StageError> {
