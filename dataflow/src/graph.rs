@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use medkg_connectors::ledger::LedgerBuffer;
 use medkg_connectors::RawPayload;
+use medkg_operators::extract::Extraction;
 use medkg_operators::{ChunkedDocument, Document};
 use medkg_topology::{Plan, StageKind};
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concatenate, Probe};
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
@@ -20,8 +22,9 @@ use crate::ops::envelope::Envelope;
 use crate::ops::fetch::FetchRuntime;
 use crate::ops::gate::GateState;
 use crate::ops::index::IndexSpec;
+use crate::ops::kg::KgSpec;
 use crate::ops::records::Records;
-use crate::ops::{encode, fetch, gate, index, records};
+use crate::ops::{encode, fetch, gate, index, kg, records};
 use crate::shared::Shared;
 use crate::telemetry::Reporter;
 
@@ -36,6 +39,8 @@ pub(crate) enum StageOp {
     Encode { sessions: Arc<Sessions>, max_batch_tokens: usize },
     /// `index`
     Index(IndexSpec),
+    /// `kg`
+    Kg(KgSpec),
 }
 
 /// The stream out of a stage, by what flows in it.
@@ -44,6 +49,7 @@ enum Flow<'s> {
     Raw(StreamVec<'s, u64, RawPayload>),
     Docs(StreamVec<'s, u64, Envelope<Document>>),
     Chunks(StreamVec<'s, u64, Envelope<ChunkedDocument>>),
+    Entities(StreamVec<'s, u64, Envelope<Extraction>>),
 }
 
 impl<'s> Flow<'s> {
@@ -53,6 +59,7 @@ impl<'s> Flow<'s> {
             Flow::Raw(s) => drop(s.clone().probe_with(handle)),
             Flow::Docs(s) => drop(s.clone().probe_with(handle)),
             Flow::Chunks(s) => drop(s.clone().probe_with(handle)),
+            Flow::Entities(s) => drop(s.clone().probe_with(handle)),
         }
     }
 
@@ -73,6 +80,13 @@ impl<'s> Flow<'s> {
     fn chunks(self) -> Option<StreamVec<'s, u64, Envelope<ChunkedDocument>>> {
         match self {
             Flow::Chunks(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn entities(self) -> Option<StreamVec<'s, u64, Envelope<Extraction>>> {
+        match self {
+            Flow::Entities(s) => Some(s),
             _ => None,
         }
     }
@@ -128,6 +142,10 @@ pub(crate) fn build<'s>(
                 let input = concat(scope, inputs, Flow::docs).ok_or_else(mistyped)?;
                 Flow::Chunks(records::stateless(input, ctx, is_sink, make()))
             }
+            StageOp::Records(Records::ChunksToEntities(make)) => {
+                let input = concat(scope, inputs, Flow::chunks).ok_or_else(mistyped)?;
+                Flow::Entities(records::stateless(input, ctx, is_sink, make()))
+            }
             StageOp::Fetch(runtime) => {
                 let input = concat(scope, inputs, Flow::raw).ok_or_else(mistyped)?;
                 Flow::Raw(fetch::fetch(scope, input, ctx, runtime.clone()))
@@ -143,6 +161,18 @@ pub(crate) fn build<'s>(
                 let spec = IndexSpec { forward: !is_sink, ..spec.clone() };
                 Flow::Chunks(index::index(scope, input, ctx, spec).probe_with(ports.committed))
             }
+            StageOp::Kg(spec) => {
+                let input = concat(scope, inputs, Flow::entities).ok_or_else(mistyped)?;
+                let deletes = records::tombstones(ports.raw.clone(), &shared.options.tenant).map(|e| Envelope {
+                    item: Extraction { doc_id: e.item.doc_id, tenant_id: e.item.tenant_id, ..Default::default() },
+                    source: e.source,
+                    position: e.position,
+                    tombstone: true,
+                });
+                let input = scope.concatenate(vec![input, deletes]).probe_with(ports.flow);
+                let spec = KgSpec { forward: !is_sink, ..spec.clone() };
+                Flow::Entities(kg::kg(input, ctx, spec).probe_with(ports.committed))
+            }
         };
         // A gate after this stage: its consumers read the joined stream.
         let output = match (ports.gates.get(&i), output, &ports.ir_ready) {
@@ -152,7 +182,7 @@ pub(crate) fn build<'s>(
             }
             (_, output, _) => output,
         };
-        if is_sink && stage.kind != StageKind::Index {
+        if is_sink && !matches!(stage.kind, StageKind::Index | StageKind::Kg) {
             // A sink that is not an index is durable as soon as it has run.
             output.probe(ports.flow);
             output.probe(ports.committed);

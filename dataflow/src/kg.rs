@@ -13,50 +13,9 @@
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::VecCollection;
-use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 
-/// A document, by tenant and id.
-pub type DocKey = (String, String);
-
-/// One edge of the graph: subject, predicate, object.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Edge {
-    /// Subject CURIE.
-    pub subject: String,
-    /// Biolink predicate.
-    pub predicate: String,
-    /// Object CURIE.
-    pub object: String,
-}
-
-/// What one version of a document says to the graph.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct DocClaims {
-    /// The edges its claims state (negated claims excluded by the caller).
-    pub edges: Vec<Edge>,
-    /// The concepts it mentions.
-    pub mentions: Vec<String>,
-}
-
-impl DocClaims {
-    /// What an extraction says to the graph: the edges of its claims that
-    /// are not negated, and the concepts it mentions, each once.
-    pub fn of(extraction: &medkg_operators::extract::Extraction) -> DocClaims {
-        let mut edges: Vec<Edge> = extraction
-            .claims
-            .iter()
-            .filter(|c| !c.negated)
-            .map(|c| Edge { subject: c.subject.clone(), predicate: c.predicate.clone(), object: c.object.clone() })
-            .collect();
-        edges.sort();
-        edges.dedup();
-        let mut mentions: Vec<String> = extraction.mentions.iter().map(|m| m.concept.clone()).collect();
-        mentions.sort();
-        mentions.dedup();
-        DocClaims { edges, mentions }
-    }
-}
+pub use medkg_operators::graph::{DocClaims, DocKey, Edge};
 
 /// An upsert: a document's new claims at an epoch, or `None` to delete it.
 pub type Upsert = (DocKey, Option<DocClaims>, u64);

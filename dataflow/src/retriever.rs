@@ -128,6 +128,11 @@ impl Retriever {
         }
     }
 
+    /// Restricts every mode to the chunks `only` names (`None`: all).
+    pub fn restrict(&mut self, only: Option<std::collections::HashSet<String>>) {
+        self.index.restrict(only);
+    }
+
     /// Document and chunk counts.
     pub fn index(&self) -> &SearchIndex {
         &self.index

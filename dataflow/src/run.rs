@@ -13,13 +13,18 @@ use medkg_connectors::kafka::{monitor_lag, DOWNLOADED_TOPIC};
 use medkg_connectors::ledger::{Ledger, LedgerWriter};
 use medkg_connectors::lineage::{Dataset, LineageSink, RunInfo, RunState};
 use medkg_connectors::{Checkpoint, FileSource};
+use medkg_operators::extract::{Extractor, Vocabulary};
+use medkg_operators::graph::GraphStore;
 use medkg_operators::index::{Backends, Layout};
 use medkg_operators::pdf::ObjectStore;
+use medkg_topology::StageKind;
 
 use crate::graph::StageOp;
 use crate::models::{ModelRecord, Sessions};
 use crate::ops::fetch::{Download, DownloadedOutput, FetchRuntime};
 use crate::ops::index::IndexSpec;
+use crate::ops::kg::KgSpec;
+use crate::ops::records::{self, factory, Records};
 use crate::options::{RunOptions, RunSummary};
 use crate::progress::Progress;
 use crate::settings::{check_implemented, StageConfig, StageContext, StageSettings};
@@ -243,6 +248,8 @@ fn stage_ops(
     layout: &Layout,
 ) -> anyhow::Result<Vec<StageOp>> {
     let mut ops = Vec::with_capacity(settings.stages.len());
+    // The extractor, loaded once and shared by `extract` (matching) and `kg` (labels).
+    let mut extractor: Option<(std::path::PathBuf, Arc<Extractor>)> = None;
     for ((stage, config), sessions) in options.plan.stages.iter().zip(&settings.stages).zip(sessions) {
         let in_stage = |e: String| anyhow!("stage `{}`: {e}", stage.name);
         let op = match config {
@@ -273,6 +280,36 @@ fn stage_ops(
                 backends: Backends { splade: *splade, dense: *dense },
                 forward: false,
             }),
+            StageConfig::Extract { vocabulary, min_confidence } => {
+                let loaded = match &extractor {
+                    Some((path, loaded)) if path == vocabulary => loaded.clone(),
+                    _ => {
+                        let loaded =
+                            Arc::new(Extractor::new(Vocabulary::load(vocabulary).map_err(|e| in_stage(e.message))?));
+                        tracing::info!(concepts = loaded.vocabulary().concepts().len(), vocabulary = %vocabulary.display(), "vocabulary loaded");
+                        extractor = Some((vocabulary.clone(), loaded.clone()));
+                        loaded
+                    }
+                };
+                let min_confidence = *min_confidence;
+                StageOp::Records(Records::ChunksToEntities(factory(move || {
+                    records::extract(loaded.clone(), min_confidence)
+                })))
+            }
+            StageConfig::Kg { dir } => {
+                let Some((_, loaded)) = &extractor else {
+                    bail!("stage `{}`: no extract stage comes before it", stage.name);
+                };
+                // One process owns the store: its worker 0 writes it.
+                let owner = options.cluster.as_ref().is_none_or(|c| c.process == 0);
+                let dir = dir.clone().unwrap_or_else(|| options.data_dir.join("graph"));
+                let store = match owner {
+                    true => Some(GraphStore::open(&dir).map_err(|e| in_stage(e.to_string()))?),
+                    false => None,
+                };
+                let counts_progress = !options.plan.stages.iter().any(|s| s.kind == StageKind::Index);
+                StageOp::Kg(KgSpec { store, extractor: loaded.clone(), forward: false, counts_progress })
+            }
         };
         ops.push(op);
     }

@@ -53,6 +53,15 @@ pub(crate) enum StageConfig {
         /// Write dense vectors to FAISS (needs an `embed` stage upstream).
         dense: bool,
     },
+    /// `extract`
+    Extract {
+        /// The vocabulary file.
+        vocabulary: std::path::PathBuf,
+        /// Claims below it are left out.
+        min_confidence: f32,
+    },
+    /// `kg`: the Oxigraph store's directory (default `DATA_DIR/graph`).
+    Kg { dir: Option<std::path::PathBuf> },
 }
 
 /// A model stage's settings.
@@ -157,12 +166,23 @@ impl StageSettings {
                     commit_interval: index.commit_interval,
                     writer_memory_bytes: index.writer_memory_mb.saturating_mul(1 << 20),
                 },
-                Settings::Extract(_) | Settings::Kg(_) => {
-                    return Err(format!(
-                        "stage `{}`: type {} is not implemented by this build",
-                        stage.name,
-                        stage.kind.name()
-                    ))
+                Settings::Extract(extract) => {
+                    if extract.model != "dictionary" {
+                        let message = format!("model `{}`: this build's extractor is `dictionary`", extract.model);
+                        return Err(in_stage(stage, message));
+                    }
+                    let vocabulary = match &extract.vocabulary {
+                        Some(path) => std::path::PathBuf::from(path),
+                        None => medkg_operators::extract::vocab::default_path().map_err(|e| in_stage(stage, e))?,
+                    };
+                    StageConfig::Extract { vocabulary, min_confidence: extract.min_confidence as f32 }
+                }
+                Settings::Kg(kg) => {
+                    if kg.backend != "oxigraph" {
+                        let message = format!("backend `{}`: this build stores the graph in `oxigraph`", kg.backend);
+                        return Err(in_stage(stage, message));
+                    }
+                    StageConfig::Kg { dir: kg.uri.as_ref().map(std::path::PathBuf::from) }
                 }
             };
             stages.push(config);
@@ -201,17 +221,9 @@ fn fetch_config(fetch: &FetchSettings) -> FetchConfig {
     }
 }
 
-/// Stage types a plan may name that this build does not run yet.
-const NOT_RUN: &[StageKind] = &[StageKind::Extract, StageKind::Kg];
-
 /// The stage types (and index backends) this build runs.
 pub fn check_implemented(plan: &Plan) -> Result<(), String> {
-    let mut missing: Vec<String> = plan
-        .stages
-        .iter()
-        .filter(|stage| NOT_RUN.contains(&stage.kind))
-        .map(|stage| format!("{} (stage `{}`)", stage.kind.name(), stage.name))
-        .collect();
+    let mut missing: Vec<String> = Vec::new();
     // The gate this build has joins downloaded PDFs with their IR.
     for gate in &plan.gates {
         if gate.condition != "ir_ready" || plan.stages[gate.after].kind != StageKind::Download {
@@ -227,6 +239,13 @@ pub fn check_implemented(plan: &Plan) -> Result<(), String> {
     if indexes > 1 {
         return Err(format!(
             "pipeline `{}` ({}) has {indexes} index stages; one data directory holds one index",
+            plan.name, plan.file
+        ));
+    }
+    let graphs = plan.stages.iter().filter(|s| s.kind == StageKind::Kg).count();
+    if graphs > 1 {
+        return Err(format!(
+            "pipeline `{}` ({}) has {graphs} kg stages; one data directory holds one graph",
             plan.name, plan.file
         ));
     }

@@ -356,33 +356,38 @@ impl IndexSettings {
     }
 }
 
-/// `extract` (not run by this build yet).
+/// `extract`: dictionary NER and claims over a vocabulary of concepts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExtractSettings {
-    /// The extractor.
-    pub model: Option<String>,
-    /// Claims below this confidence are dropped.
+    /// The extractor: `dictionary` (the only one this build has).
+    pub model: String,
+    /// The vocabulary file (JSON lines of concepts; default: `$MEDKG_VOCAB`,
+    /// else what `scripts/vocab.sh` builds under `~/.cache/medkg/vocab`).
+    pub vocabulary: Option<String>,
+    /// Claims below this confidence are left out.
     pub min_confidence: f64,
 }
 
 impl ExtractSettings {
     /// The keys of `extract`.
-    pub const KEYS: &'static [ConfigKey] = &[key("model", Text), key("min_confidence", NonNegFloat)];
+    pub const KEYS: &'static [ConfigKey] =
+        &[key("model", Text), key("vocabulary", Text), key("min_confidence", NonNegFloat)];
 
     fn decode(c: Config<'_>) -> ExtractSettings {
         ExtractSettings {
-            model: c.text("model"),
+            model: c.text("model").unwrap_or_else(|| "dictionary".into()),
+            vocabulary: c.text("vocabulary"),
             min_confidence: c.0.get("min_confidence").and_then(Value::as_f64).unwrap_or(0.0),
         }
     }
 }
 
-/// `kg` (not run by this build yet).
+/// `kg`: the knowledge graph's store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KgSettings {
-    /// The graph store.
-    pub backend: Option<String>,
-    /// Where it is.
+    /// The store: `oxigraph` (embedded, the default).
+    pub backend: String,
+    /// Where it is: for `oxigraph`, a directory (default `DATA_DIR/graph`).
     pub uri: Option<String>,
 }
 
@@ -391,6 +396,6 @@ impl KgSettings {
     pub const KEYS: &'static [ConfigKey] = &[key("backend", Text), key("uri", Text)];
 
     fn decode(c: Config<'_>) -> KgSettings {
-        KgSettings { backend: c.text("backend"), uri: c.text("uri") }
+        KgSettings { backend: c.text("backend").unwrap_or_else(|| "oxigraph".into()), uri: c.text("uri") }
     }
 }

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use medkg_connectors::dead_letter::MAX_LETTERS_PER_RECORD;
 use medkg_connectors::RawPayload;
+use medkg_operators::extract::{Extraction, Extractor};
 use medkg_operators::{check_doc_id, check_tenant, parse, ChunkedDocument, Chunker, Document, StageError};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -47,6 +48,12 @@ impl Reported for RawPayload {
 impl Reported for Envelope<Document> {
     fn with_subject<R>(&self, _: &Ctx, f: impl FnOnce(&Subject<'_>) -> R) -> R {
         f(&Subject { id: &self.item.id, tenant: &self.item.tenant_id, is_doc: true })
+    }
+}
+
+impl Reported for Envelope<Extraction> {
+    fn with_subject<R>(&self, _: &Ctx, f: impl FnOnce(&Subject<'_>) -> R) -> R {
+        f(&Subject { id: &self.item.doc_id, tenant: &self.item.tenant_id, is_doc: true })
     }
 }
 
@@ -117,6 +124,8 @@ pub(crate) enum Records {
     RawToDocs(Factory<RawPayload, Envelope<Document>>),
     /// Documents to chunked documents (`chunk`).
     DocsToChunks(Factory<Envelope<Document>, Envelope<ChunkedDocument>>),
+    /// Chunked documents to their entities and claims (`extract`).
+    ChunksToEntities(Factory<Envelope<ChunkedDocument>, Envelope<Extraction>>),
 }
 
 /// Wraps a logic maker as a [`Factory`].
@@ -268,6 +277,34 @@ pub(crate) fn chunk(chunker: Chunker) -> impl FnMut(Envelope<Document>, &mut Emi
     }
 }
 
+/// `extract`: a chunked document → its mentions and claims (those below
+/// `min_confidence` left out). Deletions pass by: the `kg` stage reads
+/// them from the source, as the index does.
+pub(crate) fn extract(
+    extractor: Arc<Extractor>,
+    min_confidence: f32,
+) -> impl FnMut(Envelope<ChunkedDocument>, &mut Emit<'_, Envelope<Extraction>>) {
+    move |envelope, emit| {
+        if envelope.tombstone {
+            return;
+        }
+        let doc = &envelope.item;
+        // An extractor bug must cost one document, not the worker.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| extractor.extract(doc))) {
+            Ok(mut extraction) => {
+                extraction.claims.retain(|c| c.confidence >= min_confidence);
+                let Envelope { source, position, .. } = envelope;
+                emit.ok(Envelope { source, position, item: extraction, tombstone: false });
+            }
+            Err(_) => {
+                let subject = Subject { id: &doc.doc_id, tenant: &doc.tenant_id, is_doc: true };
+                let error = StageError::permanent("internal_error", format!("the extractor failed on {}", doc.doc_id));
+                emit.fail(&envelope.as_payload(&doc.doc_id), &subject, &error);
+            }
+        }
+    }
+}
+
 /// Kafka tombstones (a key, no value) as deletions for the index stages.
 /// They skip parse, chunk and the models; the index orders them against
 /// upserts of the same document by source position.
@@ -289,6 +326,7 @@ pub(crate) fn tombstones<'s>(
                 title: String::new(),
                 content_hash: 0,
                 chunks: Vec::new(),
+                metadata: Default::default(),
             },
             source: payload.source,
             position: payload.position,
