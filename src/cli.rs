@@ -67,6 +67,14 @@ pub enum Command {
     Search(SearchArgs),
     /// Count documents and chunks in a data directory.
     Stats(StatsArgs),
+    /// A concept in the knowledge graph: what it is, its neighbours by predicate with their
+    /// support, and the best evidence sentences. NAME is a CURIE or a name.
+    Graph(GraphArgs),
+    /// Run a SPARQL 1.1 query over one tenant's knowledge graph (its graph is the default graph,
+    /// its documents' graphs the named graphs; `biolink:`, `medkg:`, `rdfs:` are predefined).
+    Sparql(SparqlArgs),
+    /// Write the knowledge graph as N-Quads (one tenant's, or all).
+    Export(ExportArgs),
     /// Throughput of the models alone against the whole pipeline, and search latency.
     Bench(BenchArgs),
     /// Load JSONL records (plain or .gz) into a Kafka topic, keyed by document id.
@@ -204,9 +212,66 @@ pub struct SearchArgs {
     /// Hybrid list weights, e.g. `bm25=1,dense=1,splade=0.5`.
     #[arg(long, default_value = "bm25=1,dense=1,splade=1")]
     pub weights: String,
+    /// Only chunks that mention this concept (a CURIE, e.g. DRUGBANK:DB00945), by the
+    /// knowledge graph a `kg` stage wrote to DATA_DIR/graph.
+    #[arg(long)]
+    pub entity: Option<String>,
     /// The query, in plain words.
     #[arg(required = true)]
     pub query: Vec<String>,
+}
+
+/// The arguments of `medkg graph`.
+#[derive(clap::Args)]
+pub struct GraphArgs {
+    /// The data directory a run wrote (its graph is DATA_DIR/graph).
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Only this tenant's graph.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// Neighbours shown each way.
+    #[arg(short = 'k', default_value_t = 10)]
+    pub k: usize,
+    /// Evidence sentences per neighbour.
+    #[arg(long, default_value_t = 2)]
+    pub evidence: usize,
+    /// The vocabulary that resolves names (default: $MEDKG_VOCAB, else scripts/vocab.sh's).
+    #[arg(long)]
+    pub vocabulary: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// A CURIE (`DRUGBANK:DB00945`) or a name (`aspirin`).
+    #[arg(required = true)]
+    pub name: Vec<String>,
+}
+
+/// The arguments of `medkg sparql`.
+#[derive(clap::Args)]
+pub struct SparqlArgs {
+    /// The data directory a run wrote (its graph is DATA_DIR/graph).
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Only this tenant's graph.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// SPARQL 1.1 Query Results JSON (else tab-separated values).
+    #[arg(long)]
+    pub json: bool,
+    /// The query, or @FILE to read it from a file.
+    pub query: String,
+}
+
+/// The arguments of `medkg export`.
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The data directory a run wrote (its graph is DATA_DIR/graph).
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Only this tenant's graphs (default: all).
+    #[arg(long)]
+    pub tenant: Option<String>,
 }
 
 /// The arguments of `medkg stats`.

@@ -27,6 +27,9 @@ fn main() -> ExitCode {
         Command::Search(args) => commands::search::search(args),
         Command::Bench(args) => commands::bench::bench(args),
         Command::Stats(args) => commands::stats::stats(args),
+        Command::Graph(args) => commands::graph::graph(args),
+        Command::Sparql(args) => commands::graph::sparql(args),
+        Command::Export(args) => commands::graph::export(args),
         Command::Validate(args) => return commands::validate::validate(args),
     };
     match result {

@@ -324,24 +324,33 @@ fn validate_reports_every_error_with_its_location() {
 }
 
 #[test]
-fn a_pipeline_with_unimplemented_stages_fails_at_start_naming_them() {
+fn a_pipeline_with_settings_this_build_lacks_fails_at_start_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     let (source, _) = pubmed_slice(dir.path(), 10);
-    for (pipeline, missing) in [("clinical-trials.yaml", &["extract (stage `extract`)", "kg (stage `kg`)"][..])] {
+    let kg = std::fs::read_to_string(repo().join("config/pipelines/kg-lexical.yaml")).unwrap();
+    let cases = [
+        (kg.replace("backend: oxigraph", "backend: neo4j"), "backend `neo4j`"),
+        (kg.replace("model: dictionary", "model: scispacy"), "model `scispacy`"),
+        (
+            kg.replace("min_confidence: 0.0", "min_confidence: 0.0\n      vocabulary: /nonexistent/concepts.jsonl"),
+            "/nonexistent/concepts.jsonl",
+        ),
+    ];
+    for (n, (text, named)) in cases.iter().enumerate() {
+        let pipeline = dir.path().join(format!("p{n}.yaml"));
+        std::fs::write(&pipeline, text).unwrap();
         let output = medkg()
             .args(["run", "--pipeline"])
-            .arg(repo().join("config/pipelines").join(pipeline))
+            .arg(&pipeline)
             .arg("--source")
             .arg(format!("file:{}", source.display()))
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .output()
             .unwrap();
-        assert_eq!(output.status.code(), Some(2), "{pipeline}");
+        assert_eq!(output.status.code(), Some(2), "{named}");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        for m in missing {
-            assert!(stderr.contains(m), "{m} not named in: {stderr}");
-        }
+        assert!(stderr.contains(named), "{named} not named in: {stderr}");
         assert!(!dir.path().join("data/shard-0").exists(), "nothing may run");
     }
 }

@@ -247,6 +247,58 @@ fn tombstones_delete_and_a_resent_document_replaces_its_chunks() {
 }
 
 #[test]
+fn tombstones_and_resent_documents_change_the_knowledge_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = topic("kg");
+    create_topic(&topic, 2);
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let send = |key: &str, value: Option<&str>| {
+        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&topic).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        producer.send(record).unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    for n in 1..=3 {
+        let text = format!(
+            r#"{{"pmid": "{n}", "title": "Aspirin {n}", "abstract": "Aspirin relieves headache in case {n}."}}"#
+        );
+        send(&format!("pmid:{n}"), Some(&text));
+    }
+    let data = dir.path().join("data");
+    let child = engine_with(&repo().join("config/pipelines/kg-lexical.yaml"), &topic, &format!("{topic}-group"), &data);
+    wait_for(&data, (3, 3), Duration::from_secs(60));
+    // pmid:1 is deleted, pmid:2 says something else now.
+    send("pmid:1", None);
+    send("pmid:2", Some(r#"{"pmid": "2", "title": "Ibuprofen", "abstract": "Ibuprofen relieves migraine."}"#));
+    wait_for(&data, (2, 2), Duration::from_secs(60));
+    terminate(child);
+
+    let sparql = |query: &str| -> Vec<Value> {
+        let output = medkg().args(["sparql", "--json", "--data-dir"]).arg(&data).arg(query).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let v: Value = serde_json::from_slice(&output.stdout).unwrap();
+        v["results"]["bindings"].as_array().unwrap().clone()
+    };
+    let support = |s: &str, o: &str| -> Option<u64> {
+        let rows = sparql(&format!(
+            "SELECT ?n WHERE {{ ?e biolink:subject <{s}> ; biolink:predicate biolink:treats ; biolink:object <{o}> ; medkg:support ?n }}"
+        ));
+        rows.first().map(|r| r["n"]["value"].as_str().unwrap().parse().unwrap())
+    };
+    let (aspirin, headache) = ("http://identifiers.org/drugbank/DB00945", "http://purl.obolibrary.org/obo/HP_0002315");
+    assert_eq!(support(aspirin, headache), Some(1), "only pmid:3 still says aspirin relieves headache");
+    let ibuprofen = "http://identifiers.org/drugbank/DB01050";
+    assert_eq!(support(ibuprofen, "http://purl.obolibrary.org/obo/HP_0002076"), Some(1), "pmid:2's new claim");
+    let docs: Vec<String> = sparql("SELECT ?id WHERE { GRAPH ?d { ?d medkg:id ?id } } ORDER BY ?id")
+        .iter()
+        .map(|r| r["id"]["value"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(docs, ["pmid:2", "pmid:3"], "the tombstone dropped pmid:1's graph");
+}
+
+#[test]
 fn consumer_lag_is_measured_while_the_engine_is_behind() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;

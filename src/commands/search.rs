@@ -2,16 +2,23 @@
 
 use anyhow::{anyhow, bail};
 use medkg_dataflow::{Mode, Retriever};
+use medkg_operators::graph::GraphStore;
 use medkg_operators::index::Weights;
 
 use crate::cli::SearchArgs;
 
 /// `medkg search`.
 pub fn search(args: SearchArgs) -> anyhow::Result<()> {
-    let SearchArgs { data_dir, tenant, k, json, mode, weights, query } = args;
+    let SearchArgs { data_dir, tenant, k, json, mode, weights, entity, query } = args;
     let mode: Mode = mode.parse().map_err(|e: String| anyhow!(e))?;
     let mut retriever = Retriever::open(&data_dir, mode)?;
     retriever.weights = parse_weights(&weights)?;
+    if let Some(concept) = entity {
+        // Only the tenant's chunks that mention the concept, by the graph.
+        let graph = GraphStore::open_existing(&data_dir.join("graph"))?;
+        let chunks = graph.chunks_mentioning(&tenant, &concept)?;
+        retriever.restrict(Some(chunks.into_iter().collect()));
+    }
     let hits = retriever.search(&query.join(" "), mode, &tenant, k)?;
     if json {
         let rows: Vec<serde_json::Value> = hits
