@@ -23,7 +23,7 @@ fn shipped_pipelines_are_valid() {
     assert!(seen >= 6, "expected the five seed pipelines and hybrid.yaml, found {seen}");
     let auto = Plan::from_path(std::path::Path::new(&format!("{dir}/auto.yaml")), &Policies::builtin()).unwrap();
     let kinds: Vec<_> = auto.stages.iter().map(|s| s.kind.name()).collect();
-    assert_eq!(kinds, ["ingest", "parse", "chunk", "embed", "splade", "index"]);
+    assert_eq!(kinds, ["ingest", "parse", "chunk", "embed", "splade", "index", "extract", "kg"]);
     let pdf =
         Plan::from_path(std::path::Path::new(&format!("{dir}/pdf-two-phase.yaml")), &Policies::builtin()).unwrap();
     assert_eq!(pdf.gates.len(), 1);
