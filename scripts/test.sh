@@ -20,6 +20,8 @@ export MEDKG_GPU_MODELS=${MEDKG_GPU_MODELS:-$(scripts/gpu-models.sh)}
 export MEDKG_VOCAB=${MEDKG_VOCAB:-$(scripts/vocab.sh)}
 # rdflib, the independent client that reads the graph's N-Quads export.
 export MEDKG_RDFLIB=${MEDKG_RDFLIB:-$(scripts/rdflib.sh)}
+# Oxigraph's SPARQL server, the remote store the graph tests start on loopback.
+export MEDKG_OXIGRAPH=${MEDKG_OXIGRAPH:-$(scripts/oxigraph-server.sh)}
 # Alert rules (promtool) and docs/asyncapi.yaml (@asyncapi/parser).
 scripts/check-docs.sh
 # A real Kafka-protocol broker (tansu) on loopback for the Kafka tests,

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use medkg_connectors::kafka::KafkaSettings;
 use medkg_connectors::StreamSpec;
 use medkg_dataflow::{Cluster, TelemetryOptions, DEFAULT_METRICS_ADDR};
+use medkg_operators::graph::GraphTarget;
 use medkg_operators::models::Device;
 
 /// What `medkg run` and `medkg bench` read: a file or folder, or a topic.
@@ -125,6 +126,11 @@ pub struct RunArgs {
     /// by the consumer group GROUP.ir-ready.
     #[arg(long)]
     pub ir_ready: Option<StreamSpec>,
+    /// Where the kg stage keeps the graph, overriding the pipeline: oxigraph (embedded, in
+    /// DATA_DIR/graph), oxigraph:DIR, or sparql:URL (a SPARQL 1.1 endpoint: queries to URL/query,
+    /// updates to URL/update, as Oxigraph's server and Fuseki lay them out).
+    #[arg(long)]
+    pub graph: Option<GraphTarget>,
 }
 
 /// The arguments of `medkg pdf-parser`.

@@ -2,8 +2,8 @@
 //! records through `config/pipelines/kg-lexical.yaml` into Oxigraph at
 //! `DATA_DIR/graph`, then read with `medkg export`, `medkg sparql` and
 //! `medkg graph`. A changed document replaces its claims, a killed run
-//! resumes to the graph of an uninterrupted one, and tenants see only
-//! their own graph.
+//! resumes to the graph of an uninterrupted one, tenants see only their
+//! own graph, and a remote SPARQL store holds the same graph.
 
 mod common;
 
@@ -110,6 +110,10 @@ fn a_changed_document_replaces_its_claims_and_the_graph_equals_a_fresh_build() {
     assert_eq!(documents, 400, "every record has its document graph");
     let before = export(&data, None);
     assert!(before.len() > 2_000, "a graph of 400 abstracts: {} quads", before.len());
+    let stats = check(medkg().args(["stats", "--json", "--data-dir"]).arg(&data).output().unwrap());
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["graph"]["quads"], before.len() as u64, "{stats}");
+    assert_eq!(stats["graph"]["documents"], 400, "{stats}");
 
     // The document with the most claims says something else now.
     let claims = sparql(
@@ -379,6 +383,119 @@ print(*(int(next(iter(ds.query(q)))[0]) for q in (claims, edges)))
     let ours = vec![count(&data, "default", claims), count(&data, "default", edges)];
     assert!(ours[0] > 10 && ours[1] > 10, "a graph worth comparing: {ours:?}");
     assert_eq!(counted, ours, "rdflib over the N-Quads export and medkg sparql agree");
+}
+
+/// Oxigraph's SPARQL server (`scripts/oxigraph-server.sh`) on a free
+/// loopback port, persisting to `location`; killed on drop.
+struct SparqlServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl SparqlServer {
+    fn start(location: &Path) -> SparqlServer {
+        let binary = std::env::var("MEDKG_OXIGRAPH")
+            .expect("MEDKG_OXIGRAPH: scripts/test.sh sets it (scripts/oxigraph-server.sh)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(binary)
+            .arg("serve")
+            .arg("--location")
+            .arg(location)
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the SPARQL server did not listen within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SparqlServer { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Its whole dataset (Graph Store protocol), as sorted N-Quads lines.
+    fn dataset(&self) -> Vec<String> {
+        let response = reqwest::blocking::Client::new()
+            .get(format!("{}/store", self.url))
+            .header("Accept", "application/n-quads")
+            .send()
+            .unwrap();
+        assert!(response.status().is_success(), "GET /store: {}", response.status());
+        let mut lines: Vec<String> = response.text().unwrap().lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    }
+}
+
+impl Drop for SparqlServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--graph sparql:URL`: the same runs write the same graph to Oxigraph's
+/// server as to the embedded store, a restart restores its state from the
+/// endpoint, and a run whose endpoint is down fails without committing,
+/// then resumes once it is back.
+#[test]
+fn a_remote_sparql_store_holds_the_same_graph_as_the_embedded_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut records) = pubmed_slice(dir.path(), 300);
+    let first = write(&dir.path().join("first.jsonl"), &records);
+    let at = 7;
+    records[at]["abstract"] = Value::from(CHANGED);
+    let change = write(&dir.path().join("change.jsonl"), &records[at..=at]);
+
+    let embedded = dir.path().join("embedded");
+    run(&kg_lexical(), &first, &embedded, &[]);
+    run(&kg_lexical(), &change, &embedded, &[]);
+
+    let location = dir.path().join("server");
+    let server = SparqlServer::start(&location);
+    let remote = dir.path().join("remote");
+    let graph = format!("sparql:{}", server.url);
+    run(&kg_lexical(), &first, &remote, &["--graph", &graph]);
+    assert!(!remote.join("graph").exists(), "nothing is kept in DATA_DIR/graph");
+    drop(server);
+
+    // The endpoint is down: the change cannot be written, so the run fails and its
+    // checkpoint stays where it was.
+    let checkpoint = |data: &Path| -> Vec<(PathBuf, String)> {
+        let mut files: Vec<(PathBuf, String)> = std::fs::read_dir(data.join("checkpoints"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| (e.path(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+            .collect();
+        files.sort();
+        files
+    };
+    let before = checkpoint(&remote);
+    let output = medkg()
+        .args(["run", "--pipeline"])
+        .arg(kg_lexical())
+        .arg("--source")
+        .arg(format!("file:{}", change.display()))
+        .arg("--data-dir")
+        .arg(&remote)
+        .args(["--graph", &graph])
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a run with no endpoint succeeded");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&server_url_of(&graph)), "the error names the endpoint: {stderr}");
+    assert_eq!(checkpoint(&remote), before, "nothing committed past the graph");
+
+    // Back up (on another port): the change is applied over the restored state.
+    let server = SparqlServer::start(&location);
+    let graph = format!("sparql:{}", server.url);
+    run(&kg_lexical(), &change, &remote, &["--graph", &graph]);
+    assert_same(&server.dataset(), &export(&embedded, None));
+}
+
+fn server_url_of(graph: &str) -> String {
+    graph.trim_start_matches("sparql:").to_string()
 }
 
 /// The two other seed pipelines that end in the graph, with the real models:

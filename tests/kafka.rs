@@ -343,6 +343,7 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
             ..Default::default()
         },
         ir_ready: None,
+        graph: None,
     };
     let progress = Arc::new(medkg_dataflow::Progress::default());
     let engine = {

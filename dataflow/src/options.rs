@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use medkg_connectors::kafka::KafkaSettings;
 use medkg_connectors::StreamSpec;
+use medkg_operators::graph::GraphTarget;
 use medkg_operators::models::Device;
 use medkg_topology::Plan;
 
@@ -44,6 +45,8 @@ pub struct RunOptions {
     /// Where IR-ready records come from for the pipeline's gates (default
     /// `kafka:pdf.ir-ready.v1` for a Kafka source, else `dir:DATA_DIR/ir-ready`).
     pub ir_ready: Option<StreamSpec>,
+    /// Where `kg` stages keep the graph (`--graph`), overriding the pipeline.
+    pub graph: Option<GraphTarget>,
 }
 
 impl RunOptions {
@@ -66,6 +69,7 @@ impl RunOptions {
             cluster: None,
             telemetry: TelemetryOptions::default(),
             ir_ready: None,
+            graph: None,
         }
     }
 

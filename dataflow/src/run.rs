@@ -14,7 +14,7 @@ use medkg_connectors::ledger::{Ledger, LedgerWriter};
 use medkg_connectors::lineage::{Dataset, LineageSink, RunInfo, RunState};
 use medkg_connectors::{Checkpoint, FileSource};
 use medkg_operators::extract::{Extractor, Vocabulary};
-use medkg_operators::graph::GraphStore;
+use medkg_operators::graph::GraphSink;
 use medkg_operators::index::{Backends, Layout};
 use medkg_operators::pdf::ObjectStore;
 use medkg_topology::StageKind;
@@ -296,15 +296,18 @@ fn stage_ops(
                     records::extract(loaded.clone(), min_confidence)
                 })))
             }
-            StageConfig::Kg { dir } => {
+            StageConfig::Kg { target } => {
                 let Some((_, loaded)) = &extractor else {
                     bail!("stage `{}`: no extract stage comes before it", stage.name);
                 };
                 // One process owns the store: its worker 0 writes it.
                 let owner = options.cluster.as_ref().is_none_or(|c| c.process == 0);
-                let dir = dir.clone().unwrap_or_else(|| options.data_dir.join("graph"));
                 let store = match owner {
-                    true => Some(GraphStore::open(&dir).map_err(|e| in_stage(e.to_string()))?),
+                    true => {
+                        let sink = GraphSink::open(target, &options.data_dir).map_err(|e| in_stage(e.to_string()))?;
+                        tracing::info!(graph = %target, "knowledge graph store");
+                        Some(sink)
+                    }
                     false => None,
                 };
                 let counts_progress = !options.plan.stages.iter().any(|s| s.kind == StageKind::Index);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use medkg_connectors::StreamSpec;
 use medkg_operators::fetch::FetchConfig;
+use medkg_operators::graph::GraphTarget;
 use medkg_operators::models::{Device, ModelFiles};
 use medkg_operators::parse::{Format, ParseOptions};
 use medkg_operators::{ChunkConfig, Chunker};
@@ -60,8 +61,8 @@ pub(crate) enum StageConfig {
         /// Claims below it are left out.
         min_confidence: f32,
     },
-    /// `kg`: the Oxigraph store's directory (default `DATA_DIR/graph`).
-    Kg { dir: Option<std::path::PathBuf> },
+    /// `kg`: where the graph is kept.
+    Kg { target: GraphTarget },
 }
 
 /// A model stage's settings.
@@ -94,6 +95,8 @@ pub struct StageContext {
     pub workers: usize,
     /// The tenant of records that name none.
     pub tenant: String,
+    /// `--graph`, overriding every `kg` stage's store.
+    pub graph: Option<GraphTarget>,
 }
 
 impl StageContext {
@@ -104,6 +107,7 @@ impl StageContext {
             device: options.device,
             workers: options.workers.max(1),
             tenant: options.tenant.clone(),
+            graph: options.graph.clone(),
         }
     }
 }
@@ -177,13 +181,14 @@ impl StageSettings {
                     };
                     StageConfig::Extract { vocabulary, min_confidence: extract.min_confidence as f32 }
                 }
-                Settings::Kg(kg) => {
-                    if kg.backend != "oxigraph" {
-                        let message = format!("backend `{}`: this build stores the graph in `oxigraph`", kg.backend);
-                        return Err(in_stage(stage, message));
-                    }
-                    StageConfig::Kg { dir: kg.uri.as_ref().map(std::path::PathBuf::from) }
-                }
+                Settings::Kg(kg) => StageConfig::Kg {
+                    target: match &options.graph {
+                        Some(target) => target.clone(),
+                        None => {
+                            GraphTarget::of_backend(&kg.backend, kg.uri.as_deref()).map_err(|e| in_stage(stage, e))?
+                        }
+                    },
+                },
             };
             stages.push(config);
         }

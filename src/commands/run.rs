@@ -25,6 +25,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster,
         telemetry,
         ir_ready,
+        graph,
         ..
     } = args;
     let job = Job {
@@ -46,6 +47,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("-n {} needs --run-id ID, the same in every process of the cluster", cluster.processes);
     }
     options.ir_ready = ir_ready;
+    options.graph = graph;
     run_with_progress(options)
 }
 

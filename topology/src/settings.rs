@@ -385,9 +385,12 @@ impl ExtractSettings {
 /// `kg`: the knowledge graph's store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KgSettings {
-    /// The store: `oxigraph` (embedded, the default).
+    /// The store: `oxigraph` (embedded, the default) or `sparql` (a
+    /// SPARQL 1.1 endpoint).
     pub backend: String,
-    /// Where it is: for `oxigraph`, a directory (default `DATA_DIR/graph`).
+    /// Where it is: for `oxigraph`, a directory (default `DATA_DIR/graph`);
+    /// for `sparql`, the endpoint's base URL (queries go to `URI/query`,
+    /// updates to `URI/update`).
     pub uri: Option<String>,
 }
 

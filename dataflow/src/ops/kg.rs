@@ -17,8 +17,8 @@
 //!    what it emits at an epoch's time is durable, so the source commits
 //!    (checkpoint, Kafka offsets) only past graph changes that are durable.
 //!
-//! The graph has one writer per run: Oxigraph's RocksDB store is opened by
-//! process 0, and worker 0 owns it. Extraction, the expensive part, runs on
+//! The graph has one writer per run: process 0 opens the store (Oxigraph's
+//! RocksDB store, or a SPARQL endpoint), and worker 0 owns it. Extraction, the expensive part, runs on
 //! every worker before it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use medkg_connectors::ledger::Status;
 use medkg_operators::extract::{Extraction, Extractor};
-use medkg_operators::graph::{Changes, DocClaims, DocKey, Edge, GraphStore};
+use medkg_operators::graph::{Changes, DocClaims, DocKey, Edge, GraphSink};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Map;
@@ -43,7 +43,7 @@ use crate::telemetry::Subject;
 #[derive(Clone)]
 pub(crate) struct KgSpec {
     /// The store (process 0 only).
-    pub store: Option<GraphStore>,
+    pub store: Option<GraphSink>,
     /// Labels and categories of concepts.
     pub extractor: Arc<Extractor>,
     /// Emit the extractions once durable (something reads the stage's output).
@@ -91,7 +91,7 @@ pub(crate) fn kg<'s>(
 fn versions<'s>(
     input: StreamVec<'s, u64, Envelope<Extraction>>,
     ctx: &Ctx,
-    store: Option<GraphStore>,
+    store: Option<GraphSink>,
 ) -> StreamVec<'s, u64, Version> {
     let shared = ctx.shared.clone();
     let name = format!("{}: versions", ctx.reporter.stage);

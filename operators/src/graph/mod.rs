@@ -12,15 +12,22 @@
 //!   `medkg:support` (distinct documents), and every mentioned concept
 //!   with its label, Biolink category and `medkg:documents` count.
 //!
+//! A run writes it to the embedded store at `DATA_DIR/graph`, or to any
+//! SPARQL 1.1 endpoint (`--graph sparql:URL`, [`RemoteGraph`]).
+//!
 //! A query (`medkg sparql`) sees one tenant only: its graph is the default
 //! graph and its documents' graphs are the named graphs.
 
 pub mod rdf;
+mod remote;
 mod store;
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::extract::Extraction;
+pub use remote::{update_of, RemoteGraph, SparqlEndpoint};
 pub use store::{Census, ConceptInfo, GraphStore, Neighbour, QueryFormat};
 
 /// A document, by tenant and id.
@@ -88,6 +95,23 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         self.documents.is_empty() && self.support.is_empty() && self.mentions.is_empty()
     }
+
+    /// Each changed document once, with its last version in this commit
+    /// (a commit may span several epochs), in the order they first changed.
+    pub fn latest_documents(&self) -> Vec<(&DocKey, Option<&Extraction>)> {
+        let mut index: HashMap<&DocKey, usize> = HashMap::new();
+        let mut out: Vec<(&DocKey, Option<&Extraction>)> = Vec::new();
+        for (key, extraction) in &self.documents {
+            match index.get(key) {
+                Some(&i) => out[i].1 = extraction.as_ref(),
+                None => {
+                    index.insert(key, out.len());
+                    out.push((key, extraction.as_ref()));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// A failure of the graph store or of a query.
@@ -99,4 +123,87 @@ pub enum GraphError {
     /// A query that does not parse or cannot be evaluated.
     #[error("SPARQL: {0}")]
     Query(String),
+}
+
+/// Where a run keeps its graph: `oxigraph[:DIR]` (embedded, the default,
+/// in `DATA_DIR/graph` unless a directory is given) or `sparql:URL` (a
+/// SPARQL 1.1 endpoint; see [`RemoteGraph`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GraphTarget {
+    /// The embedded store, in this directory (`None`: `DATA_DIR/graph`).
+    Oxigraph(Option<std::path::PathBuf>),
+    /// A remote SPARQL 1.1 endpoint.
+    Sparql(SparqlEndpoint),
+}
+
+impl GraphTarget {
+    /// The target a `kg` stage's `backend` and `uri` name.
+    pub fn of_backend(backend: &str, uri: Option<&str>) -> Result<GraphTarget, String> {
+        match (backend, uri) {
+            ("oxigraph", dir) => Ok(GraphTarget::Oxigraph(dir.map(std::path::PathBuf::from))),
+            ("sparql", Some(url)) => Ok(GraphTarget::Sparql(SparqlEndpoint::new(url)?)),
+            ("sparql", None) => Err("backend `sparql` needs `uri`: the endpoint's base URL".into()),
+            (other, _) => Err(format!("backend `{other}`: expected `oxigraph` (embedded) or `sparql` (an endpoint)")),
+        }
+    }
+}
+
+impl std::str::FromStr for GraphTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<GraphTarget, String> {
+        match s.split_once(':') {
+            _ if s == "oxigraph" => Ok(GraphTarget::Oxigraph(None)),
+            Some(("oxigraph", dir)) if !dir.is_empty() => GraphTarget::of_backend("oxigraph", Some(dir)),
+            Some(("sparql", url)) => GraphTarget::of_backend("sparql", Some(url)),
+            _ => Err(format!("`{s}`: expected oxigraph, oxigraph:DIR or sparql:URL")),
+        }
+    }
+}
+
+impl std::fmt::Display for GraphTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GraphTarget::Oxigraph(None) => write!(f, "oxigraph"),
+            GraphTarget::Oxigraph(Some(dir)) => write!(f, "oxigraph:{}", dir.display()),
+            GraphTarget::Sparql(endpoint) => write!(f, "sparql:{}", endpoint.update),
+        }
+    }
+}
+
+/// The store a run writes its graph to.
+#[derive(Clone)]
+pub enum GraphSink {
+    /// The embedded Oxigraph store.
+    Embedded(GraphStore),
+    /// A SPARQL 1.1 endpoint.
+    Remote(RemoteGraph),
+}
+
+impl GraphSink {
+    /// Opens `target` (`data_dir` holds the embedded store by default).
+    pub fn open(target: &GraphTarget, data_dir: &std::path::Path) -> Result<GraphSink, GraphError> {
+        Ok(match target {
+            GraphTarget::Oxigraph(dir) => {
+                GraphSink::Embedded(GraphStore::open(&dir.clone().unwrap_or_else(|| data_dir.join("graph")))?)
+            }
+            GraphTarget::Sparql(endpoint) => GraphSink::Remote(RemoteGraph::new(endpoint.clone())?),
+        })
+    }
+
+    /// Applies one commit's changes atomically.
+    pub fn apply(&self, changes: &Changes, vocabulary: Option<&crate::extract::Vocabulary>) -> Result<(), GraphError> {
+        match self {
+            GraphSink::Embedded(store) => store.apply(changes, vocabulary),
+            GraphSink::Remote(remote) => remote.apply(changes, vocabulary),
+        }
+    }
+
+    /// Every document's latest claims, read back.
+    pub fn restore(&self) -> Result<Vec<(DocKey, DocClaims)>, GraphError> {
+        match self {
+            GraphSink::Embedded(store) => store.restore(),
+            GraphSink::Remote(remote) => remote.restore(),
+        }
+    }
 }

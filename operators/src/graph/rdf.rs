@@ -8,10 +8,11 @@
 //! nodes are URNs whose parts are percent-encoded, so every IRI is valid
 //! whatever a document id holds, and maps back to its parts.
 
-use oxigraph::model::vocab::{rdf, xsd};
+use oxigraph::model::vocab::{rdf, rdfs, xsd};
 use oxigraph::model::{GraphName, Literal, NamedNode, NamedNodeRef, NamedOrBlankNode, Quad, Term};
 
-use crate::extract::Extraction;
+use super::Edge;
+use crate::extract::{Extraction, Vocabulary};
 
 /// Biolink Model's namespace.
 pub const BIOLINK: &str = "https://w3id.org/biolink/vocab/";
@@ -115,6 +116,42 @@ pub fn chunk_iri(tenant: &str, chunk_id: &str) -> NamedNode {
 /// An aggregated edge of a tenant's graph.
 pub fn edge_iri(tenant: &str, subject: &str, predicate: &str, object: &str) -> NamedNode {
     node(format!("urn:medkg:edge:{}:{}:{}:{}", pct(tenant), pct(subject), pct(predicate), pct(object)))
+}
+
+/// An aggregated edge in its tenant's graph, its count aside: the
+/// `biolink:Association` node, and the plain `subject predicate object`
+/// triple.
+pub fn edge_quads(tenant: &str, edge: &Edge) -> (NamedNode, Vec<Quad>) {
+    let graph = GraphName::NamedNode(tenant_graph(tenant));
+    let node = edge_iri(tenant, &edge.subject, &edge.predicate, &edge.object);
+    let (s, p, o) = (iri_of(&edge.subject), iri_of(&edge.predicate), iri_of(&edge.object));
+    let quads = vec![
+        Quad::new(node.clone(), owned(rdf::TYPE), biolink("Association"), graph.clone()),
+        Quad::new(node.clone(), biolink("subject"), s.clone(), graph.clone()),
+        Quad::new(node.clone(), biolink("predicate"), p.clone(), graph.clone()),
+        Quad::new(node.clone(), biolink("object"), o.clone(), graph.clone()),
+        Quad::new(s, p, o, graph),
+    ];
+    (node, quads)
+}
+
+/// A mentioned concept in its tenant's graph, its count aside: its label
+/// and Biolink category, when `vocabulary` knows it.
+pub fn concept_quads(tenant: &str, concept: &str, vocabulary: Option<&Vocabulary>) -> (NamedNode, Vec<Quad>) {
+    let graph = GraphName::NamedNode(tenant_graph(tenant));
+    let node = iri_of(concept);
+    let mut quads = Vec::new();
+    if let Some(c) = vocabulary.and_then(|v| v.by_id(concept)) {
+        quads.push(Quad::new(node.clone(), owned(rdfs::LABEL), Literal::from(c.label.as_str()), graph.clone()));
+        quads.push(Quad::new(node.clone(), biolink("category"), iri_of(c.category.biolink()), graph));
+    }
+    (node, quads)
+}
+
+/// `node medkg:{property} count` in `graph`.
+pub fn count_quad(node: &NamedNode, property: &str, count: u64, graph: &GraphName) -> Quad {
+    let n = Literal::new_typed_literal(count.to_string(), owned(xsd::INTEGER));
+    Quad::new(node.clone(), medkg(property), n, graph.clone())
 }
 
 /// Builds quads into one graph.

@@ -5,13 +5,12 @@ use std::io::Write;
 use std::path::Path;
 
 use oxigraph::io::{RdfFormat, RdfSerializer};
-use oxigraph::model::vocab::{rdf, rdfs, xsd};
 use oxigraph::model::{GraphName, GraphNameRef, Literal, NamedNode, NamedOrBlankNode, Quad, Term};
 use oxigraph::sparql::results::{QueryResultsFormat, QueryResultsSerializer};
 use oxigraph::sparql::{QueryResults, QuerySolution, SparqlEvaluator};
 use oxigraph::store::{StorageError, Store};
 
-use super::rdf::{self as layout, biolink, curie_of, doc_iri, edge_iri, iri_of, medkg, tenant_graph};
+use super::rdf::{self as layout, curie_of, doc_iri, iri_of, medkg, tenant_graph};
 use super::{Changes, DocClaims, DocKey, Edge, GraphError};
 use crate::extract::Vocabulary;
 
@@ -93,7 +92,7 @@ impl GraphStore {
     /// clear error (and a run does not start while a reader holds it).
     pub fn open_existing(dir: &Path) -> Result<GraphStore, GraphError> {
         if !dir.join("CURRENT").exists() {
-            return Err(store_error(format!("{}: no graph here (has a kg stage run?)", dir.display())));
+            return Err(store_error(format!("{}: no graph here (has a kg stage run with this data directory? A run with --graph sparql:URL keeps its graph at that endpoint: query it there)", dir.display())));
         }
         match Store::open(dir) {
             Ok(store) => Ok(GraphStore { store }),
@@ -115,39 +114,19 @@ impl GraphStore {
     /// Concept labels and categories come from `vocabulary`.
     pub fn apply(&self, changes: &Changes, vocabulary: Option<&Vocabulary>) -> Result<(), GraphError> {
         let mut tx = self.store.start_transaction().map_err(store_error)?;
-        for ((tenant, doc), extraction) in &changes.documents {
+        for ((tenant, doc), extraction) in changes.latest_documents() {
             tx.remove_named_graph(&doc_iri(tenant, doc)).map_err(store_error)?;
             if let Some(x) = extraction {
                 tx.extend(layout::document_quads(tenant, x).iter());
             }
         }
         for ((tenant, edge), support) in &changes.support {
-            let graph = GraphName::NamedNode(tenant_graph(tenant));
-            let node = edge_iri(tenant, &edge.subject, &edge.predicate, &edge.object);
-            let (s, p, o) = (iri_of(&edge.subject), iri_of(&edge.predicate), iri_of(&edge.object));
-            let mut quads = vec![
-                Quad::new(node.clone(), rdf::TYPE.into_owned(), biolink("Association"), graph.clone()),
-                Quad::new(node.clone(), biolink("subject"), s.clone(), graph.clone()),
-                Quad::new(node.clone(), biolink("predicate"), p.clone(), graph.clone()),
-                Quad::new(node.clone(), biolink("object"), o.clone(), graph.clone()),
-                Quad::new(s, p, o, graph.clone()),
-            ];
-            set_count(&mut tx, &node, "support", *support, &graph, &mut quads)?;
+            let (node, quads) = layout::edge_quads(tenant, edge);
+            set_count(&mut tx, &node, "support", *support, &tenant_graph(tenant).into(), quads)?;
         }
         for ((tenant, concept), documents) in &changes.mentions {
-            let graph = GraphName::NamedNode(tenant_graph(tenant));
-            let node = iri_of(concept);
-            let mut quads = Vec::new();
-            if let Some(c) = vocabulary.and_then(|v| v.by_id(concept)) {
-                quads.push(Quad::new(
-                    node.clone(),
-                    rdfs::LABEL.into_owned(),
-                    Literal::from(c.label.as_str()),
-                    graph.clone(),
-                ));
-                quads.push(Quad::new(node.clone(), biolink("category"), iri_of(c.category.biolink()), graph.clone()));
-            }
-            set_count(&mut tx, &node, "documents", *documents, &graph, &mut quads)?;
+            let (node, quads) = layout::concept_quads(tenant, concept, vocabulary);
+            set_count(&mut tx, &node, "documents", *documents, &tenant_graph(tenant).into(), quads)?;
         }
         tx.commit().map_err(store_error)
     }
@@ -405,6 +384,29 @@ impl GraphStore {
         Ok(out)
     }
 
+    /// Runs a SPARQL Update over the whole store (tests of the remote store's updates).
+    #[cfg(test)]
+    pub(crate) fn update(&self, sparql: &str) -> Result<(), GraphError> {
+        self.store.update(sparql).map_err(|e| GraphError::Query(e.to_string()))
+    }
+
+    /// A SELECT over the whole store, as an endpoint answers it (tests).
+    #[cfg(test)]
+    pub(crate) fn select_all(&self, sparql: &str) -> Result<Vec<QuerySolution>, GraphError> {
+        match SparqlEvaluator::new()
+            .parse_query(sparql)
+            .map_err(|e| GraphError::Query(e.to_string()))?
+            .on_store(&self.store)
+            .execute()
+        {
+            Ok(QueryResults::Solutions(s)) => {
+                s.collect::<Result<Vec<_>, _>>().map_err(|e| GraphError::Query(e.to_string()))
+            }
+            Ok(_) => Err(GraphError::Query("expected a SELECT query".into())),
+            Err(e) => Err(GraphError::Query(e.to_string())),
+        }
+    }
+
     /// Counts of the whole store: quads, and per tenant the documents,
     /// edges and concepts.
     pub fn census(&self) -> Result<Census, GraphError> {
@@ -449,11 +451,10 @@ fn set_count(
     property: &str,
     count: Option<u64>,
     graph: &GraphName,
-    quads: &mut Vec<Quad>,
+    mut quads: Vec<Quad>,
 ) -> Result<(), GraphError> {
-    let property = medkg(property);
     let old: Vec<Quad> = tx
-        .quads_for_pattern(Some(node.as_ref().into()), Some(property.as_ref()), None, Some(graph.as_ref()))
+        .quads_for_pattern(Some(node.as_ref().into()), Some(medkg(property).as_ref()), None, Some(graph.as_ref()))
         .collect::<Result<_, _>>()
         .map_err(store_error)?;
     for quad in &old {
@@ -461,12 +462,11 @@ fn set_count(
     }
     match count {
         Some(n) => {
-            let n = Literal::new_typed_literal(n.to_string(), xsd::INTEGER.into_owned());
-            quads.push(Quad::new(node.clone(), property, n, graph.clone()));
+            quads.push(layout::count_quad(node, property, n, graph));
             tx.extend(quads.iter());
         }
         None => {
-            for quad in quads.iter() {
+            for quad in &quads {
                 tx.remove(quad);
             }
         }
