@@ -454,6 +454,21 @@ fn gate_the_shipped_pdf_pipelines_run_end_to_end() {
             .unwrap();
         let hits: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(hits[0]["doc_id"], "doi:10.1186/s12984-016-0129-6", "{file}: {hits:?}");
+        if file == "pmc-fulltext.yaml" {
+            // It ends in extract → kg: the article has its graph, and its claims come from the PDF's text.
+            let out = medkg()
+                .args(["sparql", "--json", "--data-dir"])
+                .arg(&data)
+                .arg("SELECT ?id (COUNT(?m) AS ?n) WHERE { GRAPH ?d { ?d medkg:id ?id ; medkg:mentions ?m } } GROUP BY ?id")
+                .output()
+                .unwrap();
+            let results: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+            let rows = results["results"]["bindings"].as_array().unwrap();
+            assert_eq!(rows.len(), 1, "{results}");
+            assert_eq!(rows[0]["id"]["value"], "doi:10.1186/s12984-016-0129-6");
+            let mentions: u64 = rows[0]["n"]["value"].as_str().unwrap().parse().unwrap();
+            assert!(mentions > 0, "the article mentions concepts: {results}");
+        }
     }
 }
 
