@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The knowledge graph's cost, measured as benches/RESULTS.md reports it:
 # lexical.yaml against kg-lexical.yaml over all 50,788 PubMed records at
-# -w 2, interleaved (ROUNDS rounds), then the graph's size. Release build.
+# -w 2, interleaved (ROUNDS rounds), kg-lexical.yaml once more into
+# Oxigraph's SPARQL server on loopback, then the graph's size. Release build.
 # Use: scripts/bench-graph.sh [ROUNDS]   (MEDKG_SHARED, MEDKG_VOCAB as for the tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,15 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round $pipeline $summary"
   done
 done
+# The same graph written to Oxigraph's SPARQL server on loopback (--graph sparql:URL).
+OXIGRAPH=${MEDKG_OXIGRAPH:-$(scripts/oxigraph-server.sh)}
+"$OXIGRAPH" serve --location "$WORK/server" --bind 127.0.0.1:17878 >/dev/null 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
+sleep 1
+summary=$("$MEDKG" run --pipeline config/pipelines/kg-lexical.yaml --source "$SOURCE" \
+  --data-dir "$WORK/remote" -w 2 --metrics-addr off --graph sparql:http://127.0.0.1:17878 2>/dev/null | tail -1)
+echo "remote kg-lexical $summary"
 echo "graph: $("$MEDKG" stats --json --data-dir "$WORK/kg-lexical")"
 echo "on disk:"
 du -sh "$WORK/kg-lexical"/*

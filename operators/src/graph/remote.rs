@@ -255,7 +255,7 @@ pub fn update_of(changes: &Changes, vocabulary: Option<&Vocabulary>) -> String {
 }
 
 /// `KEYWORD { GRAPH <g> { s p o . … } … } ;` with the quads grouped by graph.
-fn data_block(out: &mut String, keyword: &str, quads: &[Quad]) {
+pub(super) fn data_block(out: &mut String, keyword: &str, quads: &[Quad]) {
     let mut by_graph: BTreeMap<String, Vec<&Quad>> = BTreeMap::new();
     for quad in quads {
         by_graph.entry(quad.graph_name.to_string()).or_default().push(quad);
