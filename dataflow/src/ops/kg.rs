@@ -18,8 +18,8 @@
 //!    (checkpoint, Kafka offsets) only past graph changes that are durable.
 //!
 //! The graph has one writer per run: process 0 opens the store (Oxigraph's
-//! RocksDB store, or a SPARQL endpoint), and worker 0 owns it. Extraction, the expensive part, runs on
-//! every worker before it.
+//! RocksDB store, or a SPARQL endpoint), and worker 0 owns it. Extraction,
+//! the expensive part, runs on every worker before it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::extract::Extraction;
-pub use remote::{update_of, RemoteGraph, SparqlEndpoint};
+pub use remote::{RemoteGraph, SparqlEndpoint};
 pub use store::{Census, ConceptInfo, GraphStore, Neighbour, QueryFormat};
 
 /// A document, by tenant and id.

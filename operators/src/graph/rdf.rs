@@ -154,6 +154,22 @@ pub fn count_quad(node: &NamedNode, property: &str, count: u64, graph: &GraphNam
     Quad::new(node.clone(), medkg(property), n, graph.clone())
 }
 
+/// A literal's text.
+pub(crate) fn literal_text(term: &Term) -> Option<&str> {
+    match term {
+        Term::Literal(l) => Some(l.value()),
+        _ => None,
+    }
+}
+
+/// An IRI's text.
+pub(crate) fn iri_text(term: &Term) -> Option<&str> {
+    match term {
+        Term::NamedNode(n) => Some(n.as_str()),
+        _ => None,
+    }
+}
+
 /// Builds quads into one graph.
 pub(crate) struct Quads<'a> {
     pub graph: GraphName,

@@ -16,12 +16,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use oxigraph::model::{GraphName, NamedNode, Quad, Term};
+use oxigraph::model::{GraphName, NamedNode, Quad};
 use oxigraph::sparql::results::{QueryResultsFormat, QueryResultsParser, ReaderQueryResultsParserOutput};
 use oxigraph::sparql::QuerySolution;
 use reqwest::Url;
 
-use super::rdf::{self as layout, curie_of, doc_iri, tenant_graph};
+use super::rdf::{self as layout, curie_of, doc_iri, iri_text, literal_text, tenant_graph};
 use super::{Changes, DocClaims, DocKey, Edge, GraphError};
 use crate::extract::Vocabulary;
 
@@ -77,11 +77,6 @@ impl RemoteGraph {
             .build()
             .map_err(|e| remote_error(format!("cannot build the HTTP client: {e}")))?;
         Ok(RemoteGraph { endpoint, client })
-    }
-
-    /// The endpoint.
-    pub fn endpoint(&self) -> &SparqlEndpoint {
-        &self.endpoint
     }
 
     /// Applies one commit's changes as one SPARQL Update request.
@@ -182,18 +177,8 @@ fn restore_with(
     Ok(docs.into_iter().map(|(key, (edges, mentions))| (key, DocClaims::new(edges, mentions))).collect())
 }
 
-fn iri_text(term: &Term) -> Option<&str> {
-    match term {
-        Term::NamedNode(n) => Some(n.as_str()),
-        _ => None,
-    }
-}
-
 fn doc_key(row: &QuerySolution) -> Option<DocKey> {
-    let text = |name: &str| match row.get(name)? {
-        Term::Literal(l) => Some(l.value().to_string()),
-        _ => None,
-    };
+    let text = |name: &str| row.get(name).and_then(literal_text).map(str::to_string);
     Some((text("tenant")?, text("id")?))
 }
 
@@ -201,7 +186,7 @@ fn doc_key(row: &QuerySolution) -> Option<DocKey> {
 /// graphs dropped and their new versions inserted; the changed counts
 /// deleted, then set (with what their node is) or, for a count that
 /// dropped to nothing, removed with what their node is.
-pub fn update_of(changes: &Changes, vocabulary: Option<&Vocabulary>) -> String {
+pub(super) fn update_of(changes: &Changes, vocabulary: Option<&Vocabulary>) -> String {
     let mut update = String::new();
     let (mut insert, mut delete) = (Vec::new(), Vec::new());
     for ((tenant, doc), extraction) in changes.latest_documents() {
@@ -212,64 +197,89 @@ pub fn update_of(changes: &Changes, vocabulary: Option<&Vocabulary>) -> String {
     }
     // Old counts, by graph and property: one DELETE … WHERE each.
     let mut counted: BTreeMap<(String, &str), Vec<NamedNode>> = BTreeMap::new();
-    let mut count = |tenant: &str, property: &'static str, node: NamedNode, quads: Vec<Quad>, n: Option<u64>| {
-        let graph = GraphName::NamedNode(tenant_graph(tenant));
-        match n {
-            Some(n) => {
-                insert.extend(quads);
-                insert.push(layout::count_quad(&node, property, n, &graph));
-            }
-            None => delete.extend(quads),
-        }
-        counted.entry((tenant_graph(tenant).into_string(), property)).or_default().push(node);
-    };
-    for ((tenant, edge), support) in &changes.support {
-        let (node, quads) = layout::edge_quads(tenant, edge);
-        count(tenant, "support", node, quads, *support);
-    }
-    for ((tenant, concept), documents) in &changes.mentions {
-        let (node, quads) = layout::concept_quads(tenant, concept, vocabulary);
-        count(tenant, "documents", node, quads, *documents);
+    for (graph, property, node) in count_quads(changes, vocabulary, &mut delete, &mut insert) {
+        counted.entry((graph.to_string(), property)).or_default().push(node);
     }
     for ((graph, property), nodes) in &counted {
-        let _ = write!(
-            update,
-            "DELETE {{ GRAPH <{graph}> {{ ?n {} ?c }} }} WHERE {{ VALUES ?n {{",
-            layout::medkg(property)
-        );
+        let property = layout::medkg(property);
+        let _ = write!(update, "DELETE {{ GRAPH {graph} {{ ?n {property} ?c }} }} WHERE {{ VALUES ?n {{");
         for node in nodes {
             let _ = write!(update, " {node}");
         }
-        let _ = writeln!(update, " }} GRAPH <{graph}> {{ ?n {} ?c }} }} ;", layout::medkg(property));
+        let _ = writeln!(update, " }} GRAPH {graph} {{ ?n {property} ?c }} }} ;");
     }
-    if !delete.is_empty() {
-        data_block(&mut update, "DELETE DATA", &delete);
+    data_update(update, &delete, &insert)
+}
+
+/// The quads of the counts `changes` sets, what their nodes are with them:
+/// to `insert` for a count, to `delete` for a count that dropped to
+/// nothing. Returns each counted node with its graph and property, whose
+/// stored count the new one replaces.
+pub(super) fn count_quads(
+    changes: &Changes,
+    vocabulary: Option<&Vocabulary>,
+    delete: &mut Vec<Quad>,
+    insert: &mut Vec<Quad>,
+) -> Vec<(GraphName, &'static str, NamedNode)> {
+    let edges =
+        changes.support.iter().map(|((tenant, edge), n)| (tenant, "support", layout::edge_quads(tenant, edge), n));
+    let concepts = changes
+        .mentions
+        .iter()
+        .map(|((tenant, concept), n)| (tenant, "documents", layout::concept_quads(tenant, concept, vocabulary), n));
+    let mut counted = Vec::with_capacity(changes.support.len() + changes.mentions.len());
+    for (tenant, property, (node, quads), count) in edges.chain(concepts) {
+        let graph = GraphName::NamedNode(tenant_graph(tenant));
+        match count {
+            Some(n) => {
+                insert.extend(quads);
+                insert.push(layout::count_quad(&node, property, *n, &graph));
+            }
+            None => delete.extend(quads),
+        }
+        counted.push((graph, property, node));
     }
-    if !insert.is_empty() {
-        data_block(&mut update, "INSERT DATA", &insert);
+    counted
+}
+
+/// `update` followed by `DELETE DATA { … }` and `INSERT DATA { … }` of the
+/// quads given (each only when there are some), without a trailing separator.
+pub(super) fn data_update(mut update: String, delete: &[Quad], insert: &[Quad]) -> String {
+    for (keyword, quads) in [("DELETE DATA", delete), ("INSERT DATA", insert)] {
+        if quads.is_empty() {
+            continue;
+        }
+        // By graph: the default graph ("") bare, each named one in GRAPH <…> { … }.
+        let mut by_graph: BTreeMap<&str, Vec<&Quad>> = BTreeMap::new();
+        for quad in quads {
+            by_graph.entry(graph_iri(&quad.graph_name)).or_default().push(quad);
+        }
+        let _ = writeln!(update, "{keyword} {{");
+        for (graph, quads) in by_graph {
+            if !graph.is_empty() {
+                let _ = writeln!(update, "GRAPH <{graph}> {{");
+            }
+            for quad in quads {
+                // N-Triples terms are valid SPARQL terms.
+                let _ = writeln!(update, "{} {} {} .", quad.subject, quad.predicate, quad.object);
+            }
+            if !graph.is_empty() {
+                let _ = writeln!(update, "}}");
+            }
+        }
+        let _ = writeln!(update, "}} ;");
     }
-    // An update ends without a separator; an empty one is valid too.
     let trimmed = update.trim_end().trim_end_matches(';').trim_end().len();
     update.truncate(trimmed);
     update
 }
 
-/// `KEYWORD { GRAPH <g> { s p o . … } … } ;` with the quads grouped by graph.
-pub(super) fn data_block(out: &mut String, keyword: &str, quads: &[Quad]) {
-    let mut by_graph: BTreeMap<String, Vec<&Quad>> = BTreeMap::new();
-    for quad in quads {
-        by_graph.entry(quad.graph_name.to_string()).or_default().push(quad);
+/// A named graph's IRI; "" for the default graph.
+fn graph_iri(graph: &GraphName) -> &str {
+    match graph {
+        GraphName::NamedNode(n) => n.as_str(),
+        _ => "",
     }
-    let _ = writeln!(out, "{keyword} {{");
-    for (graph, quads) in by_graph {
-        let _ = writeln!(out, "GRAPH {graph} {{");
-        for quad in quads {
-            // N-Triples terms are valid SPARQL terms.
-            let _ = writeln!(out, "{} {} {} .", quad.subject, quad.predicate, quad.object);
-        }
-        let _ = writeln!(out, "}}");
-    }
-    let _ = writeln!(out, "}} ;");
 }
 
 #[cfg(test)]

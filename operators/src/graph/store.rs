@@ -10,7 +10,8 @@ use oxigraph::sparql::results::{QueryResultsFormat, QueryResultsSerializer};
 use oxigraph::sparql::{QueryResults, QuerySolution, SparqlEvaluator};
 use oxigraph::store::{StorageError, Store};
 
-use super::rdf::{self as layout, curie_of, doc_iri, iri_of, medkg, tenant_graph};
+use super::rdf::{self as layout, curie_of, doc_iri, iri_of, iri_text, literal_text, medkg, tenant_graph};
+use super::remote;
 use super::{Changes, DocClaims, DocKey, Edge, GraphError};
 use crate::extract::Vocabulary;
 
@@ -61,20 +62,6 @@ pub struct GraphStore {
 
 fn store_error(e: impl std::fmt::Display) -> GraphError {
     GraphError::Store(e.to_string())
-}
-
-fn literal_text(term: &Term) -> Option<&str> {
-    match term {
-        Term::Literal(l) => Some(l.value()),
-        _ => None,
-    }
-}
-
-fn iri_text(term: &Term) -> Option<&str> {
-    match term {
-        Term::NamedNode(n) => Some(n.as_str()),
-        _ => None,
-    }
 }
 
 impl GraphStore {
@@ -129,7 +116,8 @@ impl GraphStore {
                 insert.extend(layout::document_quads(tenant, x));
             }
         }
-        let mut count = |node: &NamedNode, property: &str, n: Option<u64>, graph: GraphName, quads: Vec<Quad>| {
+        // The counts it sets replace the stored ones.
+        for (graph, property, node) in remote::count_quads(changes, vocabulary, &mut delete, &mut insert) {
             let old = self.store.quads_for_pattern(
                 Some(node.as_ref().into()),
                 Some(medkg(property).as_ref()),
@@ -139,35 +127,12 @@ impl GraphStore {
             for quad in old {
                 delete.push(quad.map_err(store_error)?);
             }
-            match n {
-                Some(n) => {
-                    insert.extend(quads);
-                    insert.push(layout::count_quad(node, property, n, &graph));
-                }
-                None => delete.extend(quads),
-            }
-            Ok::<(), GraphError>(())
-        };
-        for ((tenant, edge), support) in &changes.support {
-            let (node, quads) = layout::edge_quads(tenant, edge);
-            count(&node, "support", *support, tenant_graph(tenant).into(), quads)?;
-        }
-        for ((tenant, concept), documents) in &changes.mentions {
-            let (node, quads) = layout::concept_quads(tenant, concept, vocabulary);
-            count(&node, "documents", *documents, tenant_graph(tenant).into(), quads)?;
         }
         if delete.is_empty() && insert.is_empty() {
             return Ok(());
         }
-        let mut update = String::new();
-        if !delete.is_empty() {
-            super::remote::data_block(&mut update, "DELETE DATA", &delete);
-        }
-        if !insert.is_empty() {
-            super::remote::data_block(&mut update, "INSERT DATA", &insert);
-        }
-        let update = update.trim_end().trim_end_matches(';');
-        self.store.update(update).map_err(|e| store_error(format!("cannot write the graph: {e}")))
+        let update = remote::data_update(String::new(), &delete, &insert);
+        self.store.update(&update).map_err(|e| store_error(format!("cannot write the graph: {e}")))
     }
 
     /// Makes everything committed so far durable on disk (RocksDB flushes
