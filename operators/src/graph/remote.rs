@@ -413,6 +413,39 @@ mod tests {
         }
     }
 
+    /// An endpoint answering every request with `reply` (status line onward).
+    fn answering(reply: &'static str) -> RemoteGraph {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut request = [0u8; 65536];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        RemoteGraph::new(SparqlEndpoint::new(&format!("http://127.0.0.1:{port}")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_hostile_endpoint_is_a_clear_error_not_a_crash() {
+        let garbage = answering("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{\"head\":[");
+        let error = garbage.restore().unwrap_err().to_string();
+        assert!(error.contains("query results"), "{error}");
+        // A refusal is not retried: the error says so at once, with the server's words.
+        let refused =
+            answering("HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\nConnection: close\r\n\r\nno such verb");
+        let error = refused.apply(&Changes::default(), None).unwrap_err().to_string();
+        assert!(error.contains("attempt 1 of 6") && error.contains("400") && error.contains("no such verb"), "{error}");
+        // Rows that are not what the restore queries ask for are skipped.
+        let odd = answering(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/sparql-results+json\r\nContent-Length: 95\r\nConnection: close\r\n\r\n\
+             {\"head\":{\"vars\":[\"tenant\"]},\"results\":{\"bindings\":[{\"tenant\":{\"type\":\"uri\",\"value\":\"urn:x\"}}]}}",
+        );
+        assert_eq!(odd.restore().unwrap(), vec![]);
+    }
+
     #[test]
     fn an_endpoint_that_is_down_is_a_clear_error_after_retries() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
