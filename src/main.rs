@@ -30,6 +30,8 @@ fn main() -> ExitCode {
         Command::Graph(args) => commands::graph::graph(args),
         Command::Sparql(args) => commands::graph::sparql(args),
         Command::Export(args) => commands::graph::export(args),
+        Command::Serve(args) => commands::serve::serve(args),
+        Command::Token(args) => commands::serve::token(args),
         Command::Validate(args) => return commands::validate::validate(args),
     };
     match result {

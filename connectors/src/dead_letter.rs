@@ -235,7 +235,40 @@ impl DeadLetterSink {
         }
         Ok(letters)
     }
+
+    /// The newest `limit` dead letters of a data directory, newest first,
+    /// reading at most the last [`RECENT_TAIL_BYTES`] of each file (a
+    /// long-running deployment's letters are not read whole per request).
+    pub fn read_recent(data_dir: &Path, limit: usize) -> Result<Vec<DeadLetter>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let dir = data_dir.join("dead-letter");
+        let mut letters = Vec::new();
+        if !dir.exists() {
+            return Ok(letters);
+        }
+        let read = |e| Error::io(format!("cannot read {}", dir.display()), e);
+        for entry in std::fs::read_dir(&dir).map_err(read)? {
+            let file = entry.map_err(read)?.path();
+            let fail = |e| Error::io(format!("cannot read {}", file.display()), e);
+            let mut handle = File::open(&file).map_err(fail)?;
+            let len = handle.metadata().map_err(fail)?.len();
+            let from = len.saturating_sub(RECENT_TAIL_BYTES);
+            handle.seek(SeekFrom::Start(from)).map_err(fail)?;
+            let mut bytes = Vec::new();
+            handle.take(RECENT_TAIL_BYTES).read_to_end(&mut bytes).map_err(fail)?;
+            let text = String::from_utf8_lossy(&bytes);
+            // A tail that starts mid-line drops its first, partial line.
+            let lines = text.lines().skip(usize::from(from > 0));
+            letters.extend(lines.filter_map(|line| serde_json::from_str::<DeadLetter>(line).ok()));
+        }
+        letters.sort_by(|a, b| b.unix_ms.cmp(&a.unix_ms).then_with(|| a.position.cmp(&b.position)));
+        letters.truncate(limit);
+        Ok(letters)
+    }
 }
+
+/// How much of each dead-letter file [`DeadLetterSink::read_recent`] reads.
+pub const RECENT_TAIL_BYTES: u64 = 8 << 20;
 
 /// Produces dead letters to [`DLQ_TOPIC`]: the original key and bytes, with
 /// the error class, kind, message, stage and source position as headers.

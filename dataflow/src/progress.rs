@@ -23,12 +23,47 @@ pub struct Progress {
     pub lag: Mutex<std::collections::BTreeMap<usize, u64>>,
     /// Where `/metrics` is served, once it is.
     pub metrics_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// The embedded graph store the run writes, once it is open: Oxigraph
+    /// lets one process hold a store, so queries in this process share it.
+    pub graph: Published<medkg_operators::graph::GraphStore>,
+    /// The run's telemetry, once it has started (its metrics, for a server
+    /// in this process).
+    pub telemetry: Published<std::sync::Arc<crate::telemetry::Telemetry>>,
+    /// The run's id, once it has started.
+    pub run_id: Published<String>,
 }
 
 impl Progress {
     /// Kafka consumer lag, summed over workers (0 for other sources).
     pub fn lag(&self) -> u64 {
         self.lag.lock().map(|l| l.values().sum()).unwrap_or(0)
+    }
+}
+
+/// Something a run publishes once for others in its process to use.
+pub struct Published<T>(std::sync::OnceLock<T>);
+
+impl<T> Default for Published<T> {
+    fn default() -> Self {
+        Published(std::sync::OnceLock::new())
+    }
+}
+
+impl<T> Published<T> {
+    /// Publishes it (the first one wins).
+    pub fn publish(&self, value: T) {
+        let _ = self.0.set(value);
+    }
+
+    /// It, once published.
+    pub fn get(&self) -> Option<&T> {
+        self.0.get()
+    }
+}
+
+impl<T> std::fmt::Debug for Published<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Published(yes)" } else { "Published(not yet)" })
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use medkg_operators::index::{EncodedQuery, Hit, SearchIndex, Weights};
-use medkg_operators::models::{DenseEncoder, Device, ModelFiles, SpladeEncoder};
+use medkg_operators::models::{DenseEncoder, Device, ModelFiles, SparseVector, SpladeEncoder};
 use medkg_operators::StageError;
 
 use crate::models::{ModelRecord, RecordedModel};
@@ -37,16 +37,44 @@ impl FromStr for Mode {
     }
 }
 
+impl Mode {
+    /// Its name (`bm25`, `dense`, `splade`, `hybrid`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Bm25 => "bm25",
+            Mode::Dense => "dense",
+            Mode::Splade => "splade",
+            Mode::Hybrid => "hybrid",
+        }
+    }
+}
+
 /// How deep each list is read before fusion.
 pub const FUSION_DEPTH: usize = 100;
 
 /// A data directory open for queries, with its query encoders.
 pub struct Retriever {
     index: SearchIndex,
-    dense: Option<DenseEncoder>,
-    splade: Option<SpladeEncoder>,
+    encoders: QueryEncoders,
     /// Per-list weights of hybrid fusion.
     pub weights: Weights,
+}
+
+/// The query encoders of a data directory: the models recorded there, on
+/// the CPU. One set serves any number of searches (each session is used
+/// under its own lock).
+pub struct QueryEncoders {
+    dense: Option<DenseEncoder>,
+    splade: Option<SpladeEncoder>,
+}
+
+/// A query encoded for the lists that need it.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedVectors {
+    /// The dense embedding (dense and hybrid).
+    pub dense: Option<Vec<f32>>,
+    /// The SPLADE expansion (splade and hybrid).
+    pub sparse: Option<SparseVector>,
 }
 
 /// Query encoding runs one short sequence: a second thread costs more in
@@ -65,39 +93,52 @@ fn load_splade(m: &RecordedModel) -> Result<SpladeEncoder, StageError> {
     SpladeEncoder::load(&files, Device::Cpu, m.max_seq_len, query_threads(), m.top_k, m.threshold)
 }
 
-impl Retriever {
-    /// Opens `data_dir`; loads the query encoders `mode` needs (all that the
-    /// directory has, for hybrid).
-    pub fn open(data_dir: &Path, mode: Mode) -> Result<Retriever, StageError> {
-        let index = SearchIndex::open(data_dir)?;
+fn no_such_list(data_dir: &Path, what: &str, stage: &str) -> StageError {
+    StageError::unavailable(
+        "no_such_list",
+        format!(
+            "{} has no {what} index: run a pipeline with an `{stage}` stage and index backend `{what}`",
+            data_dir.display()
+        ),
+    )
+}
+
+impl QueryEncoders {
+    /// The encoders `mode` needs (all the directory has, for hybrid); an
+    /// error names the list `mode` asks for and the directory lacks.
+    pub fn load(data_dir: &Path, mode: Mode, has_dense: bool) -> Result<QueryEncoders, StageError> {
         let record = ModelRecord::load(data_dir).map_err(|e| StageError::unavailable("bad_record", e))?;
-        let missing = |what: &str, stage: &str| {
-            StageError::unavailable(
-                "no_such_list",
-                format!(
-                    "{} has no {what} index: run a pipeline with an `{stage}` stage and index backend `{what}`",
-                    data_dir.display()
-                ),
-            )
-        };
         let dense = match (mode, &record.dense) {
-            (Mode::Dense | Mode::Hybrid, Some(m)) if index.has_dense() => Some(load_dense(m)?),
-            (Mode::Dense, _) => return Err(missing("dense", "embed")),
+            (Mode::Dense | Mode::Hybrid, Some(m)) if has_dense => Some(load_dense(m)?),
+            (Mode::Dense, _) => return Err(no_such_list(data_dir, "dense", "embed")),
             _ => None,
         };
         let splade = match (mode, &record.splade) {
             (Mode::Splade | Mode::Hybrid, Some(m)) => Some(load_splade(m)?),
-            (Mode::Splade, None) => return Err(missing("splade", "splade")),
+            (Mode::Splade, None) => return Err(no_such_list(data_dir, "splade", "splade")),
             _ => None,
         };
-        Ok(Retriever { index, dense, splade, weights: Weights::default() })
+        Ok(QueryEncoders { dense, splade })
     }
 
-    /// The `k` best chunks of `tenant` for `query` in `mode`.
-    pub fn search(&mut self, query: &str, mode: Mode, tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
+    /// No encoders (BM25 only).
+    pub fn none() -> QueryEncoders {
+        QueryEncoders { dense: None, splade: None }
+    }
+
+    /// Whether `mode` can be answered with these encoders.
+    pub fn serves(&self, mode: Mode) -> bool {
+        match mode {
+            Mode::Bm25 | Mode::Hybrid => true,
+            Mode::Dense => self.dense.is_some(),
+            Mode::Splade => self.splade.is_some(),
+        }
+    }
+
+    /// Encodes `query` for the lists of `mode` (the two encoders run side by side).
+    pub fn encode(&self, query: &str, mode: Mode) -> Result<EncodedVectors, StageError> {
         let dense_encoder = self.dense.as_ref().filter(|_| matches!(mode, Mode::Dense | Mode::Hybrid));
         let splade_encoder = self.splade.as_ref().filter(|_| matches!(mode, Mode::Splade | Mode::Hybrid));
-        // The two query encoders run side by side (hybrid needs both).
         let (dense, sparse) = std::thread::scope(|scope| {
             let sparse = splade_encoder.map(|e| scope.spawn(move || e.encode(&[query])));
             let dense = dense_encoder.map(|e| e.encode(&[query])).transpose();
@@ -111,21 +152,48 @@ impl Retriever {
             };
             (dense, sparse)
         });
-        let dense = dense?.and_then(|mut v| v.pop());
-        let sparse = sparse?.and_then(|mut v| v.pop());
-        match mode {
-            Mode::Bm25 => self.index.search(query, tenant, k),
-            Mode::Dense => self.index.search_dense(dense.as_deref().unwrap_or(&[]), tenant, k),
-            Mode::Splade => match &sparse {
-                Some(q) => self.index.search_splade(q, tenant, k),
-                None => Ok(Vec::new()),
-            },
-            Mode::Hybrid => {
-                let q = EncodedQuery { text: query, sparse: sparse.as_ref(), dense: dense.as_deref() };
-                let weights = self.weights;
-                self.index.search_hybrid(&q, tenant, k, &weights, FUSION_DEPTH)
-            }
+        Ok(EncodedVectors { dense: dense?.and_then(|mut v| v.pop()), sparse: sparse?.and_then(|mut v| v.pop()) })
+    }
+}
+
+/// The `k` best chunks of `tenant` for `query` (encoded as `vectors`) in `mode`.
+pub fn search_index(
+    index: &mut SearchIndex,
+    query: &str,
+    vectors: &EncodedVectors,
+    mode: Mode,
+    tenant: &str,
+    k: usize,
+    weights: &Weights,
+) -> Result<Vec<Hit>, StageError> {
+    match mode {
+        Mode::Bm25 => index.search(query, tenant, k),
+        Mode::Dense => index.search_dense(vectors.dense.as_deref().unwrap_or(&[]), tenant, k),
+        Mode::Splade => match &vectors.sparse {
+            Some(q) => index.search_splade(q, tenant, k),
+            None => Ok(Vec::new()),
+        },
+        Mode::Hybrid => {
+            let q = EncodedQuery { text: query, sparse: vectors.sparse.as_ref(), dense: vectors.dense.as_deref() };
+            index.search_hybrid(&q, tenant, k, weights, FUSION_DEPTH)
         }
+    }
+}
+
+impl Retriever {
+    /// Opens `data_dir`; loads the query encoders `mode` needs (all that the
+    /// directory has, for hybrid).
+    pub fn open(data_dir: &Path, mode: Mode) -> Result<Retriever, StageError> {
+        let index = SearchIndex::open(data_dir)?;
+        let encoders = QueryEncoders::load(data_dir, mode, index.has_dense())?;
+        Ok(Retriever { index, encoders, weights: Weights::default() })
+    }
+
+    /// The `k` best chunks of `tenant` for `query` in `mode`.
+    pub fn search(&mut self, query: &str, mode: Mode, tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
+        let vectors = self.encoders.encode(query, mode)?;
+        let weights = self.weights;
+        search_index(&mut self.index, query, &vectors, mode, tenant, k, &weights)
     }
 
     /// Restricts every mode to the chunks `only` names (`None`: all).

@@ -27,6 +27,7 @@ use crate::ops::kg::KgSpec;
 use crate::ops::records::{self, factory, Records};
 use crate::options::{RunOptions, RunSummary};
 use crate::progress::Progress;
+use crate::recorder::RunRecorder;
 use crate::settings::{check_implemented, StageConfig, StageContext, StageSettings};
 use crate::shared::{Fate, Shared};
 use crate::telemetry::{self, Reporter, Telemetry};
@@ -116,9 +117,19 @@ fn run_workers(
     let events = EventSink::open(&options.telemetry.events, options.kafka_settings())?;
     let telemetry =
         Arc::new(Telemetry::new(&options.telemetry.run_id, &options.plan.name, events, options.telemetry.granularity));
+    telemetry.declare_stages(options.plan.stages.iter().map(|s| (s.name.as_str(), s.kind.name())));
     let stages = stage_ops(&options, &settings, sessions, &telemetry, &layout)?;
+    // An embedded graph is shared with whoever serves queries in this process.
+    for op in &stages {
+        if let StageOp::Kg(KgSpec { store: Some(GraphSink::Embedded(store)), .. }) = op {
+            progress.graph.publish(store.clone());
+        }
+    }
+    progress.telemetry.publish(telemetry.clone());
+    progress.run_id.publish(options.telemetry.run_id.clone());
     serve_metrics(&options, runtime, &telemetry, &progress)?;
     let ledger = start_ledger(&options)?;
+    let recorder = RunRecorder::start(&options, &telemetry, &progress, ledger.as_ref());
 
     let (finished_tx, finished_rx) = mpsc::channel();
     let shared = Arc::new(Shared {
@@ -169,7 +180,10 @@ fn run_workers(
             Err(panic) => first_error = first_error.or(Some(format!("a worker panicked: {panic}"))),
         }
     }
-    // Whatever happened, events and ledger rows so far reach their sinks.
+    // Whatever happened, events, ledger rows and the run's record reach their sinks.
+    if let Some(recorder) = recorder {
+        recorder.finish(shared.failed().or_else(|| first_error.clone()).as_deref());
+    }
     let flushed = telemetry.events.flush();
     let closed = ledger.as_ref().map_or(Ok(()), |l| l.close());
     if let Some(fatal) = shared.failed() {

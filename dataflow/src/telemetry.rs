@@ -191,6 +191,24 @@ pub struct Telemetry {
     pub granularity: Granularity,
     /// Event write failures seen (the first is logged).
     event_failures: AtomicU64,
+    /// Each stage's document counts, in plan order.
+    stages: std::sync::Mutex<Vec<StageEntry>>,
+}
+
+/// Documents a stage took up and how they left it (all workers of the process).
+#[derive(Debug, Default)]
+pub struct StageCount {
+    /// Passed on.
+    pub done: AtomicU64,
+    /// Dead-lettered.
+    pub failed: AtomicU64,
+}
+
+struct StageEntry {
+    name: String,
+    kind: String,
+    calls_out: bool,
+    count: Arc<StageCount>,
 }
 
 impl Telemetry {
@@ -212,7 +230,60 @@ impl Telemetry {
             events,
             granularity,
             event_failures: AtomicU64::new(0),
+            stages: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Declares the plan's stages (name, kind), in order, so every stage
+    /// shows in a run's record from the start.
+    pub fn declare_stages<'a>(&self, stages: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        for (name, kind) in stages {
+            self.stage_entry(name, Some(kind), false);
+        }
+    }
+
+    fn stage_entry(&self, stage: &str, kind: Option<&str>, calls_out: bool) -> Arc<StageCount> {
+        let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = stages.iter_mut().find(|e| e.name == stage) {
+            entry.calls_out |= calls_out;
+            return entry.count.clone();
+        }
+        let count = Arc::new(StageCount::default());
+        let kind = kind.unwrap_or(stage).to_string();
+        stages.push(StageEntry { name: stage.to_string(), kind, calls_out, count: count.clone() });
+        count
+    }
+
+    /// Each stage's counts, latencies, retries and breaker as they are now.
+    pub fn stage_records(&self) -> Vec<medkg_connectors::ledger::StageRecord> {
+        let stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        stages
+            .iter()
+            .map(|e| {
+                let labels = [self.pipeline.as_str(), e.name.as_str()];
+                let histogram = self.metrics.stage_duration.with_label_values(&labels);
+                let (done, failed) = (e.count.done.load(Ordering::Relaxed), e.count.failed.load(Ordering::Relaxed));
+                let breaker = e.calls_out.then(|| {
+                    match self.metrics.breaker_state.with_label_values(&labels).get() {
+                        1 => "open",
+                        2 => "half-open",
+                        _ => "closed",
+                    }
+                    .to_string()
+                });
+                medkg_connectors::ledger::StageRecord {
+                    name: e.name.clone(),
+                    kind: e.kind.clone(),
+                    docs_in: done + failed,
+                    docs_out: done,
+                    docs_failed: failed,
+                    p50_seconds: quantile(&histogram, 0.50),
+                    p95_seconds: quantile(&histogram, 0.95),
+                    retries: self.metrics.stage_retries.with_label_values(&labels).get(),
+                    breaker,
+                }
+            })
+            .collect()
     }
 
     /// Writes one event; a failure is counted and logged once, never fatal.
@@ -258,6 +329,7 @@ pub(crate) struct Reporter {
     progress_rows: bool,
     duration: prometheus::Histogram,
     ledger: Rc<RefCell<LedgerBuffer>>,
+    count: Arc<StageCount>,
 }
 
 impl Reporter {
@@ -271,7 +343,9 @@ impl Reporter {
     ) -> Reporter {
         let duration = telemetry.metrics.stage_duration.with_label_values(&[&telemetry.pipeline, stage]);
         telemetry.metrics.stage_retries.with_label_values(&[&telemetry.pipeline, stage]);
+        let count = telemetry.stage_entry(stage, None, false);
         Reporter {
+            count,
             telemetry: telemetry.clone(),
             stage: stage.into(),
             index: index as u32,
@@ -288,6 +362,7 @@ impl Reporter {
         let labels = [telemetry.pipeline.as_str(), stage];
         telemetry.metrics.breaker_state.with_label_values(&labels).set(0);
         telemetry.metrics.rate_limit_wait.with_label_values(&labels);
+        telemetry.stage_entry(stage, None, true);
     }
 
     fn per_document(&self) -> bool {
@@ -319,6 +394,7 @@ impl Reporter {
     pub fn completed(&self, subject: &Subject<'_>, began: Instant, attempts: u32) {
         let took = began.elapsed();
         self.duration.observe(took.as_secs_f64());
+        self.count.done.fetch_add(1, Ordering::Relaxed);
         if self.per_document() {
             let data = EventData { duration_ms: Some(millis(took)), ..self.doc_data(subject, attempts.max(1)) };
             self.telemetry.emit(Lifecycle::Completed, &data);
@@ -337,6 +413,7 @@ impl Reporter {
         if let Some(took) = took {
             self.duration.observe(took.as_secs_f64());
         }
+        self.count.failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             run_id = %self.telemetry.run_id,
             pipeline = %self.telemetry.pipeline,
@@ -403,6 +480,29 @@ impl Reporter {
     pub fn observe(&self, took: Duration) {
         self.duration.observe(took.as_secs_f64());
     }
+}
+
+/// The `q` quantile of a histogram, interpolated linearly within its
+/// bucket (as Prometheus' `histogram_quantile` does); `None` when empty.
+pub fn quantile(histogram: &prometheus::Histogram, q: f64) -> Option<f64> {
+    use prometheus::core::Metric;
+    let metric = histogram.metric();
+    let h = metric.get_histogram();
+    let total = h.get_sample_count();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let (mut lower, mut below) = (0.0, 0u64);
+    for bucket in h.get_bucket() {
+        let (upper, count) = (bucket.upper_bound(), bucket.cumulative_count());
+        if count as f64 >= rank {
+            let within = (count - below).max(1) as f64;
+            return Some(lower + (upper - lower) * ((rank - below as f64) / within).clamp(0.0, 1.0));
+        }
+        (lower, below) = (upper, count);
+    }
+    Some(lower) // past the last bucket: its bound is the best answer there is
 }
 
 fn millis(d: Duration) -> f64 {

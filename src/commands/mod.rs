@@ -8,6 +8,7 @@ pub mod pdf_parser;
 pub mod produce;
 pub mod run;
 pub mod search;
+pub mod serve;
 pub mod stats;
 pub mod validate;
 

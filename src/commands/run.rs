@@ -26,8 +26,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         telemetry,
         ir_ready,
         graph,
+        serve,
+        server,
         ..
     } = args;
+    if serve.is_none() && server.auth.is_some() {
+        bail!("--auth needs --serve ADDR");
+    }
     let job = Job {
         pipeline: &pipeline,
         source: &source,
@@ -48,12 +53,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     options.ir_ready = ir_ready;
     options.graph = graph;
-    run_with_progress(options)
+    let progress = Arc::new(Progress::default());
+    // The server starts first (a busy address stops the run before it reads
+    // anything) and stops when the run ends.
+    let _server = match serve {
+        Some(addr) => {
+            Some(super::serve::start_beside_run(&options.data_dir, addr, &options.tenant, &server, &progress)?)
+        }
+        None => None,
+    };
+    run_with_progress(options, progress)
 }
 
 /// Runs `options`, showing progress on a terminal; prints the summary as JSON.
-fn run_with_progress(options: RunOptions) -> anyhow::Result<()> {
-    let progress = Arc::new(Progress::default());
+fn run_with_progress(options: RunOptions, progress: Arc<Progress>) -> anyhow::Result<()> {
     let tty = std::io::stderr().is_terminal();
     let summary = medkg_dataflow::run(options, progress, |p, elapsed| {
         if tty {

@@ -19,14 +19,17 @@
 //! - [`update`]: statuses and updates;
 //! - [`writer`]: the per-worker buffer and the per-process writer thread;
 //! - [`store`]: the SQLite schema, writes and queries;
-//! - [`gate`]: the PDF gate's durable state, in the same database.
+//! - [`gate`]: the PDF gate's durable state, in the same database;
+//! - [`runs`]: each run's latest snapshot of its counters and stages.
 
 pub mod gate;
+pub mod runs;
 pub mod store;
 pub mod update;
 pub mod writer;
 
 pub use gate::{GateEntry, GateHold, GateStore};
+pub use runs::{GateBacklog, RunRecord, StageRecord, MAX_HISTORY};
 pub use store::{Ledger, LedgerRow, LEDGER_FILE};
 pub use update::{Status, Update};
 pub use writer::{LedgerBuffer, LedgerWriter};

@@ -121,7 +121,8 @@ impl Ledger {
         let setup = || -> rusqlite::Result<()> {
             connection.pragma_update(None, "journal_mode", "WAL")?;
             connection.pragma_update(None, "synchronous", "NORMAL")?;
-            connection.execute_batch(SCHEMA)
+            connection.execute_batch(SCHEMA)?;
+            connection.execute_batch(super::runs::SCHEMA)
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -152,6 +153,20 @@ impl Ledger {
         let connection = Connection::open_with_flags(&path, flags).map_err(fail)?;
         connection.busy_timeout(std::time::Duration::from_secs(30)).map_err(fail)?;
         Ok(Ledger { connection, path })
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records (or updates) one process's snapshot of a run.
+    pub(crate) fn write_run(&self, run: &super::runs::RunRecord) -> Result<()> {
+        super::runs::write(&self.connection, run)
+            .map_err(|e| Error::sqlite(format!("ledger {}", self.path.display()), e))
     }
 
     pub(crate) fn write(&mut self, pipeline: &str, run_id: &str, pending: &[Pending]) -> Result<()> {

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{mpsc, Arc, Mutex};
 
+use super::runs::RunRecord;
 use super::store::Ledger;
 use super::update::{now_ms, Pending, Update};
 use crate::error::{Error, Result};
@@ -104,6 +105,7 @@ impl LedgerBuffer {
 
 enum Message {
     Write(Vec<Pending>),
+    Run(Box<RunRecord>),
     Sync(mpsc::Sender<()>),
 }
 
@@ -129,15 +131,24 @@ impl LedgerWriter {
                 while let Ok(first) = receiver.recv() {
                     let mut batch = Vec::new();
                     let mut syncs = Vec::new();
+                    let mut run = None;
                     for message in std::iter::once(first).chain(receiver.try_iter()) {
                         match message {
                             Message::Write(pending) => batch.extend(pending),
+                            // Only the latest snapshot of the run matters.
+                            Message::Run(record) => run = Some(record),
                             Message::Sync(done) => syncs.push(done),
                         }
                     }
                     if !batch.is_empty() {
                         if let Err(e) = ledger.write(&pipeline, &run_id, &batch) {
                             failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e.to_string());
+                        }
+                    }
+                    if let Some(run) = run {
+                        // A snapshot that cannot be written is not the documents' loss: logged, not fatal.
+                        if let Err(e) = ledger.write_run(&run) {
+                            tracing::warn!(error = %e, "cannot record the run in the ledger");
                         }
                     }
                     for done in syncs {
@@ -162,6 +173,14 @@ impl LedgerWriter {
         match sender.as_ref() {
             Some(sender) => sender.send(Message::Write(pending)).map_err(|_| stopped()),
             None => Err(stopped()),
+        }
+    }
+
+    /// Hands over this process's latest snapshot of the run.
+    pub fn record_run(&self, run: RunRecord) {
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = sender.as_ref() {
+            let _ = sender.send(Message::Run(Box::new(run)));
         }
     }
 

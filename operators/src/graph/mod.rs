@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::extract::Extraction;
 pub use remote::{RemoteGraph, SparqlEndpoint};
-pub use store::{Census, ConceptInfo, GraphStore, Neighbour, QueryFormat};
+pub use store::{CancellationToken, Census, ConceptInfo, GraphStore, Neighbour, QueryFormat};
 
 /// A document, by tenant and id.
 pub type DocKey = (String, String);

@@ -7,6 +7,7 @@ use std::path::Path;
 use oxigraph::io::{RdfFormat, RdfSerializer};
 use oxigraph::model::{GraphName, GraphNameRef, Literal, NamedNode, NamedOrBlankNode, Quad, Term};
 use oxigraph::sparql::results::{QueryResultsFormat, QueryResultsSerializer};
+pub use oxigraph::sparql::CancellationToken;
 use oxigraph::sparql::{QueryResults, QuerySolution, SparqlEvaluator};
 use oxigraph::store::{StorageError, Store};
 
@@ -214,7 +215,20 @@ impl GraphStore {
     }
 
     fn execute(&self, tenant: &str, sparql: &str) -> Result<QueryResults<'static>, GraphError> {
-        let mut query = SparqlEvaluator::new()
+        self.execute_with(tenant, sparql, None)
+    }
+
+    fn execute_with(
+        &self,
+        tenant: &str,
+        sparql: &str,
+        cancel: Option<CancellationToken>,
+    ) -> Result<QueryResults<'static>, GraphError> {
+        let mut evaluator = SparqlEvaluator::new();
+        if let Some(token) = cancel {
+            evaluator = evaluator.with_cancellation_token(token);
+        }
+        let mut query = evaluator
             // (Built without Oxigraph's HTTP client: a SERVICE call fails, nothing leaves the machine.)
             .with_prefix("biolink", layout::BIOLINK)
             .and_then(|e| e.with_prefix("medkg", layout::MEDKG))
@@ -232,12 +246,25 @@ impl GraphStore {
     /// Runs a SPARQL 1.1 query over one tenant's graph and writes its
     /// results. The prefixes `biolink:`, `medkg:` and `rdfs:` are predefined.
     pub fn query(&self, tenant: &str, sparql: &str, format: QueryFormat, out: impl Write) -> Result<(), GraphError> {
+        self.query_cancellable(tenant, sparql, format, out, None)
+    }
+
+    /// [`GraphStore::query`], stopped with [`GraphError::Query`] ("cancelled")
+    /// as soon as `cancel` is cancelled (a server's time limit).
+    pub fn query_cancellable(
+        &self,
+        tenant: &str,
+        sparql: &str,
+        format: QueryFormat,
+        out: impl Write,
+        cancel: Option<CancellationToken>,
+    ) -> Result<(), GraphError> {
         let results_format = match format {
             QueryFormat::Json => QueryResultsFormat::Json,
             QueryFormat::Tsv => QueryResultsFormat::Tsv,
         };
         let serializer = QueryResultsSerializer::from_format(results_format);
-        match self.execute(tenant, sparql)? {
+        match self.execute_with(tenant, sparql, cancel)? {
             QueryResults::Boolean(value) => {
                 serializer.serialize_boolean_to_writer(out, value).map_err(store_error)?;
             }

@@ -16,7 +16,7 @@ mod writer;
 pub use dense::DenseMeta;
 pub use dense::DenseShard;
 pub use layout::{write_atomically, Layout};
-pub use search::{EncodedQuery, Hit, SearchIndex, Stats, Weights};
+pub use search::{EncodedQuery, Hit, ListRanks, SearchIndex, Stats, Weights};
 pub use shard::Bm25Shard;
 pub use splade::{quantize, splade_tokens, QUANT_SCALE};
 pub use writer::{Backends, ShardWriter};

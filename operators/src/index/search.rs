@@ -39,6 +39,46 @@ pub struct Hit {
     pub char_start: u64,
     /// Char span end.
     pub char_end: u64,
+    /// Its rank (from 1) in each list that found it.
+    pub ranks: ListRanks,
+}
+
+/// Where a chunk ranked in each list (from 1; `None`: not in that list's top).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ListRanks {
+    /// BM25.
+    pub bm25: Option<u32>,
+    /// SPLADE.
+    pub splade: Option<u32>,
+    /// Dense.
+    pub dense: Option<u32>,
+}
+
+/// Which list a ranking comes from.
+#[derive(Clone, Copy)]
+enum List {
+    Bm25,
+    Splade,
+    Dense,
+}
+
+impl ListRanks {
+    fn set(&mut self, list: List, rank: usize) {
+        let rank = Some(u32::try_from(rank).unwrap_or(u32::MAX));
+        match list {
+            List::Bm25 => self.bm25 = rank,
+            List::Splade => self.splade = rank,
+            List::Dense => self.dense = rank,
+        }
+    }
+}
+
+/// Numbers a ranked list's ranks (from 1).
+fn rank(mut ranked: Vec<Ranked>, list: List) -> Vec<Ranked> {
+    for (i, r) in ranked.iter_mut().enumerate() {
+        r.ranks.set(list, i + 1);
+    }
+    ranked
 }
 
 /// A query as each list wants it: words for BM25, the encoded vectors for
@@ -59,6 +99,7 @@ struct Ranked {
     chunk_id: String,
     /// Shard and address, when the list knows them.
     at: Option<(usize, DocAddress)>,
+    ranks: ListRanks,
 }
 
 /// Per-list weights of hybrid fusion.
@@ -138,29 +179,40 @@ impl SearchIndex {
         let depth = depth.max(k);
         let mut lists: Vec<(f32, Vec<Ranked>)> = Vec::new();
         if weights.bm25 > 0.0 {
-            lists.push((weights.bm25, self.ranked_bm25(text, tenant, depth)?));
+            lists.push((weights.bm25, rank(self.ranked_bm25(text, tenant, depth)?, List::Bm25)));
         }
         if let (Some(q), true) = (sparse, weights.splade > 0.0) {
-            lists.push((weights.splade, self.ranked_splade(q, tenant, depth)?));
+            lists.push((weights.splade, rank(self.ranked_splade(q, tenant, depth)?, List::Splade)));
         }
         if let (Some(q), true) = (dense, weights.dense > 0.0) {
-            lists.push((weights.dense, self.ranked_dense(q, tenant, depth)?));
+            lists.push((weights.dense, rank(self.ranked_dense(q, tenant, depth)?, List::Dense)));
         }
         let ids: Vec<(f32, Vec<String>)> =
             lists.iter().map(|(w, ranked)| (*w, ranked.iter().map(|r| r.chunk_id.clone()).collect())).collect();
         // Where each chunk is, if a lexical list saw it (dense hits are looked up).
-        let mut at: std::collections::HashMap<String, (usize, DocAddress)> = std::collections::HashMap::new();
+        // Where each chunk is, if a lexical list saw it (dense hits are looked
+        // up), and its rank in every list.
+        let mut at: HashMap<String, (Option<(usize, DocAddress)>, ListRanks)> = HashMap::new();
         for (_, ranked) in &lists {
             for r in ranked {
-                if let Some(place) = r.at {
-                    at.entry(r.chunk_id.clone()).or_insert(place);
+                let (place, ranks) = at.entry(r.chunk_id.clone()).or_default();
+                *place = place.or(r.at);
+                for (mine, theirs) in [
+                    (&mut ranks.bm25, r.ranks.bm25),
+                    (&mut ranks.splade, r.ranks.splade),
+                    (&mut ranks.dense, r.ranks.dense),
+                ] {
+                    *mine = mine.or(theirs);
                 }
             }
         }
         // Only the fused top k are loaded from the doc store.
         let fused = crate::retrieve::rrf(&ids, k)
             .into_iter()
-            .map(|(chunk_id, score)| Ranked { score, at: at.get(&chunk_id).copied(), chunk_id })
+            .map(|(chunk_id, score)| {
+                let (place, ranks) = at.get(&chunk_id).copied().unwrap_or_default();
+                Ranked { score, at: place, ranks, chunk_id }
+            })
             .collect();
         self.materialize(fused, tenant)
     }
@@ -179,7 +231,7 @@ impl SearchIndex {
     /// `query`, scored term-at-a-time over the postings of the query's terms
     /// (a chunk's term frequency is its quantised weight).
     pub fn search_splade(&self, query: &SparseVector, tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
-        self.materialize(self.ranked_splade(query, tenant, k)?, tenant)
+        self.materialize(rank(self.ranked_splade(query, tenant, k)?, List::Splade), tenant)
     }
 
     fn ranked_splade(&self, query: &SparseVector, tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
@@ -249,7 +301,7 @@ impl SearchIndex {
     /// The `k` chunks of `tenant` nearest to `query` in the dense indexes.
     pub fn search_dense(&mut self, query: &[f32], tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
         let ranked = self.ranked_dense(query, tenant, k)?;
-        self.materialize(ranked, tenant)
+        self.materialize(rank(ranked, List::Dense), tenant)
     }
 
     fn ranked_dense(&mut self, query: &[f32], tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
@@ -259,7 +311,10 @@ impl SearchIndex {
         }
         found.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.chunk_id.cmp(&b.1.chunk_id)));
         found.truncate(k);
-        Ok(found.into_iter().map(|(score, meta)| Ranked { score, chunk_id: meta.chunk_id, at: None }).collect())
+        Ok(found
+            .into_iter()
+            .map(|(score, meta)| Ranked { score, chunk_id: meta.chunk_id, at: None, ranks: ListRanks::default() })
+            .collect())
     }
 
     /// Loads the stored fields of ranked chunks (finding those whose place is unknown).
@@ -271,7 +326,7 @@ impl SearchIndex {
                 None => self.locate(&r.chunk_id, tenant)?,
             };
             if let Some((shard, address)) = place {
-                hits.push(self.hit(shard, address, r.score)?);
+                hits.push(Hit { ranks: r.ranks, ..self.hit(shard, address, r.score)? });
             }
         }
         Ok(hits)
@@ -322,14 +377,37 @@ impl SearchIndex {
             if let Some(ord) = column.term_ords(address.doc_id).next() {
                 column.ord_to_str(ord, &mut chunk_id).map_err(|e| io_error("chunk_id column", e))?;
             }
-            ranked.push(Ranked { score, chunk_id, at: Some((shard, address)) });
+            ranked.push(Ranked { score, chunk_id, at: Some((shard, address)), ranks: ListRanks::default() });
         }
         Ok(ranked)
     }
 
     /// The `k` best chunks for a free-text query within one tenant.
     pub fn search(&self, query: &str, tenant: &str, k: usize) -> Result<Vec<Hit>, StageError> {
-        self.materialize(self.ranked_bm25(query, tenant, k)?, tenant)
+        self.materialize(rank(self.ranked_bm25(query, tenant, k)?, List::Bm25), tenant)
+    }
+
+    /// A tenant's document: its chunks in order (at most `max_chunks`;
+    /// empty when the tenant has no such document).
+    pub fn document(&self, tenant: &str, doc_id: &str, max_chunks: usize) -> Result<Vec<Hit>, StageError> {
+        let doc: Box<dyn Query> =
+            Box::new(TermQuery::new(Term::from_field_text(self.fields.doc_id, doc_id), IndexRecordOption::Basic));
+        let query = BooleanQuery::new(vec![(Occur::Must, doc), (Occur::Must, self.tenant_filter(tenant))]);
+        let mut chunks = Vec::new();
+        for (_, searcher) in &self.shards {
+            let top = searcher
+                .search(&query, &TopDocs::with_limit(max_chunks.max(1)).order_by_score())
+                .map_err(|e| io_error("lookup failed", e))?;
+            for (_, address) in top {
+                let doc: TantivyDocument =
+                    searcher.doc(address).map_err(|e| io_error("cannot load a stored chunk", e))?;
+                let no = doc.get_first(self.fields.chunk_no).and_then(|v| v.as_u64()).unwrap_or(0);
+                chunks.push((no, self.hit_of(&doc, 0.0)));
+            }
+        }
+        chunks.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.chunk_id.cmp(&b.1.chunk_id)));
+        chunks.truncate(max_chunks);
+        Ok(chunks.into_iter().map(|(_, hit)| hit).collect())
     }
 
     fn ranked_bm25(&self, query: &str, tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
@@ -415,10 +493,14 @@ impl SearchIndex {
     fn hit(&self, shard: usize, address: DocAddress, score: f32) -> Result<Hit, StageError> {
         let doc: TantivyDocument =
             self.shards[shard].1.doc(address).map_err(|e| io_error("cannot load a stored chunk", e))?;
+        Ok(self.hit_of(&doc, score))
+    }
+
+    fn hit_of(&self, doc: &TantivyDocument, score: f32) -> Hit {
         let text = |field: Field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let number = |field: Field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
         let f = self.fields;
-        Ok(Hit {
+        Hit {
             doc_id: text(f.doc_id),
             chunk_id: text(f.chunk_id),
             score,
@@ -428,7 +510,8 @@ impl SearchIndex {
             section: text(f.section),
             char_start: number(f.char_start),
             char_end: number(f.char_end),
-        })
+            ranks: ListRanks::default(),
+        }
     }
 }
 
