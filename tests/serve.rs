@@ -378,6 +378,16 @@ fn every_endpoint_answers_as_the_openapi_description_says() {
     conforms("/v1/graph/{id}", "get", 200, &concept.json);
     assert!(!concept.json["concepts"][0]["neighbours"].as_array().unwrap().is_empty());
     conforms("/v1/graph/{id}", "get", 404, &client.get("/v1/graph/NOPE%3A0", read).json);
+    // Search restricted to the chunks that mention the concept (by the graph).
+    let label = concept.json["concepts"][0]["label"].as_str().unwrap_or(&curie).to_string();
+    let all = client.search(json!({"query": label, "mode": "bm25", "k": 50}), read);
+    let only = client.search(json!({"query": label, "mode": "bm25", "k": 50, "entity": curie}), read);
+    assert_eq!(only.status, 200, "{}", only.text);
+    conforms("/v1/search", "post", 200, &only.json);
+    let (all, only) = (all.json["hits"].as_array().unwrap().len(), only.json["hits"].as_array().unwrap().len());
+    assert!(only >= 1 && only <= all, "{only} of {all}");
+    let none = client.search(json!({"query": label, "mode": "bm25", "entity": "NOPE:0"}), read);
+    assert_eq!(none.json["hits"], json!([]));
 
     // Errors, each as documented.
     let cases: Vec<(Answer, &str, u16)> = vec![
@@ -418,6 +428,8 @@ fn every_endpoint_answers_as_the_openapi_description_says() {
     for path in ["/", "/ui/app.js", "/ui/app.css"] {
         assert_eq!(client.get(path, None).status, 200, "{path}");
     }
+    let page = client.get("/", None);
+    assert!(page.headers["content-security-policy"].to_str().unwrap().starts_with("default-src 'self'"));
 }
 
 fn urlencode(text: &str) -> String {

@@ -88,7 +88,19 @@ async fn dispatch(
     let segment = |n: usize| path.trim_start_matches('/').split('/').nth(n).unwrap_or("");
     // What needs no token: the UI's files, probes, metrics, the API's description.
     match (route, get) {
-        ("/", true) => return Ok(bytes_response(StatusCode::OK, "text/html; charset=utf-8", ui::INDEX_HTML)),
+        ("/", true) => {
+            let mut page = bytes_response(StatusCode::OK, "text/html; charset=utf-8", ui::INDEX_HTML);
+            // The page loads only its own script and style, and is not framed.
+            let headers = page.headers_mut();
+            headers.insert(
+                "content-security-policy",
+                hyper::header::HeaderValue::from_static(
+                    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+                ),
+            );
+            headers.insert("x-frame-options", hyper::header::HeaderValue::from_static("DENY"));
+            return Ok(page);
+        }
         ("/ui", true) => {
             return match segment(1) {
                 "app.js" => Ok(bytes_response(StatusCode::OK, "text/javascript; charset=utf-8", ui::APP_JS)),
@@ -343,7 +355,7 @@ async fn search(
         state.readers.current().ok_or_else(|| ApiError::unavailable("not_ready", "no index to search yet", 1))?;
     let encoders =
         state.readers.encoders().ok_or_else(|| ApiError::unavailable("not_ready", "no query encoders yet", 1))?;
-    if !encoders.serves(mode) {
+    if !encoders.first().is_some_and(|e| e.serves(mode)) {
         return Err(ApiError::bad_request(format!(
             "mode `{}`: this data directory has no {} index",
             mode.as_str(),
@@ -366,8 +378,10 @@ async fn search(
     let began = Instant::now();
     let (text, number) = (query.clone(), generation.number);
     let hits: Vec<Hit> = blocking(move || {
-        let vectors = encoders.encode(&text, mode).map_err(|e| ApiError::internal(e.to_string()))?;
-        generation.with(|index| {
+        generation.with(|index, slot| {
+            let vectors =
+                encoders[slot % encoders.len()].encode(&text, mode).map_err(|e| ApiError::internal(e.to_string()))?;
+            // Every search sets its own restriction (none without `entity`).
             index.restrict(only.map(|chunks| chunks.into_iter().collect()));
             let hits = search_index(index, &text, &vectors, mode, &tenant, k, &weights);
             index.restrict(None);
@@ -420,7 +434,7 @@ async fn document(state: &Arc<State>, principal: &Principal, id: &str) -> Result
     blocking(move || {
         let chunks = match state.readers.current() {
             Some(generation) => generation
-                .with(|index| index.document(&tenant, &id, MAX_DOCUMENT_CHUNKS))
+                .with(|index, _| index.document(&tenant, &id, MAX_DOCUMENT_CHUNKS))
                 .map_err(|e| ApiError::internal(e.to_string()))?,
             None => Vec::new(),
         };
@@ -457,7 +471,8 @@ async fn stats(state: &Arc<State>, principal: &Principal) -> Result<Response<Bod
         let counts = |tenant: Option<&str>| -> Result<serde_json::Value, ApiError> {
             match &generation {
                 Some(g) => {
-                    let stats = g.with(|index| index.stats(tenant)).map_err(|e| ApiError::internal(e.to_string()))?;
+                    let stats =
+                        g.with(|index, _| index.stats(tenant)).map_err(|e| ApiError::internal(e.to_string()))?;
                     Ok(serde_json::json!({"docs": stats.docs, "chunks": stats.chunks}))
                 }
                 None => Ok(serde_json::json!({"docs": 0, "chunks": 0})),
@@ -771,6 +786,9 @@ async fn sparql(
     let accept = parts.headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let format = if accept.contains("text/tab-separated-values") { QueryFormat::Tsv } else { QueryFormat::Json };
     let store = state.graph()?;
+    let Ok(_permit) = state.queries.try_acquire() else {
+        return Err(ApiError::unavailable("busy", "too many SPARQL queries at once; try again shortly", 1));
+    };
     let tenant = principal.tenant.clone();
     let token = CancellationToken::new();
     let timed_out = Arc::new(AtomicBool::new(false));

@@ -48,6 +48,8 @@ pub struct Limits {
     pub max_k: usize,
     /// Searches running or waiting at once; past it, 503 with `Retry-After`.
     pub max_searches: usize,
+    /// SPARQL queries running at once; past it, 503 with `Retry-After`.
+    pub max_queries: usize,
     /// Index readers per generation (searches that run at the same moment).
     pub readers: usize,
     /// Connections held at once; more are closed as they arrive.
@@ -72,6 +74,7 @@ impl Default for Limits {
             max_query_bytes: 2048,
             max_k: 100,
             max_searches: 64,
+            max_queries: cores.max(2),
             readers: cores,
             max_connections: 512,
             header_timeout: Duration::from_secs(5),
@@ -119,6 +122,7 @@ pub(crate) struct State {
     pub options: ServeOptions,
     pub readers: readers::Readers,
     pub searches: tokio::sync::Semaphore,
+    pub queries: tokio::sync::Semaphore,
     pub metrics: metrics::ServerMetrics,
     /// The graph store `medkg serve` opened (a live run's is in `options.live`).
     graph: Mutex<Option<GraphStore>>,
@@ -209,7 +213,7 @@ pub fn start(options: ServeOptions) -> anyhow::Result<Server> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(options.limits.max_searches + 16)
+        .max_blocking_threads(options.limits.max_searches + options.limits.max_queries + 16)
         .thread_name("medkg-serve")
         .enable_all()
         .build()
@@ -224,6 +228,7 @@ pub fn start(options: ServeOptions) -> anyhow::Result<Server> {
     }
     let state = Arc::new(State {
         searches: tokio::sync::Semaphore::new(options.limits.max_searches),
+        queries: tokio::sync::Semaphore::new(options.limits.max_queries),
         metrics: metrics::ServerMetrics::new(),
         graph: Mutex::new(None),
         readers,

@@ -11,9 +11,10 @@
 //! is therefore searchable within one poll of its epoch's commit, whether
 //! the run is in this process (`run --serve`) or another.
 //!
-//! The query encoders are loaded once from the model record and shared by
-//! every search (each ONNX session under its own lock); they are reloaded
-//! only if the record changes.
+//! The query encoders are loaded once from the model record, one set per
+//! reader slot (an ONNX session runs one query at a time, so one set would
+//! serialise every dense or SPLADE search), and reloaded only if the record
+//! changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,17 +38,19 @@ pub struct Generation {
 
 impl Generation {
     /// Runs `f` on a reader of this generation: a free one if there is
-    /// one, else waits for one (callers bound their concurrency to the
-    /// pool's size, so the wait is short).
-    pub fn with<R>(&self, f: impl FnOnce(&mut SearchIndex) -> R) -> R {
-        for reader in &self.pool {
+    /// one, else waits for one. `f` also gets the reader's slot number, which
+    /// picks the query encoders of the same slot: a search holds one slot
+    /// for its encoding and its search, and as many run at once as there
+    /// are slots.
+    pub fn with<R>(&self, f: impl FnOnce(&mut SearchIndex, usize) -> R) -> R {
+        for (slot, reader) in self.pool.iter().enumerate() {
             if let Ok(mut index) = reader.try_lock() {
-                return f(&mut index);
+                return f(&mut index, slot);
             }
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.pool.len();
-        let mut index = self.pool[i].lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut index)
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.pool.len();
+        let mut index = self.pool[slot].lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut index, slot)
     }
 }
 
@@ -59,7 +62,7 @@ pub struct Readers {
     data_dir: PathBuf,
     size: usize,
     current: RwLock<Option<Arc<Generation>>>,
-    encoders: RwLock<Option<Arc<QueryEncoders>>>,
+    encoders: RwLock<Option<Arc<Vec<QueryEncoders>>>>,
     seen: Mutex<(Fingerprint, Fingerprint)>,
     generations: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -149,8 +152,10 @@ impl Readers {
         let has_dense = pool.first().is_some_and(|p| p.lock().is_ok_and(|i| i.has_dense()));
         let encoders_loaded = self.encoders().is_some();
         if !encoders_loaded || record != seen_record || (has_dense && !self.encoders_serve(Mode::Dense)) {
-            let encoders = QueryEncoders::load(&self.data_dir, Mode::Hybrid, has_dense)?;
-            *self.encoders.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(encoders));
+            let sets = (0..self.size)
+                .map(|_| QueryEncoders::load(&self.data_dir, Mode::Hybrid, has_dense))
+                .collect::<Result<Vec<_>, _>>()?;
+            *self.encoders.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(sets));
         }
         let number = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let generation = Arc::new(Generation { pool, next: AtomicU64::new(0), number });
@@ -160,7 +165,7 @@ impl Readers {
     }
 
     fn encoders_serve(&self, mode: Mode) -> bool {
-        self.encoders().is_some_and(|e| e.serves(mode))
+        self.encoders().is_some_and(|e| e.first().is_some_and(|e| e.serves(mode)))
     }
 
     /// The generation searches use now (`None` until one opened).
@@ -168,8 +173,8 @@ impl Readers {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The shared query encoders.
-    pub fn encoders(&self) -> Option<Arc<QueryEncoders>> {
+    /// The query encoders, one set per reader slot.
+    pub fn encoders(&self) -> Option<Arc<Vec<QueryEncoders>>> {
         self.encoders.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

@@ -131,6 +131,10 @@ pub struct Stats {
 /// Every shard of a data directory, open for reading at its last commit.
 pub struct SearchIndex {
     shards: Vec<(Index, Searcher)>,
+    /// Per shard: the one tenant all its chunks belong to, if there is one
+    /// (then a query of that tenant needs no tenant filter, and BM25 can
+    /// prune with block-max WAND; a query of another tenant skips the shard).
+    sole_tenants: Vec<Option<String>>,
     dense: Vec<DenseShard>,
     fields: Fields,
     /// Search only these chunks (`--entity`: the chunks that mention a concept).
@@ -142,6 +146,7 @@ impl SearchIndex {
     pub fn open(data_dir: &std::path::Path) -> Result<SearchIndex, StageError> {
         let layout = Layout::open(data_dir)?;
         let mut shards = Vec::new();
+        let mut sole_tenants = Vec::new();
         let mut dense = Vec::new();
         let mut fields = None;
         for n in 0..layout.shards {
@@ -154,14 +159,17 @@ impl SearchIndex {
             }
             let index = Index::open_in_dir(&dir).map_err(|e| io_error(&format!("cannot open {}", dir.display()), e))?;
             let reader = index.reader().map_err(|e| io_error("cannot read the index", e))?;
-            fields = Some(fields_of(&index.schema())?);
-            shards.push((index, reader.searcher()));
+            let schema_fields = fields_of(&index.schema())?;
+            fields = Some(schema_fields);
+            let searcher = reader.searcher();
+            sole_tenants.push(sole_tenant(&searcher, schema_fields.tenant_id)?);
+            shards.push((index, searcher));
         }
         let fields = match fields {
             Some(f) => f,
             None => super::schema().1,
         };
-        Ok(SearchIndex { shards, dense, fields, only: None })
+        Ok(SearchIndex { shards, sole_tenants, dense, fields, only: None })
     }
 
     /// Reciprocal-rank fusion of the BM25, SPLADE and dense lists (each
@@ -411,14 +419,21 @@ impl SearchIndex {
     }
 
     fn ranked_bm25(&self, query: &str, tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
-        let Some(query) = self.bm25_query(query, tenant)? else {
+        let (Some(filtered), Some(unfiltered)) = (self.bm25_query(query, Some(tenant))?, self.bm25_query(query, None)?)
+        else {
             return Ok(Vec::new());
         };
         let stats = GlobalStats { searchers: self.shards.iter().map(|(_, s)| s).collect() };
         let mut scored: Vec<(f32, usize, DocAddress)> = Vec::new();
         for (shard, (_, searcher)) in self.shards.iter().enumerate() {
+            // A shard of this tenant alone needs no filter; one of another tenant alone holds nothing.
+            let query = match self.sole_tenants.get(shard).and_then(Option::as_deref) {
+                Some(sole) if sole == tenant => &unfiltered,
+                Some(_) => continue,
+                None => &filtered,
+            };
             let top = searcher
-                .search_with_statistics_provider(&query, &TopDocs::with_limit(k.max(1)).order_by_score(), &stats)
+                .search_with_statistics_provider(query, &TopDocs::with_limit(k.max(1)).order_by_score(), &stats)
                 .map_err(|e| io_error("search failed", e))?;
             scored.extend(top.into_iter().map(|(score, address)| (score, shard, address)));
         }
@@ -457,9 +472,11 @@ impl SearchIndex {
         Box::new(BoostQuery::new(Box::new(term), 0.0))
     }
 
-    /// Bag-of-words BM25 over title and text, restricted to a tenant; `None`
-    /// when the query has no searchable term.
-    fn bm25_query(&self, text: &str, tenant: &str) -> Result<Option<BooleanQuery>, StageError> {
+    /// Bag-of-words BM25 over title and text, restricted to a tenant (when
+    /// given); `None` when the query has no searchable term. Without a tenant
+    /// filter or an `only` set it is a plain disjunction of term queries,
+    /// which tantivy scores with block-max WAND.
+    fn bm25_query(&self, text: &str, tenant: Option<&str>) -> Result<Option<BooleanQuery>, StageError> {
         let Some((index, _)) = self.shards.first() else {
             return Ok(None);
         };
@@ -481,8 +498,13 @@ impl SearchIndex {
                 should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(query), boost))));
             }
         }
-        let mut must: Vec<(Occur, Box<dyn Query>)> =
-            vec![(Occur::Must, Box::new(BooleanQuery::new(should))), (Occur::Must, self.tenant_filter(tenant))];
+        if tenant.is_none() && self.only.is_none() {
+            return Ok(Some(BooleanQuery::new(should)));
+        }
+        let mut must: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, Box::new(BooleanQuery::new(should)))];
+        if let Some(tenant) = tenant {
+            must.push((Occur::Must, self.tenant_filter(tenant)));
+        }
         if let Some(only) = &self.only {
             let chunks = TermSetQuery::new(only.iter().map(|id| Term::from_field_text(self.fields.chunk_id, id)));
             must.push((Occur::Must, Box::new(BoostQuery::new(Box::new(chunks), 0.0))));
@@ -513,6 +535,27 @@ impl SearchIndex {
             ranks: ListRanks::default(),
         }
     }
+}
+
+/// The one tenant every chunk of a shard belongs to (deleted ones too):
+/// each segment's `tenant_id` dictionary holds exactly that one term.
+fn sole_tenant(searcher: &Searcher, field: Field) -> Result<Option<String>, StageError> {
+    let mut sole: Option<String> = None;
+    for segment in searcher.segment_readers() {
+        let index = segment.inverted_index(field).map_err(|e| io_error("tenant terms", e))?;
+        let terms = index.terms();
+        if terms.num_terms() != 1 {
+            return Ok(None);
+        }
+        let mut stream = terms.stream().map_err(|e| io_error("tenant terms", e))?;
+        let Some((key, _)) = stream.next() else { return Ok(None) };
+        let tenant = String::from_utf8_lossy(key).into_owned();
+        match &sole {
+            Some(t) if *t != tenant => return Ok(None),
+            _ => sole = Some(tenant),
+        }
+    }
+    Ok(sole)
 }
 
 /// BM25 statistics summed over every shard.
