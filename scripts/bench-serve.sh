@@ -2,8 +2,11 @@
 # medkg serve under load, as benches/RESULTS.md reports it: wrk (Debian) with
 # 8 and 32 connections for DURATION seconds per mode, over a 2,000-document
 # hybrid index (hybrid.yaml, CPU models) and the 50,788-document lexical
-# index; requests/s and p50/p95/p99 per mode. Then the same queries through
-# `medkg search`, one process per query, for the ratio. Release build.
+# index; requests/s and p50/p95/p99 per mode (closed loop: each connection
+# sends its next query when the last is answered). Then latency at a fixed
+# rate with oha (crates.io, installed into ~/.cache/medkg/oha): hybrid at 50 and 100
+# queries/s, bm25 at 1,000. Last, the same queries through `medkg search`,
+# one process per query, for the ratio. Release build.
 # Use: scripts/bench-serve.sh [DURATION]   (MEDKG_SHARED, MEDKG_MODELS as for the tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +14,8 @@ DURATION=${1:-30}
 SHARED=${MEDKG_SHARED:-$(cd .. && pwd)/shared}
 scripts/setup-system.sh
 command -v wrk >/dev/null
+OHA=${MEDKG_CACHE:-$HOME/.cache/medkg}/oha/bin/oha
+[ -x "$OHA" ] || cargo install oha --version 1.16.0 --locked --quiet --root "$(dirname "$(dirname "$OHA")")"
 cargo build --release --quiet --bin medkg
 MEDKG=${CARGO_TARGET_DIR:-target}/release/medkg
 WORK=${BENCH_WORK:-$(mktemp -d)}
@@ -64,10 +69,27 @@ serve_and_load() { # DATA_DIR MODES...
       echo "$(basename "$data") $mode c=$connections $result"
     done
   done
+  # Latency at a fixed rate (open loop), one five-word query.
+  for mode_rate in $RATES; do
+    mode=${mode_rate%:*}; rate=${mode_rate#*:}
+    "$OHA" -z "${DURATION}s" -q "$rate" -c 16 --no-tui --output-format json -m POST \
+      -H 'content-type: application/json' \
+      -d "{\"query\":\"aspirin prevention of myocardial infarction\",\"mode\":\"$mode\",\"k\":10}" \
+      http://127.0.0.1:18080/v1/search > "$WORK/oha.json"
+    python3 - "$(basename "$data")" "$mode" "$rate" "$WORK/oha.json" <<'PY'
+import json, sys
+name, mode, rate, path = sys.argv[1:]
+r = json.load(open(path))
+p = r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+print(f"{name} {mode} at {rate} q/s (oha): rps={r['summary']['requestsPerSec']:.1f} "
+      f"p50_ms={p['p50'] * 1000:.2f} p95_ms={p['p95'] * 1000:.2f} p99_ms={p['p99'] * 1000:.2f} status={codes}")
+PY
+  done
   kill "$server"; wait "$server" 2>/dev/null || true
 }
-serve_and_load "$WORK/hybrid" bm25 splade dense hybrid
-serve_and_load "$WORK/lexical" bm25
+RATES="hybrid:50 hybrid:100 bm25:1000" serve_and_load "$WORK/hybrid" bm25 splade dense hybrid
+RATES="bm25:1000" serve_and_load "$WORK/lexical" bm25
 
 # The same queries one by one through `medkg search` (a process each: models loaded every time).
 python3 - "$MEDKG" "$WORK" <<'PY'

@@ -40,3 +40,6 @@ medkg sparql --data-dir "$DATA/index" \
      ?e biolink:subject ?s ; biolink:predicate ?predicate ; biolink:object ?o ; medkg:support ?support .
      ?s rdfs:label ?subject . ?o rdfs:label ?object
      FILTER(?predicate != biolink:related_to) } ORDER BY DESC(?support) LIMIT 10'
+echo
+echo "To browse it (operator UI and API at http://127.0.0.1:8080/):"
+echo "  cargo run --release --bin medkg -- serve --data-dir $DATA/index"

@@ -137,8 +137,22 @@ impl QueryEncoders {
 
     /// Encodes `query` for the lists of `mode` (the two encoders run side by side).
     pub fn encode(&self, query: &str, mode: Mode) -> Result<EncodedVectors, StageError> {
+        self.encode_with(query, mode, true)
+    }
+
+    /// Encodes `query`, the two encoders side by side when `side_by_side`
+    /// (lower latency for one query), else one after the other on this
+    /// thread: a server that runs as many searches as cores keeps to one
+    /// thread a search (on 2 cores under load, hybrid served 105 and 111
+    /// queries/s this way against 101 and 99 side by side).
+    pub fn encode_with(&self, query: &str, mode: Mode, side_by_side: bool) -> Result<EncodedVectors, StageError> {
         let dense_encoder = self.dense.as_ref().filter(|_| matches!(mode, Mode::Dense | Mode::Hybrid));
         let splade_encoder = self.splade.as_ref().filter(|_| matches!(mode, Mode::Splade | Mode::Hybrid));
+        if !side_by_side {
+            let dense = dense_encoder.map(|e| e.encode(&[query])).transpose()?.and_then(|mut v| v.pop());
+            let sparse = splade_encoder.map(|e| e.encode(&[query])).transpose()?.and_then(|mut v| v.pop());
+            return Ok(EncodedVectors { dense, sparse });
+        }
         let (dense, sparse) = std::thread::scope(|scope| {
             let sparse = splade_encoder.map(|e| scope.spawn(move || e.encode(&[query])));
             let dense = dense_encoder.map(|e| e.encode(&[query])).transpose();
