@@ -700,6 +700,9 @@ fn a_run_with_serve_answers_while_kafka_streams_in_and_sees_each_commit() {
         assert!(answered < 100_000, "the last documents never became searchable");
     }
     producer.join().unwrap();
+    // One more search: it sees the generation that counted 400.
+    let after = client.search(json!({"query": "patients treatment", "mode": "bm25", "k": 5}), None);
+    seen.push(after.json["generation"].as_u64().unwrap());
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "generations go forward");
     assert!(seen.last() > seen.first(), "the readers reopened while searches ran: {seen:?}");
     // The last record is searchable by its own title once its epoch committed.
