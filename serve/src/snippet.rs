@@ -45,30 +45,47 @@ fn words(chars: &[char]) -> Vec<(usize, usize)> {
     out
 }
 
-/// The `max_chars` window of `text` holding the most matches of `terms`
-/// (whole words, any case), and the matches' places in it.
+/// The `max_chars` window of `text` holding the most distinct `terms`, then
+/// the most matches of them (whole words, any case), and the matches'
+/// places in it.
 pub fn snippet(text: &str, terms: &[String], max_chars: usize) -> Snippet {
     let chars: Vec<char> = text.chars().collect();
     let spans = words(&chars);
-    let matched: Vec<(usize, usize)> = spans
+    // Each matched word's span and which query term it is.
+    let matched: Vec<(usize, usize, usize)> = spans
         .into_iter()
-        .filter(|&(s, e)| {
+        .filter_map(|(s, e)| {
             let word: String = chars[s..e].iter().collect::<String>().to_lowercase();
-            terms.contains(&word)
+            terms.iter().position(|t| *t == word).map(|term| (s, e, term))
         })
         .collect();
-    // The window starting at a match that covers the most matches.
+    // The window starting at a match that covers the most distinct terms,
+    // then the most weight, a match of a term weighing 1 / its count in the
+    // text (a rare word is worth more than the tenth repeat of a common one).
+    let mut count = vec![0usize; terms.len()];
+    for &(_, _, t) in &matched {
+        count[t] += 1;
+    }
     let mut start = 0;
-    let mut best = 0;
-    for (i, &(s, _)) in matched.iter().enumerate() {
-        let covered = matched[i..].iter().take_while(|&&(_, e)| e <= s + max_chars).count();
-        if covered > best {
-            (best, start) = (covered, s);
+    let mut last_end = 0;
+    let mut best = (0usize, 0.0f64);
+    for (i, &(s, _, _)) in matched.iter().enumerate() {
+        let covered: Vec<&(usize, usize, usize)> =
+            matched[i..].iter().take_while(|&&(_, e, _)| e <= s + max_chars).collect();
+        let mut distinct: Vec<usize> = covered.iter().map(|m| m.2).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let weight: f64 = covered.iter().map(|m| 1.0 / count[m.2] as f64).sum();
+        if distinct.len() > best.0 || (distinct.len() == best.0 && weight > best.1 + 1e-9) {
+            best = (distinct.len(), weight);
+            start = s;
+            last_end = covered.last().map_or(s, |m| m.1);
         }
     }
-    // Some context before the first match, at a word boundary.
-    if best > 0 {
-        start -= (max_chars / 5).min(start);
+    // Some context before the first match, at a word boundary, as long as
+    // the window still holds the matches it was chosen for.
+    if best.0 > 0 {
+        start -= (max_chars / 5).min(start).min((start + max_chars).saturating_sub(last_end));
     }
     // A window that can reach the end does (a short text shows whole).
     start = start.min(chars.len().saturating_sub(max_chars));
@@ -82,8 +99,8 @@ pub fn snippet(text: &str, terms: &[String], max_chars: usize) -> Snippet {
     let body: String = chars[start..end].iter().collect();
     let highlights = matched
         .into_iter()
-        .filter(|&(s, e)| s >= start && e <= end)
-        .map(|(s, e)| [s - start + offset, e - start + offset])
+        .filter(|&(s, e, _)| s >= start && e <= end)
+        .map(|(s, e, _)| [s - start + offset, e - start + offset])
         .collect();
     Snippet { text: format!("{lead}{body}{tail}"), highlights }
 }
