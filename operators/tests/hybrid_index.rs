@@ -91,6 +91,33 @@ fn reingesting_a_document_removes_its_old_vectors_and_postings() {
 }
 
 #[test]
+fn a_reopen_sees_new_commits_and_clones_search_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough documents that both shards hold some.
+    let first: Vec<ChunkedDocument> =
+        (0..8).map(|i| doc(&format!("pmid:{i}"), "t", &["shared words"], &[(7, 1.0)], i)).collect();
+    write(dir.path(), &first);
+    let before = SearchIndex::open(dir.path()).unwrap();
+    // Nothing committed: the reopened index answers as the old one, and so does a clone.
+    let mut same = SearchIndex::reopen(dir.path(), Some(&before)).unwrap();
+    let mut clone = same.clone();
+    let a = same.search_dense(&unit(3), "t", 3).unwrap();
+    assert_eq!(a, clone.search_dense(&unit(3), "t", 3).unwrap());
+    assert_eq!(a[0].chunk_id, "pmid:3#0");
+    // A new document commits into one shard: a reopen from the last index finds it
+    // (its shard read again), and still finds the others (the other shard kept).
+    write(dir.path(), &[doc("pmid:99", "t", &["new words"], &[(8, 1.0)], 99)]);
+    let mut after = SearchIndex::reopen(dir.path(), Some(&same)).unwrap();
+    assert_eq!(after.search_dense(&unit(99), "t", 1).unwrap()[0].chunk_id, "pmid:99#0");
+    for i in 0..8 {
+        assert_eq!(after.search_dense(&unit(i), "t", 1).unwrap()[0].chunk_id, format!("pmid:{i}#0"));
+    }
+    assert_eq!(after.stats(None).unwrap().docs, 9);
+    // The old index is untouched by the reopen.
+    assert!(same.search_dense(&unit(99), "t", 9).unwrap().iter().all(|h| h.chunk_id != "pmid:99#0"));
+}
+
+#[test]
 fn the_same_document_id_in_two_tenants_is_two_documents() {
     let dir = tempfile::tempdir().unwrap();
     write(

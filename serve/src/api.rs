@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
@@ -37,9 +38,20 @@ pub(crate) async fn handle(state: Arc<State>, request: Request<Incoming>) -> Res
     let began = Instant::now();
     let (parts, body) = request.into_parts();
     let route = route_of(parts.uri.path());
-    let mut response = match dispatch(&state, &parts, body, route).await {
-        Ok(response) => response,
-        Err(error) => error.response(),
+    // A body is read whole (bounded in size and time) before anything else,
+    // so no answer leaves part of a request on the connection; one that
+    // cannot be read closes the connection.
+    let limits = &state.options.limits;
+    let mut response = match read_body(body, &parts.headers, limits.max_body_bytes, limits.body_timeout).await {
+        Err(error) => {
+            let mut response = error.response();
+            response.headers_mut().insert("connection", hyper::header::HeaderValue::from_static("close"));
+            response
+        }
+        Ok(body) => match dispatch(&state, &parts, body, route).await {
+            Ok(response) => response,
+            Err(error) => error.response(),
+        },
     };
     let headers = response.headers_mut();
     headers.insert("cache-control", hyper::header::HeaderValue::from_static("no-store"));
@@ -80,7 +92,7 @@ fn method_not_allowed(allowed: &str) -> ApiError {
 async fn dispatch(
     state: &Arc<State>,
     parts: &Parts,
-    body: Incoming,
+    body: Bytes,
     route: &'static str,
 ) -> Result<Response<Body>, ApiError> {
     let get = parts.method == Method::GET || parts.method == Method::HEAD;
@@ -310,7 +322,7 @@ async fn search(
     state: &Arc<State>,
     principal: &Principal,
     parts: &Parts,
-    body: Incoming,
+    bytes: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     if let Some(kind) = parts.headers.get("content-type") {
         let kind = kind.to_str().unwrap_or("");
@@ -323,7 +335,6 @@ async fn search(
         }
     }
     let limits = &state.options.limits;
-    let bytes = read_body(body, &parts.headers, limits.max_body_bytes, limits.body_timeout).await?;
     let request: SearchRequest =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid search request: {e}")))?;
     let query = request.query.trim().to_string();
@@ -756,7 +767,7 @@ async fn sparql(
     state: &Arc<State>,
     principal: &Principal,
     parts: &Parts,
-    body: Incoming,
+    bytes: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let limits = state.options.limits.clone();
     let text = if parts.method == Method::GET {
@@ -764,7 +775,6 @@ async fn sparql(
         param(&pairs, "query").map(str::to_string)
     } else {
         let kind = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-        let bytes = read_body(body, &parts.headers, limits.max_body_bytes, limits.body_timeout).await?;
         let text =
             String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
         if kind.starts_with("application/sparql-query") {

@@ -2,8 +2,9 @@
 //! commits.
 //!
 //! A *generation* is the data directory as of one set of commits: a small
-//! pool of [`SearchIndex`] readers (FAISS searches need a reader of their
-//! own, so there is one per concurrent search), opened together. A
+//! pool of [`SearchIndex`] clones, one per concurrent search, opened once
+//! (the clones share the tantivy searchers and the dense shards, and a
+//! reopen reads again only the dense shards that committed). A
 //! watcher polls the directory's commit files (each shard's tantivy
 //! `meta.json` and dense files, the layout and the model record) every
 //! [`POLL_INTERVAL`]; when they change it opens a new generation and swaps
@@ -145,10 +146,17 @@ impl Readers {
                 format!("{} holds no index yet (nothing has committed there)", self.data_dir.display()),
             ));
         }
+        // One opening, cloned per slot: the clones share the searchers and
+        // the dense shards, and the dense shards that did not commit are
+        // kept from the last generation.
+        let previous = self.current();
+        let last = previous.as_ref().map(|g| g.with(|index, _| index.clone()));
+        let first = SearchIndex::reopen(&self.data_dir, last.as_ref())?;
         let mut pool = Vec::with_capacity(self.size);
-        for _ in 0..self.size {
-            pool.push(Mutex::new(SearchIndex::open(&self.data_dir)?));
+        for _ in 1..self.size {
+            pool.push(Mutex::new(first.clone()));
         }
+        pool.push(Mutex::new(first));
         let has_dense = pool.first().is_some_and(|p| p.lock().is_ok_and(|i| i.has_dense()));
         let encoders_loaded = self.encoders().is_some();
         if !encoders_loaded || record != seen_record || (has_dense && !self.encoders_serve(Mode::Dense)) {

@@ -3,6 +3,7 @@
 //! per-shard top-k lists merge exactly).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use tantivy::collector::{Count, TopDocs};
 use tantivy::columnar::StrColumn;
@@ -128,14 +129,39 @@ pub struct Stats {
     pub chunks: u64,
 }
 
+/// A shard's dense index as readers share it: one copy in memory for any
+/// number of [`SearchIndex`] clones (a search locks it for its FAISS call),
+/// with the stamp of the files it was read from, so a reopen reads again
+/// only the shards that committed since.
+#[derive(Clone)]
+struct SharedDense {
+    dir: std::path::PathBuf,
+    shard: Arc<Mutex<DenseShard>>,
+    stamp: FileStamp,
+}
+
+/// Length and modification time of a dense shard's files.
+type FileStamp = Vec<(u64, Option<std::time::SystemTime>)>;
+
+fn dense_stamp(dir: &std::path::Path) -> FileStamp {
+    ["dense.faiss", "dense-meta.json"]
+        .iter()
+        .map(|f| std::fs::metadata(dir.join(f)).map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None)))
+        .collect()
+}
+
 /// Every shard of a data directory, open for reading at its last commit.
+///
+/// Clones are cheap and share the index (tantivy searchers and the dense
+/// shards): a server keeps one clone per concurrent search.
+#[derive(Clone)]
 pub struct SearchIndex {
     shards: Vec<(Index, Searcher)>,
     /// Per shard: the one tenant all its chunks belong to, if there is one
     /// (then a query of that tenant needs no tenant filter, and BM25 can
     /// prune with block-max WAND; a query of another tenant skips the shard).
     sole_tenants: Vec<Option<String>>,
-    dense: Vec<DenseShard>,
+    dense: Vec<SharedDense>,
     fields: Fields,
     /// Search only these chunks (`--entity`: the chunks that mention a concept).
     only: Option<std::collections::HashSet<String>>,
@@ -144,14 +170,28 @@ pub struct SearchIndex {
 impl SearchIndex {
     /// Opens the data directory's shards as of their last commits.
     pub fn open(data_dir: &std::path::Path) -> Result<SearchIndex, StageError> {
+        SearchIndex::reopen(data_dir, None)
+    }
+
+    /// Opens the data directory's shards as of their last commits, keeping
+    /// from `previous` each dense shard whose files have not changed (a
+    /// server reopens on every commit; reading every FAISS shard again each
+    /// time would cost the whole dense index per commit).
+    pub fn reopen(data_dir: &std::path::Path, previous: Option<&SearchIndex>) -> Result<SearchIndex, StageError> {
         let layout = Layout::open(data_dir)?;
         let mut shards = Vec::new();
         let mut sole_tenants = Vec::new();
         let mut dense = Vec::new();
         let mut fields = None;
         for n in 0..layout.shards {
-            if layout.shard_dir(n).join("dense.faiss").exists() {
-                dense.push(DenseShard::open(&layout.shard_dir(n), 0)?);
+            let dir = layout.shard_dir(n);
+            if dir.join("dense.faiss").exists() {
+                let stamp = dense_stamp(&dir);
+                let kept = previous.and_then(|p| p.dense.iter().find(|d| d.dir == dir && d.stamp == stamp));
+                dense.push(match kept {
+                    Some(shared) => shared.clone(),
+                    None => SharedDense { shard: Arc::new(Mutex::new(DenseShard::open(&dir, 0)?)), stamp, dir },
+                });
             }
             let dir = layout.shard_dir(n).join("bm25");
             if !dir.join("meta.json").exists() {
@@ -314,8 +354,9 @@ impl SearchIndex {
 
     fn ranked_dense(&mut self, query: &[f32], tenant: &str, k: usize) -> Result<Vec<Ranked>, StageError> {
         let mut found = Vec::new();
-        for dense in &mut self.dense {
-            found.extend(dense.search(query, tenant, k, self.only.as_ref())?);
+        for dense in &self.dense {
+            let mut shard = dense.shard.lock().unwrap_or_else(|p| p.into_inner());
+            found.extend(shard.search(query, tenant, k, self.only.as_ref())?);
         }
         found.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.chunk_id.cmp(&b.1.chunk_id)));
         found.truncate(k);
