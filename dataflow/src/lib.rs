@@ -42,6 +42,7 @@
 pub mod bench;
 mod graph;
 mod housekeeping;
+pub mod http;
 pub mod kg;
 mod models;
 mod ops;

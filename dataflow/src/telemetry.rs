@@ -585,57 +585,30 @@ pub fn serve_metrics(
     let bound = listener.local_addr()?;
     let _guard = runtime.enter();
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONNECTIONS));
-    runtime.spawn(async move {
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff = Duration::from_millis(10);
-                    stream
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics server: accept failed; backing off {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
+    let limits = crate::http::HttpLimits {
+        max_connections: METRICS_MAX_CONNECTIONS,
+        header_timeout: METRICS_HEADER_TIMEOUT,
+        connection_lifetime: METRICS_CONNECTION_LIFETIME,
+    };
+    let handler = move |request: hyper::Request<hyper::body::Incoming>| {
+        let (telemetry, progress) = (telemetry.clone(), progress.clone());
+        async move {
+            let (status, kind, body) = match request.uri().path() {
+                "/metrics" => (
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    telemetry.metrics.render(&telemetry.pipeline, &progress),
+                ),
+                "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+                _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics\n".to_string()),
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                drop(stream); // at the limit: closed at once
-                continue;
-            };
-            let (telemetry, progress) = (telemetry.clone(), progress.clone());
-            tokio::spawn(async move {
-                let _slot = slot;
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (telemetry, progress) = (telemetry.clone(), progress.clone());
-                    async move {
-                        let (status, kind, body) = match request.uri().path() {
-                            "/metrics" => (
-                                StatusCode::OK,
-                                "text/plain; version=0.0.4; charset=utf-8",
-                                telemetry.metrics.render(&telemetry.pipeline, &progress),
-                            ),
-                            "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-                            _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics\n".to_string()),
-                        };
-                        Response::builder()
-                            .status(status)
-                            .header("content-type", kind)
-                            .body(Full::new(Bytes::from(body)))
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(METRICS_HEADER_TIMEOUT)
-                    .max_buf_size(64 * 1024)
-                    .serve_connection(io, service);
-                let _ = tokio::time::timeout(METRICS_CONNECTION_LIFETIME, connection).await;
-            });
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = status;
+            response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static(kind));
+            response
         }
-    });
+    };
+    runtime.spawn(crate::http::serve_connections(listener, "metrics server", limits, handler, || {}));
     Ok(bound)
 }
 

@@ -254,43 +254,16 @@ pub fn start(options: ServeOptions) -> anyhow::Result<Server> {
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<State>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(state.options.limits.max_connections));
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff = Duration::from_millis(10);
-                stream
-            }
-            Err(e) => {
-                // Out of file descriptors, say: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            state.metrics.connections_refused.inc();
-            drop(stream); // at the limit: closed at once
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    let limits = &state.options.limits;
+    let limits = medkg_dataflow::http::HttpLimits {
+        max_connections: limits.max_connections,
+        header_timeout: limits.header_timeout,
+        connection_lifetime: limits.connection_lifetime,
+    };
+    let handler = {
         let state = state.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let limits = state.options.limits.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(api::handle(state, request).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(64 << 10)
-                .serve_connection(io, service);
-            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
-        });
-    }
+        move |request| api::handle(state.clone(), request)
+    };
+    let refused = || state.metrics.connections_refused.inc();
+    medkg_dataflow::http::serve_connections(listener, "server", limits, handler, refused).await;
 }

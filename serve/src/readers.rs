@@ -152,12 +152,8 @@ impl Readers {
         let previous = self.current();
         let last = previous.as_ref().map(|g| g.with(|index, _| index.clone()));
         let first = SearchIndex::reopen(&self.data_dir, last.as_ref())?;
-        let mut pool = Vec::with_capacity(self.size);
-        for _ in 1..self.size {
-            pool.push(Mutex::new(first.clone()));
-        }
-        pool.push(Mutex::new(first));
-        let has_dense = pool.first().is_some_and(|p| p.lock().is_ok_and(|i| i.has_dense()));
+        let has_dense = first.has_dense();
+        let pool: Vec<Mutex<SearchIndex>> = (0..self.size).map(|_| Mutex::new(first.clone())).collect();
         let encoders_loaded = self.encoders().is_some();
         if !encoders_loaded || record != seen_record || (has_dense && !self.encoders_serve(Mode::Dense)) {
             let sets = (0..self.size)
