@@ -186,14 +186,4 @@ impl Readers {
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-
-    /// Generations opened so far.
-    pub fn generations(&self) -> u64 {
-        self.generations.load(Ordering::Relaxed)
-    }
-
-    /// Readers per generation.
-    pub fn size(&self) -> usize {
-        self.size
-    }
 }
