@@ -11,14 +11,17 @@ use medkg_connectors::StreamSpec;
 use medkg_dataflow::{Cluster, TelemetryOptions, DEFAULT_METRICS_ADDR};
 use medkg_operators::graph::GraphTarget;
 use medkg_operators::models::Device;
+use medkg_topology::{AdapterKind, AdapterSpec};
 
-/// What `medkg run` and `medkg bench` read: a file or folder, or a topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What `medkg run` and `medkg bench` read: a file or folder, a topic, or a public API.
+#[derive(Clone, Debug, PartialEq)]
 pub enum SourceSpec {
     /// `file:PATH`: a JSONL file (plain or .gz) or a folder of documents.
     File(PathBuf),
     /// `kafka:TOPIC`: a topic, read by a consumer group until stopped.
     Kafka(String),
+    /// `ctgov:QUERY`, `pubmed:QUERY`, `openalex:FILTER`, `unpaywall:FILE`: an API, paged.
+    Adapter(AdapterSpec),
 }
 
 impl FromStr for SourceSpec {
@@ -26,10 +29,15 @@ impl FromStr for SourceSpec {
 
     fn from_str(source: &str) -> Result<SourceSpec, String> {
         let path = source.strip_prefix("file:").filter(|p| !p.is_empty());
+        let adapter = source.split_once(':').is_some_and(|(kind, _)| kind.parse::<AdapterKind>().is_ok());
         match (path, source.parse::<StreamSpec>()) {
             (Some(path), _) => Ok(SourceSpec::File(PathBuf::from(path))),
             (None, Ok(StreamSpec::Kafka(topic))) => Ok(SourceSpec::Kafka(topic)),
-            _ => Err(format!("unsupported source `{source}`: use file:PATH or kafka:TOPIC")),
+            _ if adapter => source.parse().map(SourceSpec::Adapter),
+            _ => Err(format!(
+                "unsupported source `{source}`: use file:PATH, kafka:TOPIC, ctgov:QUERY, pubmed:QUERY, \
+                 openalex:FILTER or unpaywall:FILE"
+            )),
         }
     }
 }
@@ -146,9 +154,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub pipeline: PathBuf,
     /// `file:PATH` (a JSONL file, plain or .gz, or a directory of .xml/.nxml/.json/.jsonl files;
-    /// runs to the end), or `kafka:TOPIC` (runs until SIGTERM; needs --brokers and --group).
+    /// runs to the end), `kafka:TOPIC` (runs until SIGTERM; needs --brokers and --group), or a
+    /// public API: `ctgov:QUERY`, `pubmed:QUERY`, `openalex:FILTER`, `unpaywall:FILE_OF_DOIS`
+    /// (to the end, or until SIGTERM with --follow). Default: the pipeline's ingest `source:`.
     #[arg(long)]
-    pub source: SourceSpec,
+    pub source: Option<SourceSpec>,
     /// Where indexes, checkpoints and dead letters live.
     #[arg(long, default_value = "data")]
     pub data_dir: PathBuf,
@@ -168,6 +178,8 @@ pub struct RunArgs {
     pub models: ModelArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -403,6 +415,63 @@ pub struct ValidateArgs {
     /// Resilience policies (default: ../resilience.yaml next to each pipeline, else the built-in ones).
     #[arg(long)]
     pub resilience: Option<PathBuf>,
+}
+
+/// How an API source pages (each overrides the pipeline's ingest `source:`).
+#[derive(clap::Args, Default)]
+pub struct AdapterArgs {
+    /// The API's root, e.g. a mirror or a test server (default: the public API).
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Only records new or updated on or after this day (YYYY-MM-DD), on the first pass.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Keep polling for new and updated records every --interval, until SIGTERM.
+    #[arg(long)]
+    pub follow: bool,
+    /// Time between two passes with --follow (default 10m).
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// Your contact address, which the APIs ask for (E-utilities `email`, OpenAlex `mailto`;
+    /// required by Unpaywall).
+    #[arg(long)]
+    pub email: Option<String>,
+    /// An API key (E-utilities: 10 requests/s instead of 3; OpenAlex).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Records a page asks for (ctgov up to 1000, pubmed up to 10000, openalex up to 200).
+    #[arg(long)]
+    pub page_size: Option<u32>,
+}
+
+impl AdapterArgs {
+    /// `spec` with these arguments over it.
+    pub fn apply(&self, mut spec: AdapterSpec) -> anyhow::Result<AdapterSpec> {
+        let or = |given: &Option<String>, had: Option<String>| given.clone().or(had);
+        spec.base_url = or(&self.base_url, spec.base_url);
+        spec.since = or(&self.since, spec.since);
+        spec.email = or(&self.email, spec.email);
+        spec.api_key = or(&self.api_key, spec.api_key);
+        spec.page_size = self.page_size.or(spec.page_size);
+        spec.follow |= self.follow;
+        if let Some(interval) = &self.interval {
+            spec.interval = medkg_topology::parse_duration(interval)
+                .ok_or_else(|| anyhow!("--interval `{interval}` is not a duration such as 30s or 10m"))?;
+        }
+        spec.check().map_err(|e| anyhow!(e))?;
+        Ok(spec)
+    }
+
+    /// Whether any of them was given (they need an API source).
+    pub fn any(&self) -> bool {
+        self.base_url.is_some()
+            || self.since.is_some()
+            || self.follow
+            || self.interval.is_some()
+            || self.email.is_some()
+            || self.api_key.is_some()
+            || self.page_size.is_some()
+    }
 }
 
 /// A timely cluster: several processes, `-w` workers each.

@@ -334,6 +334,7 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
                 ],
             },
         }),
+        adapter: None,
         stop: Some(stop.clone()),
         cluster: None,
         telemetry: medkg_dataflow::TelemetryOptions {

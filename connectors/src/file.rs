@@ -361,49 +361,59 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    fn path(data_dir: &Path, source: &str) -> PathBuf {
-        let digest =
-            source.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        let tail: String = source
-            .rsplit(['/', '\\'])
-            .next()
-            .unwrap_or("source")
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
-            .collect();
-        data_dir.join("checkpoints").join(format!("{tail}-{digest:016x}.json"))
-    }
-
     /// The checkpoint of `source` in `data_dir`, if one was written.
     pub fn load(data_dir: &Path, source: &str) -> std::io::Result<Option<Checkpoint>> {
-        let path = Checkpoint::path(data_dir, source);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        load_json(&checkpoint_path(data_dir, source))
     }
 
     /// Writes the checkpoint atomically and durably (temp file, fsync, rename).
     pub fn store(&self, data_dir: &Path) -> std::io::Result<()> {
-        let path = Checkpoint::path(data_dir, &self.source);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        {
-            let mut file = File::create(&tmp)?;
-            std::io::Write::write_all(&mut file, serde_json::to_string_pretty(self)?.as_bytes())?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        store_json(&checkpoint_path(data_dir, &self.source), self)
     }
+}
+
+/// Where the checkpoint of `source` lives: `data_dir/checkpoints/`, named
+/// by the source's last path segment and a hash of the whole name.
+pub(crate) fn checkpoint_path(data_dir: &Path, source: &str) -> PathBuf {
+    let digest = source.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let tail: String = source
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or("source")
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    data_dir.join("checkpoints").join(format!("{tail}-{digest:016x}.json"))
+}
+
+/// A JSON file's value, if the file exists.
+pub(crate) fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `value` as JSON atomically and durably (temp file, fsync, rename, fsync the folder).
+pub(crate) fn store_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, serde_json::to_string_pretty(value)?.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The JSON files of `dir` that are complete, sorted by name: writers of

@@ -2,6 +2,8 @@
 //!
 //! - [`file`]: JSONL (plain or gzip) and directories of document files,
 //!   split across workers by record number, with a durable [`Checkpoint`].
+//! - [`adapter`]: the public APIs an adapter source pages through (the
+//!   protocol only: URLs, pages, cursors) and its checkpoint.
 //! - [`dead_letter`]: the dead-letter sink every failed record goes to.
 //! - [`kafka`]: Kafka settings, the consumer (offsets committed once
 //!   durable) and a producer of JSON records.
@@ -11,6 +13,7 @@
 //! - [`lineage`]: OpenLineage run events to a file or an HTTP endpoint.
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod dead_letter;
 pub mod error;
 pub mod events;

@@ -58,7 +58,7 @@ pub mod telemetry;
 mod worker;
 
 pub use models::{ModelRecord, RecordedModel};
-pub use options::{Cluster, KafkaSource, RunOptions, RunSummary};
+pub use options::{AdapterSource, Cluster, KafkaSource, RunOptions, RunSummary};
 pub use progress::{Progress, Published};
 pub use recorder::RECORD_INTERVAL;
 pub use retriever::{search_index, EncodedVectors, Mode, QueryEncoders, Retriever, FUSION_DEPTH};

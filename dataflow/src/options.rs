@@ -34,6 +34,9 @@ pub struct RunOptions {
     pub device: Option<Device>,
     /// Read this Kafka topic (long-running) instead of `source`.
     pub kafka: Option<KafkaSource>,
+    /// Page through this public API instead of `source` (to its end, or
+    /// until stopped when it follows).
+    pub adapter: Option<AdapterSource>,
     /// Set it to stop a long-running (Kafka) run: it drains, commits and
     /// returns. SIGTERM and SIGINT set it too.
     pub stop: Option<Arc<AtomicBool>>,
@@ -65,6 +68,7 @@ impl RunOptions {
             models: None,
             device: None,
             kafka: None,
+            adapter: None,
             stop: None,
             cluster: None,
             telemetry: TelemetryOptions::default(),
@@ -137,6 +141,16 @@ pub struct KafkaSource {
     pub topic: String,
     /// Brokers, group and librdkafka properties.
     pub settings: KafkaSettings,
+}
+
+/// A public API paged through by an adapter ([`medkg_connectors::adapter`]).
+#[derive(Clone, Debug)]
+pub struct AdapterSource {
+    /// What to page through, and how.
+    pub spec: medkg_topology::AdapterSpec,
+    /// The policy every request runs under (the ingest stage's, else
+    /// `polite-api`); the API's own documented limit caps its rate.
+    pub policy: medkg_topology::Policy,
 }
 
 /// What a finished run did.

@@ -80,9 +80,12 @@ pub fn run(
 
 /// The datasets a run reads and writes, for OpenLineage.
 fn lineage_info(options: &RunOptions) -> RunInfo {
-    let input = match &options.kafka {
-        Some(kafka) => Dataset { namespace: format!("kafka://{}", kafka.settings.brokers), name: kafka.topic.clone() },
-        None => Dataset { namespace: "file".into(), name: absolute(&options.source) },
+    let input = match (&options.kafka, &options.adapter) {
+        (Some(kafka), _) => {
+            Dataset { namespace: format!("kafka://{}", kafka.settings.brokers), name: kafka.topic.clone() }
+        }
+        (None, Some(adapter)) => Dataset { namespace: adapter.spec.base().to_string(), name: adapter.spec.name() },
+        (None, None) => Dataset { namespace: "file".into(), name: absolute(&options.source) },
     };
     RunInfo {
         run_id: options.telemetry.run_id.clone(),
@@ -219,8 +222,13 @@ fn load_sessions(settings: &StageSettings, workers: usize) -> anyhow::Result<Vec
     Ok(sessions)
 }
 
-/// The file source, unless the run reads Kafka.
+/// The file source, unless the run reads Kafka or an API (whose adapter
+/// is checked here: a bad base URL or DOI file stops the run before it starts).
 fn open_source(options: &RunOptions) -> anyhow::Result<Option<FileSource>> {
+    if let Some(adapter) = &options.adapter {
+        medkg_connectors::adapter::Adapter::open(&adapter.spec).map_err(|e| anyhow!(e))?;
+        return Ok(None);
+    }
     if options.kafka.is_some() {
         return Ok(None);
     }
@@ -239,11 +247,11 @@ fn start_position(options: &RunOptions, source: Option<&FileSource>) -> anyhow::
     Ok(checkpoint.map_or(0, |c| c.committed))
 }
 
-/// The run's stop flag. A long-running source (Kafka, or a file source
-/// with gates) stops on SIGTERM or SIGINT: drain, commit, exit.
+/// The run's stop flag. A long-running source (Kafka, an API, or a file
+/// source with gates) stops on SIGTERM or SIGINT: drain, commit, exit.
 fn stop_flag(options: &RunOptions) -> anyhow::Result<Arc<AtomicBool>> {
     let stop = options.stop.clone().unwrap_or_default();
-    if options.kafka.is_some() || !options.plan.gates.is_empty() {
+    if options.kafka.is_some() || options.adapter.is_some() || !options.plan.gates.is_empty() {
         for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(signal, stop.clone()).context("cannot install the signal handler")?;
         }

@@ -296,6 +296,26 @@ impl Telemetry {
         }
     }
 
+    /// A source could not deliver a record (a bad line, a bad page): the
+    /// `medkg_dead_letters_total` count, a warning, and a `failed` event
+    /// naming the record by its position.
+    pub(crate) fn source_failed(&self, position: &str, tenant: &str, error: &StageError) {
+        self.metrics.dead_letters.with_label_values(&[&self.pipeline, "source", &error.kind]).inc();
+        tracing::warn!(
+            run_id = %self.run_id, pipeline = %self.pipeline, stage = "source",
+            position = %position, error_kind = %error.kind, "dead-lettered: {}", error.message
+        );
+        if self.events.enabled() {
+            let data = EventData {
+                doc_id: Some(position.to_string()),
+                tenant_id: Some(tenant.to_string()),
+                error: Some(error.to_string()),
+                ..self.data("source")
+            };
+            self.emit(Lifecycle::Failed, &data);
+        }
+    }
+
     fn data(&self, stage: &str) -> EventData {
         EventData {
             run_id: self.run_id.clone(),

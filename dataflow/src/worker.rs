@@ -20,11 +20,12 @@ use crate::shared::Shared;
 use crate::source::census::GateCensus;
 use crate::source::feed::Feed;
 use crate::source::ir::IrReadyFeed;
-use crate::source::{file, kafka, RawInput};
+use crate::source::{adapter, file, kafka, RawInput};
 use crate::telemetry::Reporter;
 
 /// Builds this worker's dataflow from `stages` and feeds it from the run's
-/// source until the source ends (a file) or the run is stopped (Kafka).
+/// source until the source ends (a file, an API read once) or the run is
+/// stopped (Kafka, a followed API).
 pub(crate) fn run_worker(worker: &mut Worker, shared: &Arc<Shared>, stages: &[StageOp]) -> anyhow::Result<()> {
     let index = worker.index();
     let mut input = RawInput::new();
@@ -39,8 +40,17 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Arc<Shared>, stages: &[St
     let gates = open_gates(shared, &letters, &ledger, index, worker.peers())?;
     let mut built = Ok(());
     worker.dataflow::<u64, _, _>(|scope| {
+        let raw = input.to_stream(scope);
+        // One worker pages through an API: its pages spread over every worker.
+        let raw = match shared.options.adapter {
+            Some(_) => {
+                use timely::dataflow::operators::Exchange;
+                raw.exchange(|payload: &medkg_connectors::RawPayload| payload.position.ordinal)
+            }
+            None => raw,
+        };
         let ports = Ports {
-            raw: input.to_stream(scope),
+            raw,
             ir_ready: (!gates.is_empty()).then(|| ir_input.to_stream(scope)),
             flow: &flow,
             committed: &committed,
@@ -59,9 +69,10 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Arc<Shared>, stages: &[St
     // A batch run with gates ends when every worker's gates have settled.
     let census = (ir_ready.is_some() && shared.options.kafka.is_none()).then(|| GateCensus::new(worker));
     let feed = Feed { input, flow, committed, letters, housekeeping, ir_ready, census };
-    match &shared.options.kafka {
-        Some(source) => kafka::feed(worker, shared, feed, source),
-        None => file::feed(worker, shared, feed),
+    match (&shared.options.kafka, &shared.options.adapter) {
+        (Some(source), _) => kafka::feed(worker, shared, feed, source),
+        (None, Some(source)) => adapter::feed(worker, shared, feed, source),
+        (None, None) => file::feed(worker, shared, feed),
     }
 }
 

@@ -21,6 +21,9 @@ pub enum SourceKind {
     Tei,
     /// A PDF whose text medkg extracted itself (`medkg pdf-parser`).
     Pdf,
+    /// An OpenAlex work (title and the abstract its inverted index spells).
+    #[serde(rename = "openalex")]
+    OpenAlex,
 }
 
 impl SourceKind {
@@ -32,6 +35,7 @@ impl SourceKind {
             SourceKind::ClinicalTrials => "clinical_trials",
             SourceKind::Tei => "tei",
             SourceKind::Pdf => "pdf",
+            SourceKind::OpenAlex => "openalex",
         }
     }
 }

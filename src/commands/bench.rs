@@ -4,16 +4,19 @@ use anyhow::{anyhow, bail};
 use medkg_dataflow::Mode;
 
 use super::{run_options, Job};
-use crate::cli::{BenchArgs, KafkaArgs};
+use crate::cli::{AdapterArgs, BenchArgs, KafkaArgs, SourceSpec};
 
 /// `medkg bench`.
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let BenchArgs { pipeline, source, queries, data_dir, workers, mode, json, models } = args;
     let mut report = serde_json::Map::new();
     if let (Some(pipeline), Some(source)) = (&pipeline, &source) {
+        if matches!(source, SourceSpec::Adapter(_)) {
+            bail!("bench reads file:PATH or kafka:TOPIC (an API's own pace is not medkg's)");
+        }
         let job = Job {
             pipeline,
-            source,
+            source: Some(source),
             data_dir: data_dir.clone(),
             workers,
             tenant: "default".into(),
@@ -21,6 +24,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             resilience: None,
             models: &models,
             kafka: &KafkaArgs::default(),
+            adapter: &AdapterArgs::default(),
         };
         let options = run_options(job)?;
         let result = medkg_dataflow::bench::pipeline(&options)?;

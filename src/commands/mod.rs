@@ -15,10 +15,10 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
-use medkg_dataflow::{KafkaSource, RunOptions};
-use medkg_topology::{Plan, Policies, ValidationErrors};
+use medkg_dataflow::{AdapterSource, KafkaSource, RunOptions};
+use medkg_topology::{Plan, Policies, StageKind, StageSettings, ValidationErrors};
 
-use crate::cli::{KafkaArgs, ModelArgs, SourceSpec};
+use crate::cli::{AdapterArgs, KafkaArgs, ModelArgs, SourceSpec};
 
 /// The policies for a pipeline: `--resilience`, else `resilience.yaml` in
 /// the pipeline's parent directory (config/), else the built-in ones.
@@ -42,7 +42,8 @@ pub fn load_plan(pipeline: &Path, resilience: Option<&Path>) -> Result<Plan, Val
 /// cluster, gates) are added.
 pub struct Job<'a> {
     pub pipeline: &'a Path,
-    pub source: &'a SourceSpec,
+    /// `None`: the pipeline's ingest `source:`.
+    pub source: Option<&'a SourceSpec>,
     pub data_dir: PathBuf,
     pub workers: usize,
     pub tenant: String,
@@ -50,16 +51,43 @@ pub struct Job<'a> {
     pub resilience: Option<&'a Path>,
     pub models: &'a ModelArgs,
     pub kafka: &'a KafkaArgs,
+    pub adapter: &'a AdapterArgs,
 }
 
 /// The options of a run of `job`.
 pub fn run_options(job: Job<'_>) -> anyhow::Result<RunOptions> {
-    let Job { pipeline, source, data_dir, workers, tenant, from_start, resilience, models, kafka } = job;
+    let Job { pipeline, source, data_dir, workers, tenant, from_start, resilience, models, kafka, adapter } = job;
     let plan = load_plan(pipeline, resilience).map_err(anyhow::Error::new)?;
-    let (path, kafka) = match source {
-        SourceSpec::File(path) => (path.clone(), None),
-        SourceSpec::Kafka(topic) => {
-            (PathBuf::new(), Some(KafkaSource { topic: topic.clone(), settings: kafka.settings()? }))
+    let ingest = plan.stages.iter().find(|s| s.kind == StageKind::Ingest);
+    let configured = ingest.and_then(|stage| match &stage.settings {
+        StageSettings::Ingest(settings) => settings.source.clone(),
+        _ => None,
+    });
+    let source = match (source, configured) {
+        (Some(source), _) => source.clone(),
+        (None, Some(spec)) => SourceSpec::Adapter(spec),
+        (None, None) => bail!("no source: give --source, or a `source:` in the pipeline's ingest stage"),
+    };
+    if adapter.any() && !matches!(source, SourceSpec::Adapter(_)) {
+        bail!("--base-url, --since, --follow, --interval, --email, --api-key and --page-size need an API source");
+    }
+    let (path, kafka, adapter) = match source {
+        SourceSpec::File(path) => (path, None, None),
+        SourceSpec::Kafka(topic) => (PathBuf::new(), Some(KafkaSource { topic, settings: kafka.settings()? }), None),
+        SourceSpec::Adapter(spec) => {
+            let spec = adapter.apply(spec)?;
+            // The ingest stage's policy, unless it is the default: then `polite-api`.
+            let policies = policies_for(pipeline, resilience).map_err(anyhow::Error::new)?;
+            let policy = match ingest.map(|s| &s.policy).filter(|p| p.name != "default") {
+                Some(policy) => policy.clone(),
+                None => policies
+                    .by_name
+                    .get("polite-api")
+                    .or(policies.by_name.get("default"))
+                    .cloned()
+                    .unwrap_or_else(|| Policies::builtin().by_name["polite-api"].clone()),
+            };
+            (PathBuf::new(), None, Some(AdapterSource { spec, policy }))
         }
     };
     if workers == 0 {
@@ -67,6 +95,7 @@ pub fn run_options(job: Job<'_>) -> anyhow::Result<RunOptions> {
     }
     Ok(RunOptions {
         kafka,
+        adapter,
         workers,
         tenant,
         from_start,

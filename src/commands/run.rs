@@ -22,6 +22,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         resilience,
         models,
         kafka,
+        adapter,
         cluster,
         telemetry,
         ir_ready,
@@ -35,7 +36,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let job = Job {
         pipeline: &pipeline,
-        source: &source,
+        source: source.as_ref(),
         data_dir,
         workers,
         tenant,
@@ -43,6 +44,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         resilience: resilience.as_deref(),
         models: &models,
         kafka: &kafka,
+        adapter: &adapter,
     };
     let mut options = run_options(job)?;
     options.cluster = cluster.cluster()?;

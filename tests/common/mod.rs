@@ -81,7 +81,9 @@ impl Reply {
     }
 }
 
-type Handler = dyn Fn(&str, u32) -> Reply + Send + Sync;
+/// Answers a request given its path, its query string and how many times
+/// that path was asked for before.
+type Handler = dyn Fn(&str, &str, u32) -> Reply + Send + Sync;
 /// Shared lists of (path, what) the server records.
 type Records<T> = std::sync::Arc<std::sync::Mutex<Vec<(String, T)>>>;
 
@@ -91,31 +93,43 @@ type Records<T> = std::sync::Arc<std::sync::Mutex<Vec<(String, T)>>>;
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     log: Records<std::time::Instant>,
+    /// (path, query, arrival) of every request.
+    queries: std::sync::Arc<std::sync::Mutex<Vec<(String, String, std::time::Instant)>>>,
     bodies: Records<Vec<u8>>,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl TestServer {
     pub fn start(handler: impl Fn(&str, u32) -> Reply + Send + Sync + 'static) -> TestServer {
+        TestServer::start_with_query(move |path, _, nth| handler(path, nth))
+    }
+
+    /// A server whose handler also sees each request's query string.
+    pub fn start_with_query(handler: impl Fn(&str, &str, u32) -> Reply + Send + Sync + 'static) -> TestServer {
         use std::sync::{Arc, Mutex};
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let log: Records<std::time::Instant> = Arc::default();
         let bodies: Records<Vec<u8>> = Arc::default();
+        let queries: Arc<Mutex<Vec<(String, String, std::time::Instant)>>> = Arc::default();
         let seen: Arc<Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
         let handler: Arc<Handler> = Arc::new(handler);
-        let state = (log.clone(), seen, handler, bodies.clone());
+        let state = (log.clone(), seen, handler, bodies.clone(), queries.clone());
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (log, seen, handler, bodies) = state.clone();
+                let (log, seen, handler, bodies, queries) = state.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let (log, seen, handler, bodies) = (log.clone(), seen.clone(), handler.clone(), bodies.clone());
+                        let (log, seen, handler, bodies, queries) =
+                            (log.clone(), seen.clone(), handler.clone(), bodies.clone(), queries.clone());
                         async move {
                             let path = request.uri().path().to_string();
-                            log.lock().unwrap().push((path.clone(), std::time::Instant::now()));
+                            let query = request.uri().query().unwrap_or_default().to_string();
+                            let now = std::time::Instant::now();
+                            log.lock().unwrap().push((path.clone(), now));
+                            queries.lock().unwrap().push((path.clone(), query.clone(), now));
                             if request.method() == hyper::Method::POST {
                                 use http_body_util::BodyExt;
                                 let body = request.into_body().collect().await.map(|b| b.to_bytes().to_vec());
@@ -127,7 +141,7 @@ impl TestServer {
                                 *n += 1;
                                 *n - 1
                             };
-                            let reply = handler(&path, nth);
+                            let reply = handler(&path, &query, nth);
                             tokio::time::sleep(reply.delay).await;
                             if let Some(hold) = &reply.hold {
                                 while !hold.load(std::sync::atomic::Ordering::SeqCst) {
@@ -146,7 +160,7 @@ impl TestServer {
                 });
             }
         });
-        TestServer { addr, log, bodies, _runtime: runtime }
+        TestServer { addr, log, bodies, queries, _runtime: runtime }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -156,6 +170,11 @@ impl TestServer {
     /// The bodies POSTed to `path`, in order.
     pub fn posted(&self, path: &str) -> Vec<Vec<u8>> {
         self.bodies.lock().unwrap().iter().filter(|(p, _)| p == path).map(|(_, b)| b.clone()).collect()
+    }
+
+    /// (path, query, arrival) of the requests for paths starting with `prefix`, in order.
+    pub fn requests_with_query(&self, prefix: &str) -> Vec<(String, String, std::time::Instant)> {
+        self.queries.lock().unwrap().iter().filter(|(p, _, _)| p.starts_with(prefix)).cloned().collect()
     }
 
     /// Arrival times of the requests for paths starting with `prefix`, in order.

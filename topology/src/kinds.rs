@@ -51,6 +51,8 @@ pub enum ValueKind {
     Hosts,
     /// Where a side stream lives: `dir:PATH` or `kafka:TOPIC`.
     Stream,
+    /// An API source: `{ adapter: ctgov, query: ..., ... }` ([`crate::AdapterSpec`]).
+    Adapter,
 }
 
 impl ValueKind {
@@ -121,6 +123,7 @@ impl ValueKind {
                 Some(Ok(_)) => Ok(()),
                 _ => Err(format!("expected dir:PATH or kafka:TOPIC, found {}", describe(value))),
             },
+            ValueKind::Adapter => crate::AdapterSpec::from_value(value).map(|_| ()),
             ValueKind::Duration => match value.as_str().and_then(crate::duration::parse_duration) {
                 Some(_) => Ok(()),
                 None => Err(format!("expected a duration such as 500ms, 30s or 5m, found {}", describe(value))),

@@ -30,6 +30,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod adapter;
 mod builder;
 mod compile;
 mod duration;
@@ -42,6 +43,7 @@ mod raw;
 mod settings;
 mod stream;
 
+pub use adapter::{is_day, AdapterKind, AdapterSpec};
 pub use builder::PlanBuilder;
 pub use duration::parse_duration;
 pub use error::{Location, TopologyError, ValidationErrors};

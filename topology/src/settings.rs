@@ -34,7 +34,7 @@ const fn extend<const N: usize, const M: usize, const T: usize>(
 }
 
 /// Formats `parse` understands; `auto` sniffs each payload.
-pub const PARSE_FORMATS: &[&str] = &["auto", "pubmed-jsonl", "pubmed-xml", "jats", "ctgov", "tei", "ir"];
+pub const PARSE_FORMATS: &[&str] = &["auto", "pubmed-jsonl", "pubmed-xml", "jats", "ctgov", "openalex", "tei", "ir"];
 const DEVICES: &[&str] = &["cpu", "cuda"];
 /// Index backends.
 pub const INDEX_BACKENDS: &[&str] = &["bm25", "splade", "dense"];
@@ -144,21 +144,28 @@ impl Config<'_> {
     }
 }
 
-/// `ingest`: size limits on raw records.
+/// `ingest`: size limits on raw records, and the API the pipeline pages
+/// through when it names one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IngestSettings {
     /// Records above this size are dead-lettered (default 256 MiB).
     pub max_record_bytes: usize,
+    /// `source: { adapter: ctgov, query: ..., ... }`: the pipeline reads
+    /// this API unless the command line names another source.
+    pub source: Option<crate::AdapterSpec>,
 }
 
 impl IngestSettings {
     /// The keys of `ingest`.
-    pub const KEYS: &'static [ConfigKey] = &[key("max_record_bytes", PositiveInt)];
+    pub const KEYS: &'static [ConfigKey] = &[key("max_record_bytes", PositiveInt), key("source", Adapter)];
     /// The default cap on one raw record (a JSONL line or a whole file).
     pub const DEFAULT_MAX_RECORD_BYTES: usize = 256 << 20;
 
     fn decode(c: Config<'_>) -> IngestSettings {
-        IngestSettings { max_record_bytes: c.usize("max_record_bytes", Self::DEFAULT_MAX_RECORD_BYTES) }
+        IngestSettings {
+            max_record_bytes: c.usize("max_record_bytes", Self::DEFAULT_MAX_RECORD_BYTES),
+            source: c.0.get("source").and_then(|v| crate::AdapterSpec::from_value(v).ok()),
+        }
     }
 }
 

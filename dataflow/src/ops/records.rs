@@ -305,34 +305,51 @@ pub(crate) fn extract(
     }
 }
 
-/// Kafka tombstones (a key, no value) as deletions for the index stages.
-/// They skip parse, chunk and the models; the index orders them against
-/// upserts of the same document by source position.
+/// Deletions for the index stages: Kafka tombstones (a key, no value), and
+/// the `<DeleteCitation>` PMIDs of PubMed update files. They skip parse,
+/// chunk and the models; the index orders them against upserts of the
+/// same document by source position.
 pub(crate) fn tombstones<'s>(
     raw: StreamVec<'s, u64, RawPayload>,
     tenant: &str,
 ) -> StreamVec<'s, u64, Envelope<ChunkedDocument>> {
     let tenant = tenant.to_string();
     raw.flat_map(move |payload: RawPayload| {
-        let (true, Some(doc_id), Ok(())) = (payload.tombstone, payload.key.clone(), tombstone_ids(&payload)) else {
-            return None; // (parse dead-letters a tombstone with a bad id or tenant)
+        let ids: Vec<String> = match (payload.tombstone, payload.key.clone()) {
+            (true, Some(doc_id)) if tombstone_ids(&payload).is_ok() => vec![doc_id],
+            // (parse dead-letters a tombstone with a bad id or tenant)
+            (true, _) => Vec::new(),
+            (false, _) if may_delete_citations(&payload.bytes) => {
+                std::str::from_utf8(&payload.bytes).map(parse::deleted_citations).unwrap_or_default()
+            }
+            (false, _) => Vec::new(),
         };
-        Some(Envelope {
-            item: ChunkedDocument {
-                doc_id,
-                tenant_id: payload.tenant.clone().unwrap_or_else(|| tenant.clone()),
-                // Never stored: a deletion only names the document.
-                source: medkg_operators::SourceKind::Pubmed,
-                title: String::new(),
-                content_hash: 0,
-                chunks: Vec::new(),
-                metadata: Default::default(),
-            },
-            source: payload.source,
-            position: payload.position,
-            tombstone: true,
-        })
+        let tenant = payload.tenant.clone().unwrap_or_else(|| tenant.clone());
+        ids.into_iter()
+            .map(|doc_id| Envelope {
+                item: ChunkedDocument {
+                    doc_id,
+                    tenant_id: tenant.clone(),
+                    // Never stored: a deletion only names the document.
+                    source: medkg_operators::SourceKind::Pubmed,
+                    title: String::new(),
+                    content_hash: 0,
+                    chunks: Vec::new(),
+                    metadata: Default::default(),
+                },
+                source: payload.source.clone(),
+                position: payload.position.clone(),
+                tombstone: true,
+            })
+            .collect::<Vec<_>>()
     })
+}
+
+/// Whether a payload may be a PubMed update file with deletions (XML that
+/// names `DeleteCitation`): a scan of bytes, no parsing.
+fn may_delete_citations(bytes: &[u8]) -> bool {
+    let xml = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<');
+    xml && bytes.windows(b"<DeleteCitation".len()).any(|w| w == b"<DeleteCitation")
 }
 
 /// Whether a tombstone's key and tenant header are a valid document and tenant id.

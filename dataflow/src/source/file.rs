@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use medkg_connectors::{Checkpoint, DeadLetter, FileSource};
+use medkg_connectors::{Checkpoint, FileSource};
+use medkg_operators::StageError;
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
-use super::feed::Feed;
-use crate::progress::frontier_of;
+use super::feed::{drain, Feed, Tail};
+use super::source_failure;
 use crate::shared::Shared;
 
 /// Feeds the file source, then waits until everything is durable.
@@ -55,69 +56,18 @@ pub(crate) fn feed(worker: &mut Worker, shared: &Arc<Shared>, feed: Feed) -> any
         match record {
             Ok(payload) => input.send(payload),
             Err((position, error)) => {
-                let letter = DeadLetter::new(
-                    "source",
-                    &source.name(),
-                    &position,
-                    None,
-                    "permanent",
-                    &error.kind,
-                    &error.message,
-                    &[],
-                );
-                letters.borrow_mut().write(&letter).context("cannot write a dead letter")?;
-                shared.progress.failed.fetch_add(1, Ordering::Relaxed);
-                let telemetry = &shared.telemetry;
-                telemetry.metrics.dead_letters.with_label_values(&[&telemetry.pipeline, "source", &error.kind]).inc();
-                tracing::warn!(
-                    run_id = %telemetry.run_id, pipeline = %telemetry.pipeline, stage = "source",
-                    position = %position, error_kind = %error.kind, "dead-lettered: {}", error.message
-                );
+                let error = StageError::permanent(&error.kind, error.message);
+                source_failure(shared, &letters, &source.name(), &position, &error, &[])?;
             }
         }
     }
     let total = records.ordinal();
     drop(input);
-    // Documents wait at the gates: keep reading IR-ready records until, in
-    // every worker of every process, every downloaded record has arrived and
-    // none waits (joined or timed out), or until stopped (they stay waiting,
-    // durably, for the next run).
-    let flush = || -> anyhow::Result<()> { Ok(letters.borrow_mut().flush()?) };
-    if let (Some(ir_ready), Some(mut census)) = (&mut ir_ready, census) {
-        loop {
-            ir_ready.poll();
-            ir_ready.advance(ir_ready.epoch + 1);
-            worker.step_or_park(Some(Duration::from_millis(50)));
-            if let Some(fatal) = shared.failed() {
-                bail!("{fatal}");
-            }
-            housekeeping.tick(&committed)?;
-            ir_ready.commit_durable(frontier_of(&committed), flush)?;
-            if index == 0 {
-                checkpointer.maybe_store(&committed, epoch_records)?;
-            }
-            if census.settled() || shared.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            census.report(housekeeping.gates_settled());
-        }
-        ir_ready.close();
-    }
-    while !committed.done() {
-        worker.step_or_park(Some(Duration::from_millis(50)));
-        if let Some(fatal) = shared.failed() {
-            bail!("{fatal}");
-        }
-        if index == 0 {
-            checkpointer.maybe_store(&committed, epoch_records)?;
-        }
-        housekeeping.tick(&committed)?;
-    }
-    housekeeping.finish(&committed)?;
-    flush()?;
-    if let Some(ir_ready) = &ir_ready {
-        ir_ready.commit_durable(u64::MAX, flush)?;
-    }
+    let tail = Tail { committed, letters, housekeeping, ir_ready, census };
+    drain(worker, shared, tail, |committed| match index {
+        0 => checkpointer.maybe_store(committed, epoch_records),
+        _ => Ok(()),
+    })?;
     if index == 0 {
         checkpointer.last = total;
         checkpointer.store(true)?;

@@ -19,11 +19,14 @@
 
 mod ctgov;
 mod jats;
+mod openalex;
 mod pubmed;
 mod tei;
 mod xml;
 
 use std::str::FromStr;
+
+pub use pubmed::deleted_citations;
 
 use crate::pdf::IrReady;
 use crate::{Document, StageError};
@@ -41,6 +44,8 @@ pub enum Format {
     Jats,
     /// ClinicalTrials.gov API v2 study JSON (or a `{"studies": [...]}` page).
     Ctgov,
+    /// OpenAlex work JSON (or a `{"results": [...]}` page of `/works`).
+    OpenAlex,
     /// GROBID TEI XML.
     Tei,
     /// An IR-ready record of the PDF gate (`{"doc_id", "ir" | "tei", ...}`).
@@ -56,6 +61,7 @@ impl FromStr for Format {
             "pubmed-xml" => Format::PubmedXml,
             "jats" => Format::Jats,
             "ctgov" => Format::Ctgov,
+            "openalex" => Format::OpenAlex,
             "tei" => Format::Tei,
             "ir" => Format::Ir,
             other => return Err(format!("unknown format `{other}`")),
@@ -114,15 +120,18 @@ fn parse_unchecked(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> 
     // JSON is parsed once, here: sniffing reads its keys, the parser its values.
     let trimmed = text.trim_start();
     let is_json = match options.format {
-        Format::PubmedJsonl | Format::Ctgov | Format::Ir => true,
+        Format::PubmedJsonl | Format::Ctgov | Format::OpenAlex | Format::Ir => true,
         Format::Auto => trimmed.starts_with('{'),
         _ => false,
     };
     // Sets of documents are capped per document, everything else as a whole
     // (and before any parsing, so a giant payload costs nothing).
     let may_be_set = match options.format {
-        Format::PubmedXml | Format::Ctgov => true,
-        Format::Auto if is_json => trimmed[..trimmed.len().min(4096)].contains("\"studies\""),
+        Format::PubmedXml | Format::Ctgov | Format::OpenAlex => true,
+        Format::Auto if is_json => {
+            let head = &trimmed[..trimmed.floor_char_boundary(4096)];
+            head.contains("\"studies\"") || head.contains("\"results\"")
+        }
         Format::Auto => true, // XML: decided once the root element is known
         _ => false,
     };
@@ -158,13 +167,14 @@ fn parse_unchecked(options: &ParseOptions, bytes: &[u8], name: Option<&str>) -> 
     let results = match (format, &json) {
         (Format::PubmedJsonl, Some(value)) => vec![pubmed::from_json(value, options)],
         (Format::Ctgov, Some(value)) => ctgov::from_json(value, text.len(), options),
+        (Format::OpenAlex, Some(value)) => openalex::from_json(value, text.len(), options),
         (Format::PubmedXml, _) => pubmed::parse_set(text, options),
         (Format::Jats, _) => vec![jats::parse(text, options)],
         (Format::Tei, _) => vec![tei::parse(text, options)],
         (Format::Ir, Some(value)) => vec![serde_json::from_value::<IrReady>(value.clone())
             .map_err(|e| StageError::permanent("bad_ir_ready", format!("not an IR-ready record: {e}")))
             .and_then(|ready| ir_ready_document(&ready, options))],
-        (Format::PubmedJsonl | Format::Ctgov | Format::Ir, None) => {
+        (Format::PubmedJsonl | Format::Ctgov | Format::OpenAlex | Format::Ir, None) => {
             unreachable!("JSON formats were parsed above")
         }
         (Format::Auto, _) => unreachable!("auto was resolved above"),
@@ -228,6 +238,14 @@ fn sniff(text: &str, name: Option<&str>, json: Option<&serde_json::Value>) -> Op
         }
         if object.contains_key("protocolSection") || object.contains_key("studies") {
             return Some(Format::Ctgov);
+        }
+        let openalex_id =
+            object.get("id").and_then(|i| i.as_str()).is_some_and(|i| i.starts_with("https://openalex.org/"));
+        if openalex_id
+            || object.contains_key("abstract_inverted_index")
+            || (object.contains_key("results") && object.contains_key("meta"))
+        {
+            return Some(Format::OpenAlex);
         }
         // A PubMed record, even one that lost its pmid (then: missing_id).
         if ["pmid", "title", "abstract", "mesh"].iter().any(|k| object.contains_key(*k)) {
@@ -319,6 +337,8 @@ mod tests {
         assert_eq!(sniff("", None, Some(&json(r#"{"protocolSection": {}}"#))), Some(Format::Ctgov));
         assert_eq!(sniff("", None, Some(&json(r#"{"source": "ctgov", "x": 1}"#))), Some(Format::Ctgov));
         assert_eq!(sniff("", None, Some(&json(r#"{"colour": 1}"#))), None);
+        assert_eq!(sniff("", None, Some(&json(r#"{"meta": {}, "results": []}"#))), Some(Format::OpenAlex));
+        assert_eq!(sniff("", None, Some(&json(r#"{"id": "https://openalex.org/W1"}"#))), Some(Format::OpenAlex));
         assert_eq!(sniff("", None, Some(&json("[1]"))), None);
         assert_eq!(
             sniff("<?xml version=\"1.0\"?>\n<!DOCTYPE x>\n<PubmedArticleSet>", None, None),

@@ -66,7 +66,12 @@ pub(crate) fn parse_set(text: &str, options: &ParseOptions) -> Vec<Result<Docume
         rest = &rest[end..];
         index += 1;
     }
-    if results.is_empty() {
+    // An update file's deletions: the index and the graph take the valid
+    // ones from the raw stream ([`deleted_citations`]); a bad one fails here.
+    let (_, bad) = scan_deletions(text);
+    let deletes = bad.len() + deleted_citations(text).len();
+    results.extend(bad.into_iter().map(Err));
+    if results.is_empty() && deletes == 0 {
         // Nothing to cut out: report why, in XML terms if it does not parse.
         let error = match parse_xml(text) {
             Err(e) => e,
@@ -75,6 +80,50 @@ pub(crate) fn parse_set(text: &str, options: &ParseOptions) -> Vec<Result<Docume
         results.push(Err(error));
     }
     results
+}
+
+/// The documents a PubMed update file's `<DeleteCitation>` blocks delete
+/// (`pmid:N`), in file order; PMIDs that are not PMIDs are left out (the
+/// parse stage dead-letters them).
+pub fn deleted_citations(text: &str) -> Vec<String> {
+    scan_deletions(text).0
+}
+
+/// Valid deleted ids and the errors of invalid ones.
+fn scan_deletions(text: &str) -> (Vec<String>, Vec<StageError>) {
+    let (mut ids, mut bad) = (Vec::new(), Vec::new());
+    let mut rest = text;
+    while let Some(start) = find_open(rest, "DeleteCitation") {
+        let block = &rest[start..];
+        let Some(len) = block.find("</DeleteCitation>") else {
+            bad.push(StageError::permanent("bad_xml", "<DeleteCitation> is never closed"));
+            break;
+        };
+        let mut pmids = &block[..len];
+        while let Some(open) = find_open(pmids, "PMID") {
+            let after = &pmids[open..];
+            let (Some(gt), Some(close)) = (after.find('>'), after.find("</PMID>")) else {
+                bad.push(StageError::permanent("bad_xml", "a <PMID> in <DeleteCitation> is never closed"));
+                break;
+            };
+            if gt > close {
+                bad.push(StageError::permanent("bad_xml", "a malformed <PMID> in <DeleteCitation>"));
+                break;
+            }
+            let pmid = after[gt + 1..close].trim();
+            match check_pmid(pmid) {
+                Ok(()) if !pmid.is_empty() => ids.push(format!("pmid:{pmid}")),
+                Ok(()) => bad.push(StageError::permanent("missing_id", "an empty <PMID> in <DeleteCitation>")),
+                Err(mut e) => {
+                    e.message = format!("<DeleteCitation>: {}", e.message);
+                    bad.push(e)
+                }
+            }
+            pmids = &after[close + "</PMID>".len()..];
+        }
+        rest = &block[len + "</DeleteCitation>".len()..];
+    }
+    (ids, bad)
 }
 
 /// Finds `<name>` or `<name ...>` (not `<nameSuffix>`).
@@ -177,4 +226,41 @@ fn build(
         vec![("abstract".to_string(), abstract_text)]
     };
     Document::new(format!("pmid:{pmid}"), tenant, SourceKind::Pubmed, title, sections, metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_file_deletes_what_its_delete_citation_lists() {
+        let file = r#"<?xml version="1.0"?>
+<PubmedArticleSet>
+<PubmedArticle><MedlineCitation><PMID Version="1">11</PMID><Article><ArticleTitle>Kept</ArticleTitle></Article></MedlineCitation></PubmedArticle>
+<DeleteCitation>
+  <PMID Version="1">22</PMID>
+  <PMID Version="1"> 33 </PMID>
+  <PMID Version="1">4x4</PMID>
+</DeleteCitation>
+</PubmedArticleSet>"#;
+        assert_eq!(deleted_citations(file), ["pmid:22", "pmid:33"]);
+        let results = parse_set(file, &ParseOptions::default());
+        assert_eq!(results.len(), 2, "the article and the bad PMID");
+        assert_eq!(results[0].as_ref().unwrap().id, "pmid:11");
+        assert_eq!(results[1].as_ref().unwrap_err().kind, "bad_id");
+        // Deletions alone are a valid update file, not an empty one.
+        let only = "<PubmedArticleSet><DeleteCitation><PMID>5</PMID></DeleteCitation></PubmedArticleSet>";
+        assert!(parse_set(only, &ParseOptions::default()).is_empty());
+        assert_eq!(deleted_citations(only), ["pmid:5"]);
+        // Hostile shapes end the scan with an error, never a panic or a loop.
+        for hostile in [
+            "<DeleteCitation><PMID>5</PMID>",
+            "<DeleteCitation><PMID>5</DeleteCitation>",
+            "<DeleteCitation><PMID</PMID></DeleteCitation>",
+            "<DeleteCitation><PMID></PMID></DeleteCitation>",
+        ] {
+            assert!(deleted_citations(hostile).is_empty(), "{hostile}");
+            assert!(parse_set(hostile, &ParseOptions::default()).iter().all(|r| r.is_err()), "{hostile}");
+        }
+    }
 }
