@@ -436,7 +436,8 @@ pub struct AdapterArgs {
     /// required by Unpaywall).
     #[arg(long)]
     pub email: Option<String>,
-    /// An API key (E-utilities: 10 requests/s instead of 3; OpenAlex).
+    /// An API key (E-utilities: 10 requests/s instead of 3; OpenAlex). Better in the
+    /// environment, out of `ps`: NCBI_API_KEY (pubmed), OPENALEX_API_KEY (openalex).
     #[arg(long)]
     pub api_key: Option<String>,
     /// Records a page asks for (ctgov up to 1000, pubmed up to 10000, openalex up to 200).
@@ -451,7 +452,14 @@ impl AdapterArgs {
         spec.base_url = or(&self.base_url, spec.base_url);
         spec.since = or(&self.since, spec.since);
         spec.email = or(&self.email, spec.email);
-        spec.api_key = or(&self.api_key, spec.api_key);
+        spec.api_key = or(&self.api_key, spec.api_key).or_else(|| {
+            let variable = match spec.kind {
+                AdapterKind::Pubmed => "NCBI_API_KEY",
+                AdapterKind::OpenAlex => "OPENALEX_API_KEY",
+                AdapterKind::Ctgov | AdapterKind::Unpaywall => return None,
+            };
+            std::env::var(variable).ok().filter(|k| !k.trim().is_empty())
+        });
         spec.page_size = self.page_size.or(spec.page_size);
         spec.follow |= self.follow;
         if let Some(interval) = &self.interval {

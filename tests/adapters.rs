@@ -299,9 +299,8 @@ fn abstracts(dir: &Path, n: usize) -> Vec<Value> {
 // ---------------------------------------------------------------------------
 // Running medkg
 
-/// A polite-api policy of the tests': quick retries, a 1 s timeout, 10 requests/s with a burst of 2.
-const POLICY: (f64, f64) = (10.0, 2.0);
-
+/// A polite-api policy of the tests': quick retries, a 1 s timeout, 10
+/// requests/s with a burst of 2 (each API's own limit may be lower).
 fn resilience(dir: &Path) -> PathBuf {
     let path = dir.join("resilience.yaml");
     std::fs::write(
@@ -465,7 +464,8 @@ fn ctgov() -> Case {
         add: |w| w.studies.push(study(99, &today())),
         records: 23,
         added_word: "ctgovtag99q",
-        rate: POLICY,
+        // ClinicalTrials.gov asks for about 50 requests a minute, whatever the policy says.
+        rate: (50.0 / 60.0, 1.0),
     }
 }
 
@@ -511,7 +511,8 @@ fn openalex() -> Case {
         },
         records: 21,
         added_word: "openalextag99q",
-        rate: POLICY,
+        // The policy's 10/s with a burst of 2 would pass OpenAlex's 10 a second: one at a time.
+        rate: (10.0, 1.0),
     }
 }
 
@@ -866,6 +867,8 @@ https://doi.org/10.1186/s12984-016-0129-6
     .unwrap();
     wait_for("the added DOI", Duration::from_secs(60), || docs(&data) == 3);
     assert_eq!(fake.server.requests_with_query("/v2/").len(), 5, "each DOI asked once");
+    // Unpaywall's 100,000 calls a day, as a rate.
+    assert_polite(&fake.arrivals(), 100_000.0 / 86_400.0, 1.0);
     sigterm(&child);
     let status = child.wait().unwrap();
     let mut stderr = String::new();
@@ -969,4 +972,57 @@ fn a_pubmed_update_file_deletes_its_citations_everywhere() {
             "{pmid} in {left:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// The source in the topology
+
+/// The ingest stage's `source:` is the run's source when the command line
+/// names none (`config/pipelines/ctgov-follow.yaml`, pointed at the fake),
+/// pages spread over two workers, and a bad `source:` is a located
+/// validation error.
+#[test]
+fn the_ingest_stage_names_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::start((ctgov().world)(dir.path()));
+    let shipped = std::fs::read_to_string(repo().join("config/pipelines/ctgov-follow.yaml")).unwrap();
+    let yaml = shipped
+        .replace(
+            "query: \"query.cond=long covid\"",
+            &format!("query: remdesivir\n        base_url: \"{}\"\n        page_size: 5", fake.base()),
+        )
+        .replace("follow: true", "follow: false");
+    assert_ne!(yaml, shipped);
+    let pipeline = dir.path().join("config/pipelines/ctgov.yaml");
+    std::fs::create_dir_all(pipeline.parent().unwrap()).unwrap();
+    std::fs::write(&pipeline, &yaml).unwrap();
+    std::fs::copy(resilience(dir.path()), dir.path().join("config/resilience.yaml")).unwrap();
+    let data = dir.path().join("data");
+    let out = ok(medkg()
+        .args(["run", "--metrics-addr", "off", "-w", "2", "--pipeline"])
+        .arg(&pipeline)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap());
+    assert_eq!(docs(&data), 23, "{}", String::from_utf8_lossy(&out.stderr));
+    for i in [0, 11, 22] {
+        let hits: HashSet<String> = found(&data, &format!("ctgovtag{i}q"), "bm25").into_iter().collect();
+        assert_eq!(hits, HashSet::from([format!("nct:NCT{:08}", 90_000_000 + i)]));
+    }
+    let summary: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["docs"], 23, "{summary}");
+
+    let bad = yaml.replace("page_size: 5", "page_size: 5\n        since: yesterday");
+    std::fs::write(&pipeline, bad).unwrap();
+    let out = medkg().arg("validate").arg(&pipeline).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && stderr.contains("since") && stderr.contains("ctgov.yaml:"), "{stderr}");
+    // A flag that needs an API source, beside a file source.
+    let out = medkg()
+        .args(["run", "--follow", "--source", "file:/dev/null", "--pipeline"])
+        .arg(repo().join("config/pipelines/lexical.yaml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("need an API source"));
 }

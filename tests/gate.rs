@@ -422,8 +422,9 @@ mod interleavings {
     }
 }
 
-/// The shipped PDF pipelines, models included, with loopback allowed (their
-/// own allowlists name the real archives).
+/// The shipped PDF pipelines, models included, with loopback allowed (in
+/// place of their own allowlists, which name the real archives, or beside
+/// none: any public host).
 #[test]
 fn gate_the_shipped_pdf_pipelines_run_end_to_end() {
     for file in ["pdf-two-phase.yaml", "pmc-fulltext.yaml"] {
@@ -433,9 +434,20 @@ fn gate_the_shipped_pdf_pipelines_run_end_to_end() {
         std::fs::create_dir_all(config.join("pipelines")).unwrap();
         std::fs::copy(common::repo().join("config/resilience.yaml"), config.join("resilience.yaml")).unwrap();
         let text = std::fs::read_to_string(common::repo().join("config/pipelines").join(file)).unwrap();
-        let start = text.find("allow_hosts: [").expect("an allowlist");
-        let end = start + text[start..].find(']').unwrap() + 1;
-        let text = format!("{}allow_hosts: [127.0.0.1]{}", &text[..start], &text[end..]);
+        let text = match text.find("allow_hosts: [") {
+            Some(start) => {
+                let end = start + text[start..].find(']').unwrap() + 1;
+                format!("{}allow_hosts: [127.0.0.1]{}", &text[..start], &text[end..])
+            }
+            None => {
+                assert!(text.contains("config: { url_field: pdf_url"), "{file}: the download stage's config moved");
+                text.replacen(
+                    "config: { url_field: pdf_url",
+                    "config: { allow_hosts: [127.0.0.1], url_field: pdf_url",
+                    1,
+                )
+            }
+        };
         let pipeline = config.join("pipelines").join(file);
         std::fs::write(&pipeline, text).unwrap();
         let data = dir.path().join("data");

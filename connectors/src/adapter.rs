@@ -172,14 +172,17 @@ impl Adapter {
         Ok(())
     }
 
-    /// The most requests a second the API itself allows this caller, if it
-    /// documents a limit (E-utilities: 3, 10 with an API key; OpenAlex: 10).
-    pub fn ceiling(&self) -> Option<f64> {
+    /// The most requests a second the API itself asks of one caller
+    /// (E-utilities: 3, 10 with an API key; OpenAlex: 10; ClinicalTrials.gov:
+    /// about 50 a minute per address; Unpaywall: 100,000 a day, about 1.16
+    /// a second sustained).
+    pub fn ceiling(&self) -> f64 {
         match self.spec.kind {
-            AdapterKind::Pubmed if self.spec.api_key.is_some() => Some(10.0),
-            AdapterKind::Pubmed => Some(3.0),
-            AdapterKind::OpenAlex => Some(10.0),
-            AdapterKind::Ctgov | AdapterKind::Unpaywall => None,
+            AdapterKind::Pubmed if self.spec.api_key.is_some() => 10.0,
+            AdapterKind::Pubmed => 3.0,
+            AdapterKind::OpenAlex => 10.0,
+            AdapterKind::Ctgov => 50.0 / 60.0,
+            AdapterKind::Unpaywall => 100_000.0 / 86_400.0,
         }
     }
 
@@ -652,7 +655,7 @@ mod tests {
         let Some(Call::Page(fetch)) = pubmed.call(&pass(Cursor::Offset(400)), Some(&session)) else { panic!() };
         assert!(fetch.as_str().contains("retstart=400") && fetch.as_str().contains("WebEnv=MCID_1"));
         assert_eq!(pubmed.call(&pass(Cursor::Offset(600)), Some(&session)), None);
-        assert_eq!(pubmed.ceiling(), Some(10.0));
+        assert_eq!(pubmed.ceiling(), 10.0);
 
         let openalex = adapter(AdapterKind::OpenAlex, "concepts.id:C71924100");
         let Some(Call::Page(url)) = openalex.call(&pass(Cursor::Start), None) else { panic!() };
@@ -756,5 +759,35 @@ mod tests {
         // The next pass of a followed file starts after the DOIs already read.
         let done = Pass { since: None, until: "2024-01-01".into(), cursor: Some(Cursor::Offset(2)) };
         assert_eq!(unpaywall.next_pass(&done).cursor, Some(Cursor::Offset(2)));
+    }
+
+    fn answers() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            "\\{\"(studies|results|meta|nextPageToken|esearchresult)\": ?(\\[|\\{|\"|null|1)[a-z0-9\"\\[\\]{},: ]{0,40}"
+                .prop_map(String::into_bytes),
+            "<(PubmedArticleSet|eFetchResult|ERROR|PubmedArticle)[ >][<>/a-zA-Z ]{0,60}".prop_map(String::into_bytes),
+            "[a-z0-9]{1,3}".prop_map(|t| format!(r#"{{"studies":[1],"nextPageToken":"{t}","meta":{{"next_cursor":"{t}"}},"results":[1]}}"#).into_bytes()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever an API answers, reading it never panics: records and a
+        /// next cursor, or an error naming what is wrong; and a cursor that
+        /// would loop is never followed.
+        #[test]
+        fn any_answer_is_read_or_refused(body in answers(), token in "[a-z0-9]{1,3}") {
+            for kind in [AdapterKind::Ctgov, AdapterKind::Pubmed, AdapterKind::OpenAlex] {
+                let adapter = adapter(kind, "x");
+                let session = Session { count: 1_000, webenv: "W".into(), query_key: "1".into() };
+                let at = pass(Cursor::Token(token.clone()));
+                match adapter.read_page(&at, Some(&session), &body) {
+                    Ok(read) => proptest::prop_assert_ne!(read.next, Some(Cursor::Token(token.clone()))),
+                    Err(e) => proptest::prop_assert!(!e.kind.is_empty() && e.message.len() < 2_000),
+                }
+                let _ = adapter.read_search(&body);
+            }
+        }
     }
 }

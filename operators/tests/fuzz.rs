@@ -269,7 +269,12 @@ fn fuzz_pubmed_xml() {
     fuzz("pubmed-xml", Format::PubmedXml, || {
         xml_format(PUBMED_NAMES, "PubmedArticleSet", PUBMED_HOSTS, |pmid, empties| {
             let article = "<PubmedArticle><MedlineCitation><PMID>{}</PMID><Article><ArticleTitle>T</ArticleTitle></Article></MedlineCitation></PubmedArticle>";
-            article.replace("{}", pmid) + &"<PubmedArticle></PubmedArticle>".repeat(empties)
+            // An update file's deletions too: their PMIDs are as hostile as the articles'.
+            let deletes = format!(
+                "<DeleteCitation><PMID Version=\"1\">{pmid}</PMID><PMID>{}</PMID></DeleteCitation>",
+                "1".repeat(empties)
+            );
+            article.replace("{}", pmid) + &"<PubmedArticle></PubmedArticle>".repeat(empties) + &deletes
         })
     });
 }
@@ -314,6 +319,42 @@ fn fuzz_ctgov() {
                 let mut studies: Vec<serde_json::Value> = studies;
                 studies.extend(std::iter::repeat_n(serde_json::json!(0), zeros % 500));
                 let page = serde_json::json!({ "studies": studies }).to_string();
+                if depth > 150 {
+                    format!("{}, \"x\": {}}}", &page[..page.len() - 1], deep_json(depth))
+                } else {
+                    page
+                }
+            });
+        damaged(page)
+    });
+}
+
+#[test]
+fn fuzz_openalex() {
+    fuzz("openalex", Format::OpenAlex, || {
+        let positions = prop_oneof![
+            proptest::collection::vec(any::<u64>().prop_map(serde_json::Value::from), 0..4),
+            Just(vec![serde_json::json!(-1), serde_json::json!(1.5), serde_json::json!("3")]),
+            Just(vec![serde_json::json!(u64::MAX), serde_json::json!(0), serde_json::json!(0)]),
+        ];
+        let index = proptest::collection::btree_map(text(), positions, 0..12);
+        let work = (id_value(), text(), index, tenant_value()).prop_map(|(id, title, index, tenant)| {
+            serde_json::json!({
+                "id": format!("https://openalex.org/W{id}"),
+                "title": title,
+                "doi": format!("https://doi.org/10.1/{id}"),
+                "ids": { "pmid": 5, "pmcid": [id] },
+                "publication_year": -3,
+                "primary_location": { "source": null },
+                "abstract_inverted_index": index,
+                "tenant_id": tenant
+            })
+        });
+        let page =
+            (proptest::collection::vec(work, 0..4), 0usize..3000, 0usize..200).prop_map(|(works, zeros, depth)| {
+                let mut works: Vec<serde_json::Value> = works;
+                works.extend(std::iter::repeat_n(serde_json::json!(null), zeros % 500));
+                let page = serde_json::json!({ "meta": { "next_cursor": null }, "results": works }).to_string();
                 if depth > 150 {
                     format!("{}, \"x\": {}}}", &page[..page.len() - 1], deep_json(depth))
                 } else {

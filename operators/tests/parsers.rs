@@ -248,8 +248,8 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), format in 0usize..6) {
-        let format = [Format::Auto, Format::PubmedJsonl, Format::PubmedXml, Format::Jats, Format::Ctgov, Format::Tei][format];
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), format in 0usize..7) {
+        let format = [Format::Auto, Format::PubmedJsonl, Format::PubmedXml, Format::Jats, Format::Ctgov, Format::OpenAlex, Format::Tei][format];
         let _ = parse(&options(format), &bytes, None);
     }
 }

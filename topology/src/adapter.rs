@@ -58,7 +58,8 @@ impl AdapterKind {
     /// Records a page asks for unless `page_size` says otherwise, and the most the API serves.
     pub fn page_sizes(self) -> (u32, u32) {
         match self {
-            AdapterKind::Ctgov => (100, 1000),
+            // (Few large pages: the API asks for about 50 requests a minute.)
+            AdapterKind::Ctgov => (1000, 1000),
             AdapterKind::Pubmed => (200, 10_000),
             AdapterKind::OpenAlex => (200, 200),
             AdapterKind::Unpaywall => (1, 1),

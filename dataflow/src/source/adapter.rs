@@ -446,13 +446,15 @@ impl Page {
     }
 }
 
-/// `policy` with its rate capped at the API's own limit: at most
-/// `ceiling` requests a second, one at a time (a burst would pass the limit
-/// within its first second).
-fn capped(policy: &Policy, ceiling: Option<f64>) -> Policy {
-    let Some(ceiling) = ceiling else { return policy.clone() };
+/// `policy` with its rate capped at the API's own limit: at most `ceiling`
+/// requests in any second, its burst included (a policy above the limit
+/// becomes the limit, one request at a time).
+fn capped(policy: &Policy, ceiling: f64) -> Policy {
     let rate_limit = match policy.rate_limit {
-        Some((rate, _)) if rate <= ceiling => policy.rate_limit.map(|(r, b)| (r, b.min(r.max(1.0) as u32).max(1))),
+        Some((rate, burst)) if rate <= ceiling => {
+            let room = (ceiling - rate).floor().max(1.0) as u32;
+            Some((rate, burst.clamp(1, room)))
+        }
         _ => Some((ceiling, 1)),
     };
     Policy { rate_limit, ..policy.clone() }
@@ -466,11 +468,11 @@ mod tests {
     fn the_api_caps_the_policy_rate() {
         let mut policy = medkg_topology::Policies::builtin().by_name["polite-api"].clone();
         policy.rate_limit = Some((20.0, 20));
-        assert_eq!(capped(&policy, Some(3.0)).rate_limit, Some((3.0, 1)));
-        assert_eq!(capped(&policy, None).rate_limit, Some((20.0, 20)));
+        assert_eq!(capped(&policy, 3.0).rate_limit, Some((3.0, 1)));
+        assert_eq!(capped(&policy, 50.0).rate_limit, Some((20.0, 20)));
         policy.rate_limit = Some((2.0, 5));
-        assert_eq!(capped(&policy, Some(3.0)).rate_limit, Some((2.0, 2)));
+        assert_eq!(capped(&policy, 3.0).rate_limit, Some((2.0, 1)));
         policy.rate_limit = None;
-        assert_eq!(capped(&policy, Some(10.0)).rate_limit, Some((10.0, 1)));
+        assert_eq!(capped(&policy, 10.0).rate_limit, Some((10.0, 1)));
     }
 }
