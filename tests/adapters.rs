@@ -690,17 +690,21 @@ fn bad_pages_are_dead_lettered_and_never_spin() {
     let rerun: Vec<u64> = fake.pages("/api/v2/studies", ctgov().page_of)[before..].iter().map(|(p, _)| *p).collect();
     assert_eq!(rerun, [2, 3, 4]);
 
-    // An expired page token: dead-lettered, the pass starts over, everything indexed once.
-    let data = dir.path().join("expired");
-    let mut world = (ctgov().world)(dir.path());
-    world.faults = BTreeMap::from([(2, Fault::Status(400, None))]);
-    let fake = Fake::start(world);
-    ok(run(dir.path(), "ctgov:remdesivir", &fake, &data, &["--page-size=5"]));
-    assert_eq!(docs(&data), 23);
-    let kinds: Vec<Value> = dead_letters(&data).iter().map(|l| l["error_kind"].clone()).collect();
-    assert_eq!(kinds, ["cursor_expired"]);
-    let pages: Vec<u64> = fake.pages("/api/v2/studies", ctgov().page_of).iter().map(|(p, _)| *p).collect();
-    assert_eq!(pages, [0, 1, 2, 0, 1, 2, 3, 4], "started over once");
+    // An expired page token or cursor: dead-lettered, the pass starts over, everything indexed once.
+    for case in [ctgov(), openalex()] {
+        let data = dir.path().join("expired").join(&case.source[..5]);
+        let mut world = (case.world)(dir.path());
+        world.faults = BTreeMap::from([(2, Fault::Status(400, None))]);
+        let fake = Fake::start(world);
+        ok(run(dir.path(), &case.source, &fake, &data, &["--page-size=5"]));
+        assert_eq!(docs(&data), case.records);
+        let kinds: Vec<Value> = dead_letters(&data).iter().map(|l| l["error_kind"].clone()).collect();
+        assert_eq!(kinds, ["cursor_expired"], "{}", case.source);
+        let pages: Vec<u64> = fake.pages(case.pages_at, case.page_of).iter().map(|(p, _)| *p).collect();
+        let all = case.records.div_ceil(5) + u64::from(case.source.starts_with("openalex"));
+        let expected: Vec<u64> = [0, 1, 2].into_iter().chain(0..all).collect();
+        assert_eq!(pages, expected, "{}: started over once", case.source);
+    }
 
     // A cursor that repeats, an empty page that claims more, a missing list: stopped at once.
     for (body, kind, adapter) in [
@@ -1025,4 +1029,60 @@ fn the_ingest_stage_names_the_source() {
         .output()
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("need an API source"));
+}
+
+/// An API that finds nothing completes its pass: no document, no dead
+/// letter, a complete checkpoint.
+#[test]
+fn empty_results_complete_the_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    for source in ["ctgov:nothing", "pubmed:nothing", "openalex:nothing"] {
+        let fake = Fake::start(World::default());
+        let data = dir.path().join(&source[..5]);
+        ok(run(dir.path(), source, &fake, &data, &[]));
+        assert_eq!(docs(&data), 0, "{source}");
+        assert!(dead_letters(&data).is_empty(), "{source}: {:?}", dead_letters(&data));
+        let checkpoint = checkpoint(&data).unwrap_or_else(|| panic!("{source}: no checkpoint"));
+        assert!(checkpoint["pass"]["cursor"].is_null(), "{source}: {checkpoint}");
+    }
+}
+
+/// Unpaywall killed while it reads the DOI file: the rerun asks for no DOI
+/// the checkpoint had made durable, and every open-access PDF is indexed.
+#[test]
+fn unpaywall_killed_mid_way_resumes_where_it_was_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let dois: Vec<String> = (0..7).map(|i| format!("10.5555/paper.{i}")).collect();
+    let world = World {
+        dois: dois.iter().enumerate().map(|(i, d)| (d.clone(), Some(format!("/pdf/{i}.pdf")))).collect(),
+        delay: Duration::from_millis(300),
+        ..World::default()
+    };
+    let fake = Fake::start(world);
+    let file = dir.path().join("dois.txt");
+    std::fs::write(&file, dois.join("\n") + "\n").unwrap();
+    for doi in &dois {
+        ir_ready(&data, &format!("doi:{doi}"));
+    }
+    let source = format!("unpaywall:{}", file.display());
+    let offset = |c: &Value| c["pass"]["cursor"]["offset"].as_u64().unwrap_or(0);
+    let mut child = command(dir.path(), &pdf_pipeline(dir.path()), &source, &fake, &data, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("two durable DOIs", Duration::from_secs(60), || checkpoint(&data).is_some_and(|c| offset(&c) >= 2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let durable = offset(&checkpoint(&data).unwrap()) as usize;
+    let before = fake.server.requests_with_query("/v2/").len();
+    fake.world.lock().unwrap().delay = Duration::ZERO;
+    ok(command(dir.path(), &pdf_pipeline(dir.path()), &source, &fake, &data, &[]).output().unwrap());
+    assert_eq!(docs(&data), 7, "crashed + resumed must equal an uninterrupted run");
+    let asked: Vec<String> = fake.server.requests_with_query("/v2/")[before..]
+        .iter()
+        .map(|(p, _, _)| p["/v2/".len()..].to_string())
+        .collect();
+    assert_eq!(asked, dois[durable..], "the rerun starts at the first DOI not durable");
 }
