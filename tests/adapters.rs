@@ -21,7 +21,7 @@ use std::process::{Child, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{medkg, pubmed_slice, repo, Reply, TestServer};
+use common::{medkg, pubmed_slice, repo, succeeded, Reply, TestServer};
 use serde_json::Value;
 
 /// What the fake does to one request, by its number (API requests only).
@@ -354,17 +354,6 @@ fn run(dir: &Path, source: &str, fake: &Fake, data: &Path, extra: &[&str]) -> Ou
     command(dir, &lexical(), source, fake, data, extra).output().unwrap()
 }
 
-fn ok(output: Output) -> Output {
-    assert!(
-        output.status.success(),
-        "medkg failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 fn docs(data: &Path) -> u64 {
     let out = medkg().args(["stats", "--json", "--data-dir"]).arg(data).output().unwrap();
     serde_json::from_slice::<Value>(&out.stdout).map(|v| v["docs"].as_u64().unwrap_or(0)).unwrap_or(0)
@@ -372,12 +361,14 @@ fn docs(data: &Path) -> u64 {
 
 /// The ids `query` finds (BM25 unless `mode` says otherwise).
 fn found(data: &Path, query: &str, mode: &str) -> Vec<String> {
-    let out = ok(medkg()
-        .args(["search", "--json", "--mode", mode, "-k", "20", "--data-dir"])
-        .arg(data)
-        .arg(query)
-        .output()
-        .unwrap());
+    let out = succeeded(
+        medkg()
+            .args(["search", "--json", "--mode", mode, "-k", "20", "--data-dir"])
+            .arg(data)
+            .arg(query)
+            .output()
+            .unwrap(),
+    );
     let hits: Value = serde_json::from_slice(&out.stdout).unwrap();
     hits.as_array().unwrap().iter().map(|h| h["doc_id"].as_str().unwrap_or_default().to_string()).collect()
 }
@@ -530,7 +521,7 @@ fn pages_once_through_faults(case: Case) {
     let fake = Fake::start(world);
     let data = dir.path().join("data");
     let extra: Vec<&str> = case.extra.iter().map(String::as_str).collect();
-    let out = ok(run(dir.path(), &case.source, &fake, &data, &extra));
+    let out = succeeded(run(dir.path(), &case.source, &fake, &data, &extra));
     assert_eq!(docs(&data), case.records, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dead_letters(&data).is_empty(), "{:?}", dead_letters(&data));
     // The request after the 429 waited for its Retry-After.
@@ -568,7 +559,7 @@ fn killed_mid_way_resumes_where_it_was_durable(case: Case) {
     let durable = (case.checkpoint_page)(&checkpoint(&data).unwrap());
     let before = fake.pages(case.pages_at, case.page_of).len();
     fake.world.lock().unwrap().delay = Duration::ZERO;
-    ok(run(dir.path(), &case.source, &fake, &data, &extra));
+    succeeded(run(dir.path(), &case.source, &fake, &data, &extra));
     assert_eq!(docs(&data), case.records, "crashed + resumed must equal an uninterrupted run");
     let rerun: Vec<u64> = fake.pages(case.pages_at, case.page_of)[before..].iter().map(|(p, _)| *p).collect();
     assert_eq!(rerun.first(), Some(&durable), "the rerun starts at the first page not durable: {rerun:?}");
@@ -685,7 +676,7 @@ fn bad_pages_are_dead_lettered_and_never_spin() {
     assert!(letters[0]["bytes_utf8"].as_str().unwrap().starts_with("{\"studies\""), "the page is kept: {}", letters[0]);
     // The fault is gone: the rerun starts at that page.
     let before = fake.pages("/api/v2/studies", ctgov().page_of).len();
-    ok(run(dir.path(), "ctgov:remdesivir", &fake, &data, &["--page-size=5"]));
+    succeeded(run(dir.path(), "ctgov:remdesivir", &fake, &data, &["--page-size=5"]));
     assert_eq!(docs(&data), 23);
     let rerun: Vec<u64> = fake.pages("/api/v2/studies", ctgov().page_of)[before..].iter().map(|(p, _)| *p).collect();
     assert_eq!(rerun, [2, 3, 4]);
@@ -696,7 +687,7 @@ fn bad_pages_are_dead_lettered_and_never_spin() {
         let mut world = (case.world)(dir.path());
         world.faults = BTreeMap::from([(2, Fault::Status(400, None))]);
         let fake = Fake::start(world);
-        ok(run(dir.path(), &case.source, &fake, &data, &["--page-size=5"]));
+        succeeded(run(dir.path(), &case.source, &fake, &data, &["--page-size=5"]));
         assert_eq!(docs(&data), case.records);
         let kinds: Vec<Value> = dead_letters(&data).iter().map(|l| l["error_kind"].clone()).collect();
         assert_eq!(kinds, ["cursor_expired"], "{}", case.source);
@@ -743,7 +734,7 @@ fn pubmed_searches_again_when_its_history_expires() {
     let fake = Fake::start((pubmed().world)(dir.path()));
     // The third request (the second efetch) finds the history gone.
     fake.world.lock().unwrap().expire_at = Some(2);
-    ok(run(dir.path(), "pubmed:asthma", &fake, &data, &["--page-size=5"]));
+    succeeded(run(dir.path(), "pubmed:asthma", &fake, &data, &["--page-size=5"]));
     assert_eq!(docs(&data), 37);
     let calls = fake.server.requests_with_query("/eutils/");
     let searches = calls.iter().filter(|(p, _, _)| p.ends_with("esearch.fcgi")).count();
@@ -907,14 +898,16 @@ fn a_pubmed_update_file_deletes_its_citations_everywhere() {
     )
     .unwrap();
     let file_run = |pipeline: &str, file: &Path, data: &Path| {
-        ok(medkg()
-            .args(["run", "--metrics-addr", "off", "--pipeline"])
-            .arg(repo().join(pipeline))
-            .arg(format!("--source=file:{}", file.display()))
-            .arg("--data-dir")
-            .arg(data)
-            .output()
-            .unwrap())
+        succeeded(
+            medkg()
+                .args(["run", "--metrics-addr", "off", "--pipeline"])
+                .arg(repo().join(pipeline))
+                .arg(format!("--source=file:{}", file.display()))
+                .arg("--data-dir")
+                .arg(data)
+                .output()
+                .unwrap(),
+        )
     };
     let title = |r: &Value| r["title"].as_str().unwrap().to_string();
     // Every search mode.
@@ -938,7 +931,7 @@ fn a_pubmed_update_file_deletes_its_citations_everywhere() {
         assert!(kept.contains(&format!("pmid:{}", records[3]["pmid"].as_str().unwrap())), "{mode}: {kept:?}");
     }
     // The ledger says so.
-    let ledger = ok(medkg().args(["ledger", "--json", "--data-dir"]).arg(&data).output().unwrap());
+    let ledger = succeeded(medkg().args(["ledger", "--json", "--data-dir"]).arg(&data).output().unwrap());
     let ledger: Value = serde_json::from_slice(&ledger.stdout).unwrap();
     let deleted: HashSet<String> = ledger["rows"]
         .as_array()
@@ -952,12 +945,14 @@ fn a_pubmed_update_file_deletes_its_citations_everywhere() {
     let data = dir.path().join("graph");
     file_run("config/pipelines/kg-lexical.yaml", &baseline, &data);
     let documents = |data: &Path| -> Vec<String> {
-        let out = ok(medkg()
-            .args(["sparql", "--json", "--tenant", "default", "--data-dir"])
-            .arg(data)
-            .arg("SELECT DISTINCT ?d WHERE { GRAPH ?d { ?d a medkg:Document } }")
-            .output()
-            .unwrap());
+        let out = succeeded(
+            medkg()
+                .args(["sparql", "--json", "--tenant", "default", "--data-dir"])
+                .arg(data)
+                .arg("SELECT DISTINCT ?d WHERE { GRAPH ?d { ?d a medkg:Document } }")
+                .output()
+                .unwrap(),
+        );
         let results: Value = serde_json::from_slice(&out.stdout).unwrap();
         results["results"]["bindings"]
             .as_array()
@@ -1002,13 +997,15 @@ fn the_ingest_stage_names_the_source() {
     std::fs::write(&pipeline, &yaml).unwrap();
     std::fs::copy(resilience(dir.path()), dir.path().join("config/resilience.yaml")).unwrap();
     let data = dir.path().join("data");
-    let out = ok(medkg()
-        .args(["run", "--metrics-addr", "off", "-w", "2", "--pipeline"])
-        .arg(&pipeline)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap());
+    let out = succeeded(
+        medkg()
+            .args(["run", "--metrics-addr", "off", "-w", "2", "--pipeline"])
+            .arg(&pipeline)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(docs(&data), 23, "{}", String::from_utf8_lossy(&out.stderr));
     for i in [0, 11, 22] {
         let hits: HashSet<String> = found(&data, &format!("ctgovtag{i}q"), "bm25").into_iter().collect();
@@ -1039,7 +1036,7 @@ fn empty_results_complete_the_pass() {
     for source in ["ctgov:nothing", "pubmed:nothing", "openalex:nothing"] {
         let fake = Fake::start(World::default());
         let data = dir.path().join(&source[..5]);
-        ok(run(dir.path(), source, &fake, &data, &[]));
+        succeeded(run(dir.path(), source, &fake, &data, &[]));
         assert_eq!(docs(&data), 0, "{source}");
         assert!(dead_letters(&data).is_empty(), "{source}: {:?}", dead_letters(&data));
         let checkpoint = checkpoint(&data).unwrap_or_else(|| panic!("{source}: no checkpoint"));
@@ -1078,7 +1075,7 @@ fn unpaywall_killed_mid_way_resumes_where_it_was_durable() {
     let durable = offset(&checkpoint(&data).unwrap()) as usize;
     let before = fake.server.requests_with_query("/v2/").len();
     fake.world.lock().unwrap().delay = Duration::ZERO;
-    ok(command(dir.path(), &pdf_pipeline(dir.path()), &source, &fake, &data, &[]).output().unwrap());
+    succeeded(command(dir.path(), &pdf_pipeline(dir.path()), &source, &fake, &data, &[]).output().unwrap());
     assert_eq!(docs(&data), 7, "crashed + resumed must equal an uninterrupted run");
     let asked: Vec<String> = fake.server.requests_with_query("/v2/")[before..]
         .iter()

@@ -10,22 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{medkg, pubmed_slice, repo, shared};
+use common::{medkg, pubmed_slice, repo, shared, succeeded};
 use serde_json::Value;
 
 fn lexical() -> PathBuf {
     repo().join("config/pipelines/lexical.yaml")
-}
-
-fn check(output: Output) -> Output {
-    assert!(
-        output.status.success(),
-        "medkg failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 /// The JSON object on the last line of stdout.
@@ -37,7 +26,7 @@ fn last_json(output: &Output) -> Value {
 }
 
 fn run(pipeline: &Path, source: &Path, data: &Path, workers: usize, extra: &[&str]) -> Value {
-    let output = check(
+    let output = succeeded(
         medkg()
             .args(["run", "--pipeline"])
             .arg(pipeline)
@@ -54,12 +43,12 @@ fn run(pipeline: &Path, source: &Path, data: &Path, workers: usize, extra: &[&st
 }
 
 fn stats(data: &Path) -> (u64, u64) {
-    let v = last_json(&check(medkg().args(["stats", "--json", "--data-dir"]).arg(data).output().unwrap()));
+    let v = last_json(&succeeded(medkg().args(["stats", "--json", "--data-dir"]).arg(data).output().unwrap()));
     (v["docs"].as_u64().unwrap(), v["chunks"].as_u64().unwrap())
 }
 
 fn search(data: &Path, tenant: &str, k: usize, query: &str) -> Vec<Value> {
-    let output = check(
+    let output = succeeded(
         medkg()
             .args(["search", "--json", "--tenant", tenant, "-k", &k.to_string(), "--data-dir"])
             .arg(data)
@@ -406,7 +395,7 @@ fn two_processes_form_a_timely_cluster_over_loopback() {
     }
     let mut docs = 0;
     for child in processes {
-        let output = check(child.wait_with_output().unwrap());
+        let output = succeeded(child.wait_with_output().unwrap());
         docs += last_json(&output)["docs"].as_u64().unwrap();
     }
     assert_eq!(docs, 2000, "the two processes together index every document once");

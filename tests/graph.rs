@@ -8,29 +8,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{medkg, pubmed_slice, repo};
+use common::{medkg, pubmed_slice, repo, succeeded};
 use serde_json::Value;
 
 fn kg_lexical() -> PathBuf {
     repo().join("config/pipelines/kg-lexical.yaml")
 }
 
-fn check(output: Output) -> Output {
-    assert!(
-        output.status.success(),
-        "medkg failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 fn run(pipeline: &Path, source: &Path, data: &Path, extra: &[&str]) {
-    check(
+    succeeded(
         medkg()
             .args(["run", "--pipeline"])
             .arg(pipeline)
@@ -52,7 +41,7 @@ fn export(data: &Path, tenant: Option<&str>) -> Vec<String> {
     if let Some(tenant) = tenant {
         command.args(["--tenant", tenant]);
     }
-    let output = check(command.output().unwrap());
+    let output = succeeded(command.output().unwrap());
     let mut lines: Vec<String> = String::from_utf8(output.stdout).unwrap().lines().map(str::to_string).collect();
     lines.sort();
     lines
@@ -60,7 +49,7 @@ fn export(data: &Path, tenant: Option<&str>) -> Vec<String> {
 
 /// The bindings of a SPARQL query's results.
 fn sparql(data: &Path, tenant: &str, query: &str) -> Vec<Value> {
-    let output = check(
+    let output = succeeded(
         medkg().args(["sparql", "--json", "--tenant", tenant, "--data-dir"]).arg(data).arg(query).output().unwrap(),
     );
     let results: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -110,7 +99,7 @@ fn a_changed_document_replaces_its_claims_and_the_graph_equals_a_fresh_build() {
     assert_eq!(documents, 400, "every record has its document graph");
     let before = export(&data, None);
     assert!(before.len() > 2_000, "a graph of 400 abstracts: {} quads", before.len());
-    let stats = check(medkg().args(["stats", "--json", "--data-dir"]).arg(&data).output().unwrap());
+    let stats = succeeded(medkg().args(["stats", "--json", "--data-dir"]).arg(&data).output().unwrap());
     let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["graph"]["quads"], before.len() as u64, "{stats}");
     assert_eq!(stats["graph"]["documents"], 400, "{stats}");
@@ -253,7 +242,7 @@ fn tenants_see_only_their_own_graph_and_graph_shows_neighbours_with_evidence() {
     // An export of one tenant holds none of the other's documents.
     assert!(export(&data, Some("alpha")).iter().all(|q| !q.contains("urn:medkg:doc:beta:")));
 
-    let output = check(
+    let output = succeeded(
         medkg()
             .args(["graph", "--json", "--tenant", "alpha", "--data-dir"])
             .arg(&data)
@@ -279,7 +268,7 @@ fn tenants_see_only_their_own_graph_and_graph_shows_neighbours_with_evidence() {
         "{headache}"
     );
     // Search restricted to the chunks that mention aspirin.
-    let output = check(
+    let output = succeeded(
         medkg()
             .args([
                 "search",
@@ -309,7 +298,7 @@ fn tenants_see_only_their_own_graph_and_graph_shows_neighbours_with_evidence() {
     assert!(hits.iter().any(|h| h["doc_id"] == "pmid:90000001"), "{hits:?}");
     assert!(hits.iter().all(|h| mentioning.contains(&h["chunk_id"].as_str().unwrap().to_string())), "{hits:?}");
     // The other tenant has no such document, so no such evidence.
-    let beta = check(
+    let beta = succeeded(
         medkg()
             .args(["graph", "--json", "--tenant", "beta", "--data-dir"])
             .arg(&data)
@@ -356,7 +345,7 @@ fn an_independent_client_reads_the_export_and_counts_as_medkg_sparql() {
     let data = dir.path().join("data");
     run(&kg_lexical(), &source, &data, &[]);
     let nquads = dir.path().join("graph.nq");
-    let output = check(medkg().args(["export", "--tenant", "default", "--data-dir"]).arg(&data).output().unwrap());
+    let output = succeeded(medkg().args(["export", "--tenant", "default", "--data-dir"]).arg(&data).output().unwrap());
     std::fs::write(&nquads, &output.stdout).unwrap();
 
     let claims = "SELECT (COUNT(*) AS ?n) WHERE { GRAPH ?g { ?c a biolink:Association ; medkg:negated false } }";
@@ -514,7 +503,7 @@ fn the_auto_and_clinical_trials_pipelines_run_end_to_end_into_the_graph() {
     let docs = "SELECT (COUNT(DISTINCT ?d) AS ?n) WHERE { GRAPH ?d { ?d a medkg:Document } }";
     assert_eq!(count(&data, "default", docs), 41);
     for mode in ["bm25", "dense", "splade", "hybrid"] {
-        let output = check(
+        let output = succeeded(
             medkg()
                 .args(["search", "--json", "--mode", mode, "--entity", "HP:0002315", "-k", "50", "--data-dir"])
                 .arg(&data)

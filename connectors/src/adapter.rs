@@ -44,6 +44,16 @@ pub enum Cursor {
     Offset(u64),
 }
 
+impl Cursor {
+    /// Records or DOIs read (0 for a token or the start).
+    fn offset(&self) -> u64 {
+        match self {
+            Cursor::Offset(n) => *n,
+            Cursor::Start | Cursor::Token(_) => 0,
+        }
+    }
+}
+
 /// One pass over the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pass {
@@ -230,10 +240,7 @@ impl Adapter {
                 Some(Call::Page(url))
             }
             AdapterKind::Pubmed => {
-                let offset = match cursor {
-                    Cursor::Offset(n) => *n,
-                    _ => 0,
-                };
+                let offset = cursor.offset();
                 let Some(session) = session else {
                     let mut url = self.url("esearch.fcgi");
                     {
@@ -293,11 +300,7 @@ impl Adapter {
                 Some(Call::Page(url))
             }
             AdapterKind::Unpaywall => {
-                let at = match cursor {
-                    Cursor::Offset(n) => *n,
-                    _ => 0,
-                };
-                let doi = self.dois.get(usize::try_from(at).ok()?)?;
+                let doi = self.dois.get(usize::try_from(cursor.offset()).ok()?)?;
                 let mut url = self.url("v2/");
                 // The DOI is one path segment, escaped (`10.1/a/b` keeps its slashes
                 // as %2F would be refused by some servers: the API takes them raw).
@@ -396,10 +399,7 @@ impl Adapter {
             }
             AdapterKind::Pubmed => {
                 let session = session.ok_or_else(|| PageError::fatal("search_failed", "efetch before esearch"))?;
-                let offset = match cursor {
-                    Cursor::Offset(n) => n,
-                    _ => 0,
-                };
+                let offset = cursor.offset();
                 let after = offset.saturating_add(u64::from(self.spec.page_size()));
                 let next = (after < session.count).then_some(Cursor::Offset(after));
                 let text = String::from_utf8_lossy(&body[..body.len().min(1 << 16)]);
@@ -452,10 +452,7 @@ impl Adapter {
                 Ok(PageRead { payload: Some(body.to_vec()), records: results.len() as u64, next, problem: None })
             }
             AdapterKind::Unpaywall => {
-                let at = match cursor {
-                    Cursor::Offset(n) => n,
-                    _ => 0,
-                };
+                let at = cursor.offset();
                 let doi = usize::try_from(at).ok().and_then(|i| self.dois.get(i)).cloned().unwrap_or_default();
                 // (Never `None`: the pass ends when no DOI is left, and the
                 // next one, of a followed file, starts after this one.)

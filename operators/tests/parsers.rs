@@ -155,7 +155,7 @@ fn clinical_trials_v2_studies() {
     assert_eq!(page[0].as_ref().unwrap().id, "nct:NCT00000102");
     let bad = page[1].as_ref().unwrap_err();
     assert_eq!(bad.kind, "bad_id");
-    assert!(bad.message.contains("study 1"), "{}", bad.message);
+    assert!(bad.message.contains("studies[1]"), "{}", bad.message);
 }
 
 #[test]

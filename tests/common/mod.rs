@@ -45,6 +45,19 @@ pub fn pubmed_slice(dir: &Path, n: usize) -> (PathBuf, Vec<Value>) {
     (path, lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
+/// `output` of a `medkg` that must have succeeded; else the test fails
+/// showing its stdout and stderr.
+pub fn succeeded(output: std::process::Output) -> std::process::Output {
+    assert!(
+        output.status.success(),
+        "medkg failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// A plain HTTP/1.1 GET over loopback: (status, body).
 #[allow(dead_code)]
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {

@@ -4,32 +4,12 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{json_list, json_str, normalize, tenant_of, too_large, ParseOptions};
+use super::{json_list, json_str, normalize, ParseOptions};
 use crate::{Document, SourceKind, StageError};
 
 /// A study, or a page of studies; `size` is the payload's length in bytes.
 pub(crate) fn from_json(value: &Value, size: usize, options: &ParseOptions) -> Vec<Result<Document, StageError>> {
-    match value.get("studies") {
-        Some(Value::Array(studies)) => studies
-            .iter()
-            .enumerate()
-            .map(|(i, study)| {
-                let size = study.to_string().len();
-                if size > options.max_doc_bytes {
-                    return Err(too_large(size, options.max_doc_bytes));
-                }
-                parse_study(study, tenant_of(value, options)).map_err(|mut e| {
-                    e.message = format!("study {i}: {}", e.message);
-                    e
-                })
-            })
-            .collect(),
-        Some(_) => vec![Err(StageError::permanent("bad_record", "`studies` must be a list"))],
-        None if size > options.max_doc_bytes => {
-            vec![Err(too_large(size, options.max_doc_bytes))]
-        }
-        None => vec![parse_study(value, tenant_of(value, options))],
-    }
+    super::page_or_one(value, "studies", size, options, parse_study)
 }
 
 fn parse_study(study: &Value, tenant: &str) -> Result<Document, StageError> {

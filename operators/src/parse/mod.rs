@@ -265,6 +265,38 @@ fn sniff(text: &str, name: Option<&str>, json: Option<&serde_json::Value>) -> Op
     None
 }
 
+/// A page of records under `key` (`studies`, `results`), each capped at
+/// `max_doc_bytes` and parsed by `one` (a failure names the record's place
+/// in the page); or, without `key`, the payload (of `size` bytes) as one record.
+pub(crate) fn page_or_one(
+    value: &serde_json::Value,
+    key: &str,
+    size: usize,
+    options: &ParseOptions,
+    one: impl Fn(&serde_json::Value, &str) -> Result<Document, StageError>,
+) -> Vec<Result<Document, StageError>> {
+    let tenant = tenant_of(value, options);
+    match value.get(key) {
+        Some(serde_json::Value::Array(records)) => records
+            .iter()
+            .enumerate()
+            .map(|(i, record)| {
+                let size = record.to_string().len();
+                if size > options.max_doc_bytes {
+                    return Err(too_large(size, options.max_doc_bytes));
+                }
+                one(record, tenant).map_err(|mut e| {
+                    e.message = format!("{key}[{i}]: {}", e.message);
+                    e
+                })
+            })
+            .collect(),
+        Some(_) => vec![Err(StageError::permanent("bad_record", format!("`{key}` must be a list")))],
+        None if size > options.max_doc_bytes => vec![Err(too_large(size, options.max_doc_bytes))],
+        None => vec![one(value, tenant)],
+    }
+}
+
 /// The tenant a JSON record asks for, else the default.
 pub(crate) fn tenant_of<'a>(record: &'a serde_json::Value, options: &'a ParseOptions) -> &'a str {
     record.get("tenant_id").and_then(|t| t.as_str()).filter(|t| !t.trim().is_empty()).unwrap_or(&options.default_tenant)

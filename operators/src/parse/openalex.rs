@@ -10,30 +10,12 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{json_str, normalize, tenant_of, too_large, ParseOptions};
+use super::{json_str, normalize, ParseOptions};
 use crate::{Document, SourceKind, StageError};
 
 /// A work, or a page of works; `size` is the payload's length in bytes.
 pub(crate) fn from_json(value: &Value, size: usize, options: &ParseOptions) -> Vec<Result<Document, StageError>> {
-    match value.get("results") {
-        Some(Value::Array(works)) => works
-            .iter()
-            .enumerate()
-            .map(|(i, work)| {
-                let size = work.to_string().len();
-                if size > options.max_doc_bytes {
-                    return Err(too_large(size, options.max_doc_bytes));
-                }
-                parse_work(work, tenant_of(value, options)).map_err(|mut e| {
-                    e.message = format!("work {i}: {}", e.message);
-                    e
-                })
-            })
-            .collect(),
-        Some(_) => vec![Err(StageError::permanent("bad_record", "`results` must be a list"))],
-        None if size > options.max_doc_bytes => vec![Err(too_large(size, options.max_doc_bytes))],
-        None => vec![parse_work(value, tenant_of(value, options))],
-    }
+    super::page_or_one(value, "results", size, options, parse_work)
 }
 
 /// The short form of an OpenAlex id or URL: `https://openalex.org/W123` → `W123`.
