@@ -19,7 +19,7 @@
 //! Every response is read defensively: a page that is not what its API
 //! documents (bad JSON or XML, a missing field, a cursor that repeats, an
 //! empty page that claims more) is a [`PageError`] naming what is wrong;
-//! [`PageError::fatal`] says whether the pass can go on past it.
+//! its `fatal` field says whether the pass can go on past it.
 
 use std::path::Path;
 
@@ -594,7 +594,7 @@ pub fn read_dois(path: &Path) -> Result<Vec<String>, String> {
 /// last one, complete) at the last page every index has made durable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdapterCheckpoint {
-    /// The source (`ctgov:QUERY`, ...).
+    /// The source at its API (`ctgov:QUERY@https://clinicaltrials.gov`, ...).
     pub source: String,
     /// The pass, its cursor after the last durable page.
     pub pass: Pass,

@@ -1,6 +1,6 @@
 //! Sources and sinks, free of any dataflow.
 //!
-//! - [`file`]: JSONL (plain or gzip) and directories of document files,
+//! - [`file`](mod@file): JSONL (plain or gzip) and directories of document files,
 //!   split across workers by record number, with a durable [`Checkpoint`].
 //! - [`adapter`]: the public APIs an adapter source pages through (the
 //!   protocol only: URLs, pages, cursors) and its checkpoint.

@@ -1,4 +1,4 @@
-//! Compiles a validated [`Plan`] into a timely dataflow graph and runs it.
+//! Compiles a validated [`Plan`](medkg_topology::Plan) into a timely dataflow graph and runs it.
 //!
 //! # Time, progress and commits
 //!
@@ -15,25 +15,29 @@
 //! `commit_interval`) it commits every shard it owns and releases them. A
 //! probe after the index therefore reads *durably indexed up to epoch E*,
 //! and only then does the source record its position: worker 0 writes the
-//! file checkpoint, and every Kafka worker commits the offsets it read in
-//! those epochs (see `kafka_source`). A crash at any moment re-reads at most
+//! file checkpoint, every Kafka worker commits the offsets it read in
+//! those epochs (see `source/kafka.rs`), and an API source (one page an
+//! epoch, paged by worker 0) stores the cursor after the last durable page
+//! (`source/adapter.rs`). A crash at any moment re-reads at most
 //! the uncommitted epochs, whose writes are idempotent upserts keyed by
 //! tenant and document: nothing lost, nothing doubled.
 //!
 //! Model stages (`embed`, `splade`) stash each epoch's chunks and encode
-//! them in token-budget batches when the frontier passes the epoch. Kafka
-//! tombstones travel straight to the index, which orders them against
+//! them in token-budget batches when the frontier passes the epoch.
+//! Deletions (Kafka tombstones, a PubMed update file's `DeleteCitation`)
+//! travel straight to the index and the graph, which order them against
 //! upserts by source position.
 //!
 //! # Where things live
 //!
 //! - [`options`] what to run; `run` sets a run up, starts the workers and
 //!   settles how it ended; `worker` builds one worker's dataflow and runs
-//!   its source's loop (`source/`: file, Kafka, the IR-ready side input).
+//!   its source's loop (`source/`: file, Kafka, a public API, the IR-ready
+//!   side input).
 //! - `graph` wires the plan's stages; each stage's operator is one file in
 //!   `ops/` (`records` holds the stateless stages and the operator loop
 //!   they share). `settings` reads each stage's typed settings once.
-//! - [`telemetry`] metrics, events and per-stage reporting; [`bench`]
+//! - [`telemetry`] metrics, events and per-stage reporting; [`bench`](mod@bench)
 //!   `medkg bench`; [`Retriever`] hybrid search over a data directory.
 //!
 //! docs/architecture.md walks a record through all of it.

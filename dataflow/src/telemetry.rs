@@ -1,7 +1,7 @@
 //! What a run tells the outside world while it works: Prometheus metrics
 //! (served at `/metrics`), CloudEvents lifecycle events, the job ledger and
 //! logs. One [`Telemetry`] serves the whole process; each worker reports
-//! through a [`Reporter`] per stage.
+//! through a `Reporter` per stage.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;

@@ -140,6 +140,12 @@ impl AdapterSpec {
         format!("{}:{}", self.kind.as_str(), self.query)
     }
 
+    /// What its checkpoint is kept under: the source at its API (a cursor
+    /// of one server means nothing to another, a mirror say).
+    pub fn checkpoint_name(&self) -> String {
+        format!("{}@{}", self.name(), self.base())
+    }
+
     /// The API root, without a trailing `/`.
     pub fn base(&self) -> &str {
         self.base_url.as_deref().unwrap_or(self.kind.default_base_url()).trim_end_matches('/')

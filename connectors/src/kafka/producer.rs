@@ -19,7 +19,7 @@ pub struct KafkaJson {
 }
 
 impl KafkaJson {
-    /// Connects a producer for `topic` (e.g. [`EVENTS_TOPIC`]).
+    /// Connects a producer for `topic` (e.g. [`super::EVENTS_TOPIC`]).
     pub fn new(settings: &KafkaSettings, topic: &str) -> Result<KafkaJson> {
         let producer =
             settings.producer_config().create().map_err(|e| Error::kafka("cannot create a Kafka producer", e))?;

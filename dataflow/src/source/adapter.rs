@@ -70,20 +70,23 @@ pub(crate) fn feed(
         return drain(worker, shared, tail, |_| Ok(()));
     }
     let options = &shared.options;
-    let name = source.spec.name();
+    let (name, key) = (source.spec.name(), source.spec.checkpoint_name());
     let checkpoint = match options.from_start {
         true => None,
-        false => AdapterCheckpoint::load(&options.data_dir, &name)
+        false => AdapterCheckpoint::load(&options.data_dir, &key)
             .with_context(|| format!("cannot read the checkpoint in {}", options.data_dir.display()))?,
     };
+    if let Some(checkpoint) = &checkpoint {
+        tracing::info!(
+            source = %name, pages = checkpoint.pages, cursor = ?checkpoint.pass.cursor, since = ?checkpoint.pass.since,
+            "resuming from the checkpoint (a `since` applies to a first run, or with --from-start)"
+        );
+    }
     let start = checkpoint.unwrap_or_else(|| AdapterCheckpoint {
-        source: name.clone(),
+        source: key.clone(),
         pass: Pass::first(source.spec.since.clone()),
         pages: 0,
     });
-    if let Some(cursor) = &start.pass.cursor {
-        tracing::info!(source = %name, pages = start.pages, cursor = ?cursor, since = ?start.pass.since, "adapter source resumes");
-    }
     let pager = Pager::new(source, start.pass.clone(), shared.telemetry.clone(), shared.max_record_bytes)?;
     let (tx, mut rx) = mpsc::channel(2);
     let task = shared.runtime.spawn(pager.run(tx));
@@ -128,7 +131,7 @@ pub(crate) fn feed(
                 ordinal += 1;
                 checkpointer
                     .after
-                    .insert(epoch, AdapterCheckpoint { source: name.clone(), pass: page.after, pages: ordinal });
+                    .insert(epoch, AdapterCheckpoint { source: key.clone(), pass: page.after, pages: ordinal });
                 epoch += 1;
                 input.advance_to(epoch);
                 housekeeping.opened(epoch);
