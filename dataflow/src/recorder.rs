@@ -69,9 +69,10 @@ impl RunRecorder {
         ledger: Option<&Arc<LedgerWriter>>,
     ) -> Option<RunRecorder> {
         let ledger = ledger?.clone();
-        let source = match &options.kafka {
-            Some(kafka) => format!("kafka:{}", kafka.topic),
-            None => format!("file:{}", options.source.display()),
+        let source = match (&options.kafka, &options.adapter) {
+            (Some(kafka), _) => format!("kafka:{}", kafka.topic),
+            (None, Some(adapter)) => adapter.spec.name(),
+            (None, None) => format!("file:{}", options.source.display()),
         };
         let base = RunRecord {
             run_id: options.telemetry.run_id.clone(),
