@@ -33,14 +33,30 @@ impl FromStr for Device {
 pub const ORT_VERSION: &str = "1.31.1";
 
 /// The ONNX Runtime library to load: `ORT_DYLIB_PATH`, else the copy cached
-/// by `scripts/fetch-onnxruntime.sh`.
+/// by `scripts/fetch-onnxruntime.sh`. An empty `ORT_DYLIB_PATH` counts as
+/// unset (a shell's `ORT_DYLIB_PATH= medkg …`), and one that names a
+/// directory is refused with a message saying so, not handed to `dlopen`.
 pub fn ort_library() -> Result<PathBuf, StageError> {
-    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
-        return Ok(PathBuf::from(path));
-    }
     let cache = std::env::var_os("MEDKG_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medkg")));
+    ort_library_from(std::env::var_os("ORT_DYLIB_PATH"), cache)
+}
+
+fn ort_library_from(variable: Option<std::ffi::OsString>, cache: Option<PathBuf>) -> Result<PathBuf, StageError> {
+    let given = variable.map(PathBuf::from).filter(|p| !p.as_os_str().to_string_lossy().trim().is_empty());
+    if let Some(path) = given {
+        if path.is_dir() {
+            return Err(StageError::unavailable(
+                "no_onnxruntime",
+                format!(
+                    "ORT_DYLIB_PATH={} is a directory: name the library file in it (libonnxruntime.so…)",
+                    path.display()
+                ),
+            ));
+        }
+        return Ok(path);
+    }
     if let Some(cache) = cache {
         let lib = cache.join(format!("onnxruntime-{ORT_VERSION}/libonnxruntime.so.{ORT_VERSION}"));
         if lib.is_file() {
@@ -167,4 +183,28 @@ pub(crate) fn run_rows<T>(
         StageError::unavailable("inference", format!("the {model}'s `{output}` is not [batch, dim]: {e}"))
     })?;
     Ok(rows.outer_iter().map(row).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_ort_dylib_path_is_unset_and_a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cached = dir.path().join(format!("onnxruntime-{ORT_VERSION}/libonnxruntime.so.{ORT_VERSION}"));
+        std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+        std::fs::write(&cached, b"").unwrap();
+        let cache = Some(dir.path().to_path_buf());
+        for empty in ["", "  "] {
+            assert_eq!(ort_library_from(Some(empty.into()), cache.clone()).unwrap(), cached, "{empty:?}");
+        }
+        let error = ort_library_from(Some(dir.path().as_os_str().to_owned()), cache.clone()).unwrap_err();
+        assert!(error.message.contains("is a directory"), "{error}");
+        assert_eq!(
+            ort_library_from(Some("/opt/ort/libonnxruntime.so".into()), cache).unwrap(),
+            PathBuf::from("/opt/ort/libonnxruntime.so")
+        );
+        assert_eq!(ort_library_from(None, None).unwrap_err().kind, "no_onnxruntime");
+    }
 }
