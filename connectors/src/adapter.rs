@@ -365,16 +365,7 @@ impl Adapter {
         match self.spec.kind {
             AdapterKind::Ctgov => {
                 let page = json_object(body)?;
-                let next = match page.get("nextPageToken") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(token)) if is_token(token) => Some(Cursor::Token(token.clone())),
-                    Some(other) => {
-                        return Err(PageError::fatal(
-                            "bad_page",
-                            format!("nextPageToken is not a token: {}", shown(&other.to_string())),
-                        ))
-                    }
-                };
+                let next = next_token(page.get("nextPageToken"), "nextPageToken")?;
                 self.cursor_moves(&cursor, next.as_ref())?;
                 let records = match page.get("studies") {
                     Some(Value::Array(studies)) => studies.len() as u64,
@@ -428,16 +419,7 @@ impl Adapter {
                     .get("meta")
                     .filter(|m| m.is_object())
                     .ok_or_else(|| PageError::fatal("missing_field", "the page has no `meta` object"))?;
-                let next = match meta.get("next_cursor") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(token)) if is_token(token) => Some(Cursor::Token(token.clone())),
-                    Some(other) => {
-                        return Err(PageError::fatal(
-                            "bad_page",
-                            format!("next_cursor is not a cursor: {}", shown(&other.to_string())),
-                        ))
-                    }
-                };
+                let next = next_token(meta.get("next_cursor"), "next_cursor")?;
                 let Some(Value::Array(results)) = page.get("results") else {
                     return Err(PageError::fatal("missing_field", "the page has no `results` list"));
                 };
@@ -516,6 +498,17 @@ pub fn shown_url(url: &Url) -> String {
         .collect();
     shown.query_pairs_mut().clear().extend_pairs(pairs);
     shown.to_string()
+}
+
+/// The next page's token or cursor a page names in `field` (`None`: the last page).
+fn next_token(value: Option<&Value>, field: &str) -> Result<Option<Cursor>, PageError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(token)) if is_token(token) => Ok(Some(Cursor::Token(token.clone()))),
+        Some(other) => {
+            Err(PageError::fatal("bad_page", format!("{field} is not a token: {}", shown(&other.to_string()))))
+        }
+    }
 }
 
 fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, PageError> {

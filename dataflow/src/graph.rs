@@ -119,6 +119,10 @@ pub(crate) fn build<'s>(
 ) -> Result<(), String> {
     let plan: &Plan = &shared.options.plan;
     let mut outputs: Vec<Flow<'s>> = Vec::with_capacity(plan.stages.len());
+    // Deletions, read from the raw stream once (by the first sink that applies them) for every such sink.
+    let mut deletes = None;
+    let mut deletions =
+        || deletes.get_or_insert_with(|| records::tombstones(ports.raw.clone(), &shared.options.tenant)).clone();
     for (i, (stage, op)) in plan.stages.iter().zip(stages).enumerate() {
         let inputs: Vec<Flow<'s>> = match stage.inputs.is_empty() {
             true => vec![Flow::Raw(ports.raw.clone())],
@@ -156,14 +160,13 @@ pub(crate) fn build<'s>(
             }
             StageOp::Index(spec) => {
                 let input = concat(scope, inputs, Flow::chunks).ok_or_else(mistyped)?;
-                let deletes = records::tombstones(ports.raw.clone(), &shared.options.tenant);
-                let input = scope.concatenate(vec![input, deletes]).probe_with(ports.flow);
+                let input = scope.concatenate(vec![input, deletions()]).probe_with(ports.flow);
                 let spec = IndexSpec { forward: !is_sink, ..spec.clone() };
                 Flow::Chunks(index::index(scope, input, ctx, spec).probe_with(ports.committed))
             }
             StageOp::Kg(spec) => {
                 let input = concat(scope, inputs, Flow::entities).ok_or_else(mistyped)?;
-                let deletes = records::tombstones(ports.raw.clone(), &shared.options.tenant).map(|e| Envelope {
+                let deletes = deletions().map(|e| Envelope {
                     item: Extraction { doc_id: e.item.doc_id, tenant_id: e.item.tenant_id, ..Default::default() },
                     source: e.source,
                     position: e.position,

@@ -8,6 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use medkg_connectors::adapter::Adapter;
 use medkg_connectors::events::EventSink;
 use medkg_connectors::kafka::{monitor_lag, DOWNLOADED_TOPIC};
 use medkg_connectors::ledger::{Ledger, LedgerWriter};
@@ -112,6 +113,8 @@ fn run_workers(
     // GPU stops the run here, with nothing half-written.
     let sessions = load_sessions(&settings, workers)?;
     let source = open_source(&options)?;
+    // An API's adapter opens here: a bad base URL or DOI file stops the run before it starts.
+    let adapter = options.adapter.as_ref().map(|a| Adapter::open(&a.spec)).transpose().map_err(|e| anyhow!(e))?;
     let processes = options.cluster.as_ref().map_or(1, |c| c.addresses.len());
     let layout = Layout::open_or_create(&options.data_dir, (workers * processes) as u32)?;
     ModelRecord::from_settings(&settings).reconcile(&options.data_dir).map_err(|e| anyhow!(e))?;
@@ -143,6 +146,7 @@ fn run_workers(
         gate_pending: AtomicI64::new(0),
         max_record_bytes: settings.max_record_bytes,
         source,
+        adapter,
         stop,
         began: Instant::now(),
         start,
@@ -222,14 +226,9 @@ fn load_sessions(settings: &StageSettings, workers: usize) -> anyhow::Result<Vec
     Ok(sessions)
 }
 
-/// The file source, unless the run reads Kafka or an API (whose adapter
-/// is checked here: a bad base URL or DOI file stops the run before it starts).
+/// The file source, unless the run reads Kafka or an API.
 fn open_source(options: &RunOptions) -> anyhow::Result<Option<FileSource>> {
-    if let Some(adapter) = &options.adapter {
-        medkg_connectors::adapter::Adapter::open(&adapter.spec).map_err(|e| anyhow!(e))?;
-        return Ok(None);
-    }
-    if options.kafka.is_some() {
+    if options.kafka.is_some() || options.adapter.is_some() {
         return Ok(None);
     }
     let source = FileSource::open(&options.source).map_err(|e| anyhow!("cannot read the source: {e}"))?;

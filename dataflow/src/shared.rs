@@ -28,8 +28,10 @@ pub(crate) struct Shared {
     pub gate_pending: AtomicI64,
     /// Cap on one raw record, from the `ingest` stage (or the default).
     pub max_record_bytes: usize,
-    /// The file source (`None` for Kafka).
+    /// The file source (`None` for Kafka or an API).
     pub source: Option<FileSource>,
+    /// An API source's adapter, opened once (worker 0 pages with it).
+    pub adapter: Option<medkg_connectors::adapter::Adapter>,
     /// Set by SIGTERM/SIGINT: a long-running source drains, commits and stops.
     pub stop: Arc<AtomicBool>,
     /// When the run began (Kafka epochs are counted from here on every worker).

@@ -87,7 +87,9 @@ pub(crate) fn feed(
         pass: Pass::first(source.spec.since.clone()),
         pages: 0,
     });
-    let pager = Pager::new(source, start.pass.clone(), shared.telemetry.clone(), shared.max_record_bytes)?;
+    let adapter = shared.adapter.clone().ok_or_else(|| anyhow!("{name}: the adapter was not opened"))?;
+    let pager =
+        Pager::new(adapter, &source.policy, start.pass.clone(), shared.telemetry.clone(), shared.max_record_bytes)?;
     let (tx, mut rx) = mpsc::channel(2);
     let task = shared.runtime.spawn(pager.run(tx));
     let mut checkpointer = Checkpointer::new(shared, start);
@@ -265,20 +267,20 @@ struct Pager {
 
 impl Pager {
     fn new(
-        source: &AdapterSource,
+        adapter: Adapter,
+        policy: &Policy,
         pass: Pass,
         telemetry: Arc<Telemetry>,
         max_record_bytes: usize,
     ) -> anyhow::Result<Pager> {
-        let adapter = Adapter::open(&source.spec).map_err(|e| anyhow!(e))?;
         // Only the API's own host: a redirect anywhere else is refused.
         let config = FetchConfig {
             allow_hosts: vec![adapter.host()],
             max_bytes: max_record_bytes.min(MAX_PAGE_BYTES),
             ..FetchConfig::default()
         };
-        let fetcher = Fetcher::new(&config).map_err(|e| anyhow!("{}: {}", source.spec.name(), e.message))?;
-        let resilience = Resilience::new(&capped(&source.policy, adapter.ceiling()));
+        let fetcher = Fetcher::new(&config).map_err(|e| anyhow!("{}: {}", adapter.spec().name(), e.message))?;
+        let resilience = Resilience::new(&capped(policy, adapter.ceiling()));
         Reporter::calls_out(&telemetry, "source");
         Ok(Pager { adapter, fetcher, resilience, telemetry, pass })
     }

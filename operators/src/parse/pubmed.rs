@@ -68,8 +68,8 @@ pub(crate) fn parse_set(text: &str, options: &ParseOptions) -> Vec<Result<Docume
     }
     // An update file's deletions: the index and the graph take the valid
     // ones from the raw stream ([`deleted_citations`]); a bad one fails here.
-    let (_, bad) = scan_deletions(text);
-    let deletes = bad.len() + deleted_citations(text).len();
+    let (deleted, bad) = scan_deletions(text);
+    let deletes = deleted.len() + bad.len();
     results.extend(bad.into_iter().map(Err));
     if results.is_empty() && deletes == 0 {
         // Nothing to cut out: report why, in XML terms if it does not parse.
