@@ -10,17 +10,17 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/medkg-target}
 SHARED=${MEDKG_SHARED:-$(cd .. && pwd)/shared}
 cargo build --release --quiet
-GPU_MODELS=$(MEDKG_MODELS=$SHARED/models scripts/gpu-models.sh)
+MODELS=$(MEDKG_SHARED=$SHARED scripts/models.sh)
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE/gpu/pipelines"
 cp "$CARGO_TARGET_DIR/release/medkg" scripts/gpu-bench.sh "$STAGE/gpu/"
-cp -rL "$GPU_MODELS" "$STAGE/gpu/models"
+cp -rL "$MODELS" "$STAGE/gpu/models"
+rm -f "$STAGE"/gpu/models/*.int8.*   # CPU variants
 cp config/pipelines/hybrid-gpu.yaml "$STAGE/gpu/pipelines/fp16.yaml"
-sed -e 's/all-MiniLM-L6-v2.fp16/all-MiniLM-L6-v2/; s/splade-tiny.pooled.fp16/splade-tiny/' \
+sed -e 's/precision: fp16/precision: fp32/; s/model: splade-tiny.pooled/model: splade-tiny/' \
   config/pipelines/hybrid-gpu.yaml > "$STAGE/gpu/pipelines/fp32.yaml"
-sed -e 's/splade-tiny.pooled.fp16/splade-tiny.pooled/; s/all-MiniLM-L6-v2.fp16/all-MiniLM-L6-v2/' \
-  config/pipelines/hybrid-gpu.yaml > "$STAGE/gpu/pipelines/fp32-pooled.yaml"
+sed -e 's/precision: fp16/precision: fp32/' config/pipelines/hybrid-gpu.yaml > "$STAGE/gpu/pipelines/fp32-pooled.yaml"
 cp -r config/resilience.yaml "$STAGE/gpu/"
 zcat "$SHARED/data/pubmed_sample.jsonl.gz" | python3 -c '
 import sys, json

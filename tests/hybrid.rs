@@ -140,7 +140,7 @@ fn bench_reports_models_only_and_end_to_end_throughput() {
 /// run the whole pipeline, and the search finds what it indexed.
 #[test]
 fn device_cuda_hybrid_gpu_pipeline_refuses_here_and_its_models_run_on_the_cpu() {
-    let models = std::env::var("MEDKG_GPU_MODELS").expect("MEDKG_GPU_MODELS (scripts/test.sh makes the variants)");
+    let models = std::env::var("MEDKG_MODELS").expect("MEDKG_MODELS (scripts/test.sh makes the variants)");
     let dir = tempfile::tempdir().unwrap();
     let (source, records) = pubmed_slice(dir.path(), 20);
     let run = |data: &Path, extra: &[&str]| {

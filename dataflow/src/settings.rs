@@ -123,8 +123,9 @@ impl EncoderSpec {
             false => medkg_operators::models::models_dir(options.models.as_deref())
                 .map_err(|e| in_stage(stage, e.message))?,
         };
-        let files = ModelFiles::resolve(&dir, &model.model, model.tokenizer.as_deref())
-            .map_err(|e| in_stage(stage, e.message))?;
+        let name = variant(model, device).map_err(|e| in_stage(stage, e))?;
+        let files =
+            ModelFiles::resolve(&dir, &name, model.tokenizer.as_deref()).map_err(|e| in_stage(stage, e.message))?;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Ok(EncoderSpec {
             files,
@@ -135,6 +136,22 @@ impl EncoderSpec {
             top_k: model.top_k,
             threshold: model.threshold,
         })
+    }
+}
+
+/// The model file a stage's `model` and `precision` name: `{model}.{precision}`
+/// in the models directory, the name itself for `fp32`.
+fn variant(model: &ModelSettings, device: Device) -> Result<String, String> {
+    match model.precision.as_str() {
+        "fp32" => Ok(model.model.clone()),
+        _ if model.model.ends_with(".onnx") => Err(format!(
+            "precision {} picks a variant of a model name, and `{}` is a file already: name the variant's file, or use a name",
+            model.precision, model.model
+        )),
+        "int8" if device == Device::Cuda => Err(
+            "precision int8 is for device cpu (its dynamically quantized MatMuls run on ONNX Runtime's CPU kernels): use fp16 on cuda".into(),
+        ),
+        precision => Ok(format!("{}.{precision}", model.model)),
     }
 }
 

@@ -17,6 +17,14 @@ fn models() -> PathBuf {
     models_dir(Some(&shared().join("models"))).unwrap()
 }
 
+/// The folder of the variants: `MEDKG_MODELS` (scripts/test.sh points it at
+/// what scripts/models.sh makes).
+fn variants() -> PathBuf {
+    let dir = models_dir(None).unwrap();
+    assert!(dir.join("variants.json").is_file(), "{}: not made by scripts/models.sh", dir.display());
+    dir
+}
+
 fn reference() -> Value {
     serde_json::from_str(&std::fs::read_to_string(shared().join("models/reference.json")).unwrap()).unwrap()
 }
@@ -45,19 +53,71 @@ fn dense_vectors_match_pytorch() {
     dense_matches_pytorch(&minilm(), 0.9999);
 }
 
-/// The GPU variants scripts/make_gpu_models.py makes (scripts/test.sh runs
-/// it into `MEDKG_GPU_MODELS`), run on the CPU through medkg's own encoders:
-/// fp16 MiniLM, SPLADE pooled in chunks (fp32 and fp16), against the
-/// original PyTorch outputs.
+/// The variants scripts/make_models.py makes (scripts/test.sh runs it into
+/// `MEDKG_MODELS`), run on the CPU through medkg's own encoders: fp16
+/// MiniLM, SPLADE pooled in chunks (fp32 and fp16), against the original
+/// PyTorch outputs.
 #[test]
 fn gpu_variants_fp16_and_pooled_match_pytorch() {
-    let dir = std::env::var_os("MEDKG_GPU_MODELS")
-        .map(PathBuf::from)
-        .expect("MEDKG_GPU_MODELS: the variants of scripts/make_gpu_models.py (scripts/test.sh makes them)");
+    let dir = variants();
     let files = |name: &str| ModelFiles::resolve(&dir, name, None).unwrap();
     dense_matches_pytorch(&files("all-MiniLM-L6-v2.fp16"), 0.999);
     splade_matches_pytorch(&files("splade-tiny.pooled"), 20, 1e-3);
     splade_matches_pytorch(&files("splade-tiny.pooled.fp16"), 10, 2e-2);
+}
+
+/// The int8 variants (dynamic quantization) against PyTorch: the dense
+/// vectors within cosine 0.99 on average (0.97 each), SPLADE's top-10 terms
+/// the same on average 95% (90% each) with the vectors within cosine 0.99.
+#[test]
+fn int8_variants_stay_close_to_pytorch() {
+    let dir = variants();
+    let reference = reference();
+    let texts = sentences(&reference);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let dense =
+        DenseEncoder::load(&ModelFiles::resolve(&dir, "all-MiniLM-L6-v2.int8", None).unwrap(), Device::Cpu, 256, 1)
+            .unwrap();
+    let got = dense.encode(&refs).unwrap();
+    let cosines: Vec<f64> = reference["dense_all_minilm_l6_v2"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&got)
+        .map(|(want, got)| {
+            let want: Vec<f32> = want.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            cosine(got, &want)
+        })
+        .collect();
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    assert!(mean >= 0.99 && cosines.iter().all(|&c| c >= 0.97), "dense int8: {cosines:?}");
+
+    let files = ModelFiles::resolve(&dir, "splade-tiny.pooled.int8", None).unwrap();
+    let splade = SpladeEncoder::load(&files, Device::Cpu, 256, 1, 30522, 0.0).unwrap();
+    let got = splade.encode(&refs).unwrap();
+    let mut overlaps = Vec::new();
+    for (i, want) in reference["sparse_splade_tiny"].as_array().unwrap().iter().enumerate() {
+        let mut want: Vec<(u32, f32)> =
+            want.as_object().unwrap().iter().map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap() as f32)).collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut ours: Vec<(u32, f32)> = got[i].indices.iter().copied().zip(got[i].weights.iter().copied()).collect();
+        ours.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // (Terms of weight 0 tie, in any order: only weighted terms count.)
+        let top = |v: &[(u32, f32)]| {
+            v.iter().filter(|t| t.1 > 0.0).take(10).map(|t| t.0).collect::<std::collections::HashSet<u32>>()
+        };
+        let expected = top(&want);
+        overlaps.push(top(&ours).intersection(&expected).count() as f64 / expected.len().max(1) as f64);
+        let dense = |v: &[(u32, f32)]| {
+            let mut d = vec![0f32; 30522];
+            v.iter().for_each(|&(id, w)| d[id as usize] = w);
+            d
+        };
+        let c = cosine(&dense(&ours), &dense(&want));
+        assert!(c >= 0.99, "splade int8: sentence {i}: cosine {c}");
+    }
+    let mean = overlaps.iter().sum::<f64>() / overlaps.len() as f64;
+    assert!(mean >= 0.95 && overlaps.iter().all(|&o| o >= 0.9), "splade int8 top-10 overlaps: {overlaps:?}");
 }
 
 fn dense_matches_pytorch(files: &ModelFiles, min_cosine: f64) {

@@ -270,12 +270,15 @@ impl ChunkSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSettings {
     /// A model name in the models directory, or a path to an `.onnx` file
-    /// (embed: `all-MiniLM-L6-v2`; splade: `splade-tiny`).
+    /// (embed: `all-MiniLM-L6-v2`; splade: `splade-tiny.pooled`).
     pub model: String,
     /// Its tokenizer (default: beside the model).
     pub tokenizer: Option<String>,
     /// `cpu` or `cuda` (`cpu`; `--device` overrides it).
     pub device: String,
+    /// `fp32`, `fp16` or `int8`: which variant of a model name to load
+    /// (`{model}.{precision}`; `fp32` is the name itself).
+    pub precision: String,
     /// Truncation (256).
     pub max_seq_len: usize,
     /// Padded tokens per batch (embed 8192, splade 4096).
@@ -288,6 +291,9 @@ pub struct ModelSettings {
     pub threshold: f32,
 }
 
+/// The precisions a model stage can ask for.
+pub const PRECISIONS: &[&str] = &["fp32", "fp16", "int8"];
+
 /// A model stage's defaults.
 pub struct ModelDefaults {
     model: &'static str,
@@ -298,11 +304,12 @@ impl ModelSettings {
     /// `embed`'s defaults.
     pub const EMBED: ModelDefaults = ModelDefaults { model: "all-MiniLM-L6-v2", max_batch_tokens: 8192 };
     /// `splade`'s defaults.
-    pub const SPLADE: ModelDefaults = ModelDefaults { model: "splade-tiny", max_batch_tokens: 4096 };
-    const MODEL: [ConfigKey; 6] = [
+    pub const SPLADE: ModelDefaults = ModelDefaults { model: "splade-tiny.pooled", max_batch_tokens: 4096 };
+    const MODEL: [ConfigKey; 7] = [
         key("model", Text),
         key("tokenizer", Text),
         key("device", OneOf(DEVICES)),
+        key("precision", OneOf(PRECISIONS)),
         key("max_seq_len", PositiveInt),
         key("max_batch_tokens", PositiveInt),
         key("intra_threads", PositiveInt),
@@ -311,13 +318,14 @@ impl ModelSettings {
     pub const EMBED_KEYS: &'static [ConfigKey] = &Self::MODEL;
     /// The keys of `splade`: `embed`'s, `top_k` and `threshold`.
     pub const SPLADE_KEYS: &'static [ConfigKey] =
-        &extend::<6, 2, 8>(&Self::MODEL, &[key("top_k", PositiveInt), key("threshold", NonNegFloat)]);
+        &extend::<7, 2, 9>(&Self::MODEL, &[key("top_k", PositiveInt), key("threshold", NonNegFloat)]);
 
     fn decode(c: Config<'_>, defaults: ModelDefaults) -> ModelSettings {
         ModelSettings {
             model: c.text("model").unwrap_or_else(|| defaults.model.into()),
             tokenizer: c.text("tokenizer"),
             device: c.text("device").unwrap_or_else(|| "cpu".into()),
+            precision: c.text("precision").unwrap_or_else(|| "fp32".into()),
             max_seq_len: c.usize("max_seq_len", 256),
             max_batch_tokens: c.usize("max_batch_tokens", defaults.max_batch_tokens),
             intra_threads: c.u64("intra_threads").map(|n| usize::try_from(n).unwrap_or(usize::MAX)),

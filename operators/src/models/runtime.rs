@@ -37,10 +37,14 @@ pub const ORT_VERSION: &str = "1.31.1";
 /// unset (a shell's `ORT_DYLIB_PATH= medkg …`), and one that names a
 /// directory is refused with a message saying so, not handed to `dlopen`.
 pub fn ort_library() -> Result<PathBuf, StageError> {
-    let cache = std::env::var_os("MEDKG_CACHE")
+    ort_library_from(std::env::var_os("ORT_DYLIB_PATH"), cache_dir())
+}
+
+/// medkg's cache: `MEDKG_CACHE`, else `~/.cache/medkg` (what the scripts fill).
+fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("MEDKG_CACHE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medkg")));
-    ort_library_from(std::env::var_os("ORT_DYLIB_PATH"), cache)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medkg")))
 }
 
 fn ort_library_from(variable: Option<std::ffi::OsString>, cache: Option<PathBuf>) -> Result<PathBuf, StageError> {
@@ -108,7 +112,7 @@ impl ModelFiles {
             if !file.is_file() {
                 return Err(StageError::unavailable(
                     "model_missing",
-                    format!("{} not found (models come from --models, MEDKG_MODELS or ../shared/models; see ../shared/models/MODELS.md)", file.display()),
+                    format!("{} not found (models come from --models, MEDKG_MODELS, ~/.cache/medkg/models or ../shared/models; scripts/models.sh makes the pooled, int8 and fp16 variants, ../shared/models/MODELS.md the originals)", file.display()),
                 ));
             }
         }
@@ -116,14 +120,20 @@ impl ModelFiles {
     }
 }
 
-/// The models directory: `explicit`, else `MEDKG_MODELS`, else
+/// The models directory: `explicit`, else `MEDKG_MODELS`, else the folder
+/// `scripts/models.sh` makes (`~/.cache/medkg/models`: the shared models
+/// and their pooled, int8 and fp16 variants) when it exists, else
 /// `../shared/models` when it exists.
 pub fn models_dir(explicit: Option<&Path>) -> Result<PathBuf, StageError> {
     if let Some(dir) = explicit {
         return Ok(dir.to_path_buf());
     }
-    if let Some(dir) = std::env::var_os("MEDKG_MODELS") {
+    if let Some(dir) = std::env::var_os("MEDKG_MODELS").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
+    }
+    let made = cache_dir().map(|cache| cache.join("models")).filter(|dir| dir.join("variants.json").is_file());
+    if let Some(made) = made {
+        return Ok(made);
     }
     let shared = PathBuf::from("../shared/models");
     if shared.is_dir() {
@@ -131,7 +141,7 @@ pub fn models_dir(explicit: Option<&Path>) -> Result<PathBuf, StageError> {
     }
     Err(StageError::unavailable(
         "no_models",
-        "no models directory: pass --models DIR or set MEDKG_MODELS (../shared/models/MODELS.md says how to build the models)",
+        "no models directory: run scripts/models.sh, or pass --models DIR or set MEDKG_MODELS (../shared/models/MODELS.md says how to build the models)",
     ))
 }
 

@@ -1,21 +1,29 @@
 #!/usr/bin/env python3
-"""Makes the GPU variants of the shared models (issue [6]):
+"""Makes the variants of the shared models that medkg's pipelines use:
 
 - ``splade-tiny.pooled.onnx``: SPLADE-tiny whose pooling never materialises
   the ``[batch, seq, 30522]`` logits. The MLM decoder runs in an ONNX ``Loop``
   over chunks of the sequence, keeping a running ``[batch, 30522]`` max:
   ``max_t log(1 + relu(l_t)) * m_t == log(1 + relu(max_t (l_t - (1 - m_t) * 1e4)))``
   because ``log1p . relu`` is monotone and zero at or below zero. Same inputs,
-  same output (``sparse_embedding``), a chunk's logits at a time.
+  same output (``sparse_embedding``), a chunk's logits at a time. It is the
+  default SPLADE model (``hybrid.yaml``, ``auto.yaml``): about 2x faster and
+  2.3x leaner than the full-logits graph on a CPU.
 - ``*.fp16.onnx``: float16 weights and activations (inputs and outputs stay
   int64 / float32), made with onnxconverter-common; LayerNormalization stays
-  fp32, and the model's own casts to float are made to cast to float16.
+  fp32, and the model's own casts to float are made to cast to float16 (GPU).
+- ``*.int8.onnx``: ONNX Runtime dynamic quantization of every MatMul with a
+  constant weight (int8 weights per output channel, activations quantized
+  per batch), the pooled SPLADE's Loop body included, after ONNX Runtime's
+  constant folding (CPU; ``hybrid-int8.yaml``).
 
 Every variant is run with ONNX Runtime on the CPU against the original on
-``reference.json``'s sentences before it is written (cosine >= 0.999 for the
-dense model; for SPLADE, cosine >= 0.999 and the same top terms).
+``reference.json``'s sentences before it is written: cosine >= 0.999 and the
+same top-20 SPLADE terms (90% at least) for the exact variants; for int8, a
+mean cosine >= 0.99 (each sentence >= 0.97) and, for SPLADE, the same top-10
+terms (each sentence 90% at least, 95% on average).
 
-Usage: make_gpu_models.py --models ../shared/models --out DIR [--chunk 16]
+Usage: make_models.py --models ../shared/models --out DIR [--chunk 16]
 DIR then holds the variants, their tokenizers, and links to the originals,
 so ``--models DIR`` serves all of them.
 """
@@ -187,17 +195,58 @@ def cosine(a, b):
     return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
-def check(name, variant, original, tokenizer, sentences, output, top=20):
+def check(name, variant, original, tokenizer, sentences, output, exact=True):
+    """The variant against its original; returns the figures, exits when they fall short."""
     want = encode(original, tokenizer, sentences, output)
     got = encode(variant, tokenizer, sentences, output)
-    worst = min(cosine(w, g) for w, g in zip(want, got))
-    overlap = 1.0
+    cosines = [cosine(w, g) for w, g in zip(want, got)]
+    report = {"worst_cosine": round(min(cosines), 6), "mean_cosine": round(float(np.mean(cosines)), 6)}
+    top = 20 if exact else 10
     if output == "sparse_embedding":
-        overlap = min(len(set(np.argsort(-w)[:top]) & set(np.argsort(-g)[:top])) / top for w, g in zip(want, got))
-    print(f"{name}: worst cosine {worst:.6f}, top-{top} overlap {overlap:.2f} ({len(sentences)} sentences)")
-    if worst < 0.999 or overlap < 0.9:
-        raise SystemExit(f"{name} does not match its original (cosine {worst}, overlap {overlap})")
-    return worst
+        # Terms of weight 0 tie, in any order: only weighted terms count.
+        heaviest = lambda v: {int(t) for t in np.argsort(-v)[:top] if v[t] > 0}
+        overlaps = [len(heaviest(w) & heaviest(g)) / max(1, len(heaviest(w))) for w, g in zip(want, got)]
+        report[f"top{top}_overlap_worst"] = min(overlaps)
+        report[f"top{top}_overlap_mean"] = round(float(np.mean(overlaps)), 4)
+    print(f"{name}: {report} ({len(sentences)} sentences)")
+    if exact:
+        short = report["worst_cosine"] < 0.999 or report.get("top20_overlap_worst", 1.0) < 0.9
+    else:
+        short = report["mean_cosine"] < 0.99 or report["worst_cosine"] < 0.97
+        short |= report.get("top10_overlap_worst", 1.0) < 0.9 or report.get("top10_overlap_mean", 1.0) < 0.95
+    if short:
+        raise SystemExit(f"{name} does not match its original: {report}")
+    return report
+
+
+def folded(path: str, out: str) -> onnx.ModelProto:
+    """ONNX Runtime's basic optimisations (constant folding) saved as plain
+    ONNX, so every MatMul weight is an initializer the quantizer can see."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = out
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return onnx.load(out)
+
+
+def int8(path: str, out: str) -> None:
+    """Dynamic int8 quantization of every constant-weight MatMul (Loop bodies included)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    basic = out + ".basic"
+    folded(path, basic)
+    quantize_dynamic(
+        basic,
+        out,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+        extra_options={"EnableSubgraph": True},
+    )
+    os.remove(basic)
 
 
 def main():
@@ -216,23 +265,29 @@ def main():
         if f.endswith((".onnx", ".json")) and not os.path.exists(dst(f)):
             os.symlink(os.path.abspath(src(f)), dst(f))
 
+    def saved(model):
+        return lambda tmp: onnx.save(model(), tmp)
+
+    pooled = f"{SPLADE}.pooled"
     report = {}
+    # (name, tokenizer of, writes the variant to a path, its output, checked against, exact)
     variants = [
-        (f"{SPLADE}.pooled", SPLADE, lambda: splade_pooled(onnx.load(src(f"{SPLADE}.onnx")), args.chunk), "sparse_embedding"),
-        (f"{SPLADE}.pooled.fp16", SPLADE, lambda: fp16(onnx.load(dst(f"{SPLADE}.pooled.onnx"))), "sparse_embedding"),
-        (f"{DENSE}.fp16", DENSE, lambda: fp16(onnx.load(src(f"{DENSE}.onnx"))), "sentence_embedding"),
+        (pooled, SPLADE, saved(lambda: splade_pooled(onnx.load(src(f"{SPLADE}.onnx")), args.chunk)), "sparse_embedding", src(f"{SPLADE}.onnx"), True),
+        (f"{pooled}.fp16", SPLADE, saved(lambda: fp16(onnx.load(dst(f"{pooled}.onnx")))), "sparse_embedding", src(f"{SPLADE}.onnx"), True),
+        (f"{DENSE}.fp16", DENSE, saved(lambda: fp16(onnx.load(src(f"{DENSE}.onnx")))), "sentence_embedding", src(f"{DENSE}.onnx"), True),
+        (f"{pooled}.int8", SPLADE, lambda tmp: int8(dst(f"{pooled}.onnx"), tmp), "sparse_embedding", src(f"{SPLADE}.onnx"), False),
+        (f"{DENSE}.int8", DENSE, lambda tmp: int8(src(f"{DENSE}.onnx"), tmp), "sentence_embedding", src(f"{DENSE}.onnx"), False),
     ]
-    for name, base, make, output in variants:
-        model = make()
+    for name, base, make, output, original, exact in variants:
         tmp = dst(f".{name}.onnx.tmp")
-        onnx.save(model, tmp)
+        make(tmp)
         tokenizer = src(f"{base}.tokenizer.json")
-        report[name] = check(name, tmp, src(f"{base}.onnx"), tokenizer, sentences, output)
+        report[name] = check(name, tmp, original, tokenizer, sentences, output, exact)
         os.replace(tmp, dst(f"{name}.onnx"))
         if not os.path.exists(dst(f"{name}.tokenizer.json")):
             shutil.copyfile(tokenizer, dst(f"{name}.tokenizer.json"))
     json.dump(report, open(dst("variants.json"), "w"), indent=1)
-    print(json.dumps({"out": args.out, "worst_cosine": report}))
+    print(json.dumps({"out": args.out, "variants": report}))
 
 
 if __name__ == "__main__":
