@@ -8,7 +8,7 @@
 //!
 //! Without a data directory, it first indexes 300 PubMed records of the
 //! sample with `config/pipelines/hybrid.yaml` (needs the models of
-//! `MEDKG_MODELS` or ../shared/models, and ONNX Runtime: `ORT_DYLIB_PATH`).
+//! `MEDKG_MODELS` or what scripts/models.sh made, and ONNX Runtime: `ORT_DYLIB_PATH`).
 
 use std::sync::Arc;
 

@@ -369,10 +369,18 @@ pub struct BenchArgs {
     /// The pipeline to bench (with --source).
     #[arg(long, requires = "source")]
     pub pipeline: Option<PathBuf>,
-    /// `file:PATH` for the pipeline bench.
+    /// `file:PATH`, or `kafka:TOPIC` with --records: the bench produces the
+    /// records into TOPIC (an empty one), reads them back through the
+    /// pipeline, and runs the same file through it too, side by side.
     #[arg(long)]
     pub source: Option<SourceSpec>,
-    /// Queries to time, one a line (against --data-dir, after the pipeline bench if there is one).
+    /// The JSONL records of a `kafka:` bench.
+    #[arg(long)]
+    pub records: Option<PathBuf>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Queries to time, one a line (against --data-dir, after the pipeline bench if there is one);
+    /// a line `QUERY<TAB>DOC_ID` also scores where that document ranks (mrr_at_k, k = 10).
     #[arg(long)]
     pub queries: Option<PathBuf>,
     /// Where the bench's run writes (and the queries read).

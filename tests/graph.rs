@@ -497,7 +497,7 @@ fn the_auto_and_clinical_trials_pipelines_run_end_to_end_into_the_graph() {
     let (_, mut records) = pubmed_slice(dir.path(), 40);
     records.push(serde_json::json!({"pmid": "90000002", "title": "Aspirin for headache", "abstract": CHANGED}));
     let source = write(&dir.path().join("auto.jsonl"), &records);
-    let models = common::shared().join("models");
+    let models = common::models();
     let data = dir.path().join("auto");
     run(&repo().join("config/pipelines/auto.yaml"), &source, &data, &["--models", models.to_str().unwrap()]);
     let docs = "SELECT (COUNT(DISTINCT ?d) AS ?n) WHERE { GRAPH ?d { ?d a medkg:Document } }";

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{medkg, pubmed_slice, repo, shared};
+use common::{medkg, pubmed_slice, repo};
 use medkg_dataflow::{Mode, Retriever};
 use serde_json::Value;
 
@@ -20,7 +20,7 @@ fn run_hybrid(source: &Path, data: &Path, extra: &[&str]) -> Output {
         .arg("--data-dir")
         .arg(data)
         .arg("--models")
-        .arg(shared().join("models"))
+        .arg(common::models())
         .args(["-w", "2"])
         .args(extra)
         .output()
@@ -110,8 +110,13 @@ fn bench_reports_models_only_and_end_to_end_throughput() {
     let dir = tempfile::tempdir().unwrap();
     let (source, records) = pubmed_slice(dir.path(), 40);
     let queries = dir.path().join("queries.txt");
-    let titles: Vec<&str> = records.iter().take(10).map(|r| r["title"].as_str().unwrap()).collect();
-    std::fs::write(&queries, titles.join("\n")).unwrap();
+    // Ten titles to time, eight of them judged: each names the document it should find.
+    let mut lines: Vec<String> = records.iter().take(10).map(|r| r["title"].as_str().unwrap().to_string()).collect();
+    for (line, record) in lines.iter_mut().zip(&records).take(8) {
+        line.push_str(&format!("\tpmid:{}", record["pmid"].as_str().unwrap()));
+    }
+    lines[7] = format!("{}\tpmid:no-such-document", records[7]["title"].as_str().unwrap());
+    std::fs::write(&queries, lines.join("\n")).unwrap();
     let output = medkg()
         .args(["bench", "--json", "-w", "2", "--pipeline"])
         .arg(repo().join("config/pipelines/hybrid.yaml"))
@@ -122,7 +127,7 @@ fn bench_reports_models_only_and_end_to_end_throughput() {
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--models")
-        .arg(shared().join("models"))
+        .arg(common::models())
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -132,6 +137,11 @@ fn bench_reports_models_only_and_end_to_end_throughput() {
     }
     assert_eq!(report["docs"], 40);
     assert_eq!(report["search"]["queries"], 10);
+    // A title finds its own record first or nearly; the judged query naming no document scores 0.
+    assert_eq!(report["search"]["judged"], 8);
+    let mrr = report["search"]["mrr_at_k"].as_f64().unwrap();
+    assert!(mrr > 0.6 && mrr <= 7.0 / 8.0, "{report}");
+    assert!(report["search"]["found_at_k"].as_u64().unwrap() <= 7, "{report}");
     assert!(report["search"]["p95_ms"].as_f64().unwrap() >= report["search"]["p50_ms"].as_f64().unwrap());
 }
 

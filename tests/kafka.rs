@@ -321,7 +321,7 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
         workers: 2,
         tenant: "default".into(),
         from_start: false,
-        models: Some(common::shared().join("models")),
+        models: Some(common::models()),
         device: None,
         kafka: Some(medkg_dataflow::KafkaSource {
             topic: topic.clone(),
@@ -333,6 +333,7 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
                     ("heartbeat.interval.ms".into(), "200".into()),
                 ],
             },
+            stop_after: None,
         }),
         adapter: None,
         stop: Some(stop.clone()),
@@ -512,4 +513,46 @@ fn poison_pills_are_dead_lettered_and_header_tenants_reach_the_index() {
         medkg_connectors::DeadLetterSink::read_all(&data).unwrap().into_iter().map(|l| l.error_kind).collect();
     kinds.sort();
     assert_eq!(kinds, ["bad_tenant", "dtd_refused", "tenant_mismatch", "too_deep"]);
+}
+
+/// `medkg bench --source kafka:TOPIC --records FILE`: the records go into
+/// the topic, come back through the pipeline until every one is durable,
+/// and the same file runs too; the two indexes hold the same documents.
+#[test]
+fn bench_runs_a_file_and_the_same_records_through_kafka_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = topic("bench");
+    create_topic(&topic, 3);
+    let (file, records) = pubmed_slice(dir.path(), 300);
+    let data = dir.path().join("bench");
+    let output = medkg()
+        .args(["bench", "--json", "-w", "2", "--brokers", &brokers(), "--pipeline"])
+        .arg(repo().join("config/pipelines/lexical.yaml"))
+        .arg(format!("--source=kafka:{topic}"))
+        .arg("--records")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(report["kafka_records"], records.len(), "{report}");
+    assert_eq!(report["kafka_docs"], report["docs"], "{report}");
+    for key in ["e2e_docs_per_sec", "kafka_e2e_docs_per_sec", "kafka_vs_file"] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key} in {report}");
+    }
+    let from_file = stats(&data).unwrap();
+    assert_eq!(stats(&dir.path().join("bench-kafka")), Some(from_file));
+    assert_eq!(from_file.0, report["docs"].as_u64().unwrap());
+
+    // Without --records a Kafka bench has nothing to produce: refused, naming the flag.
+    let output = medkg()
+        .args(["bench", "--brokers", &brokers(), "--pipeline"])
+        .arg(repo().join("config/pipelines/lexical.yaml"))
+        .arg(format!("--source=kafka:{topic}"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--records"));
 }

@@ -172,24 +172,58 @@ pub struct QueryBench {
     pub mean_ms: f64,
     /// Opening the index and loading the query models (once).
     pub open_ms: f64,
+    /// Queries that name the document they should find (`query<TAB>doc_id`).
+    pub judged: usize,
+    /// Mean reciprocal rank of that document among the first `k` distinct
+    /// documents (0 where it is not among them); `None` without judged queries.
+    pub mrr_at_k: Option<f64>,
+    /// Judged queries whose document is among the first `k`.
+    pub found_at_k: usize,
 }
 
-/// Times every query of `file` (one a line) against `data_dir`.
+/// A line of a queries file: the query, and the document it should find
+/// (after a tab), if it names one.
+fn query_line(line: &str) -> (&str, Option<&str>) {
+    match line.split_once('\t') {
+        Some((query, doc)) if !doc.trim().is_empty() => (query.trim(), Some(doc.trim())),
+        Some((query, _)) => (query.trim(), None),
+        None => (line.trim(), None),
+    }
+}
+
+/// The rank (1-based) of `doc` among the distinct documents of `hits`.
+fn rank_of(hits: &[medkg_operators::index::Hit], doc: &str) -> Option<usize> {
+    let mut seen = std::collections::HashSet::new();
+    hits.iter().filter(|h| seen.insert(h.doc_id.as_str())).position(|h| h.doc_id == doc).map(|i| i + 1)
+}
+
+/// Times every query of `file` (one a line) against `data_dir`; a line
+/// `query<TAB>doc_id` also scores where that document ranks (MRR@k).
 pub fn queries(data_dir: &Path, file: &PathBuf, mode: Mode, tenant: &str, k: usize) -> anyhow::Result<QueryBench> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let queries: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let queries: Vec<(&str, Option<&str>)> =
+        text.lines().map(query_line).filter(|(query, _)| !query.is_empty()).collect();
     let opened = Instant::now();
     let mut retriever = Retriever::open(data_dir, mode)?;
     let open_ms = opened.elapsed().as_secs_f64() * 1000.0;
     // One untimed query warms caches the way a running server's would be.
-    if let Some(first) = queries.first() {
+    if let Some((first, _)) = queries.first() {
         retriever.search(first, mode, tenant, k)?;
     }
     let mut times = Vec::with_capacity(queries.len());
-    for query in &queries {
+    let (mut judged, mut reciprocal, mut found) = (0usize, 0.0f64, 0usize);
+    for (query, expected) in &queries {
         let started = Instant::now();
-        retriever.search(query, mode, tenant, k)?;
+        // Chunks of one document rank once: ask for more hits than k documents need.
+        let hits = retriever.search(query, mode, tenant, if expected.is_some() { k * 4 } else { k })?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
+        if let Some(doc) = expected {
+            judged += 1;
+            if let Some(rank) = rank_of(&hits, doc).filter(|&rank| rank <= k) {
+                reciprocal += 1.0 / rank as f64;
+                found += 1;
+            }
+        }
     }
     times.sort_by(f64::total_cmp);
     let at = |p: f64| times.get(((times.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
@@ -200,5 +234,29 @@ pub fn queries(data_dir: &Path, file: &PathBuf, mode: Mode, tenant: &str, k: usi
         p95_ms: at(0.95),
         mean_ms: if times.is_empty() { 0.0 } else { times.iter().sum::<f64>() / times.len() as f64 },
         open_ms,
+        judged,
+        mrr_at_k: (judged > 0).then(|| reciprocal / judged as f64),
+        found_at_k: found,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(doc: &str) -> medkg_operators::index::Hit {
+        medkg_operators::index::Hit { doc_id: doc.into(), ..medkg_operators::index::Hit::default() }
+    }
+
+    #[test]
+    fn judged_lines_and_ranks_by_distinct_document() {
+        assert_eq!(query_line("aspirin stroke\tpmid:1"), ("aspirin stroke", Some("pmid:1")));
+        assert_eq!(query_line("  aspirin  "), ("aspirin", None));
+        assert_eq!(query_line("aspirin\t "), ("aspirin", None));
+        let hits = [hit("a"), hit("a"), hit("b"), hit("a"), hit("c")];
+        assert_eq!(rank_of(&hits, "a"), Some(1));
+        assert_eq!(rank_of(&hits, "b"), Some(2), "a's second chunk does not push b down");
+        assert_eq!(rank_of(&hits, "c"), Some(3));
+        assert_eq!(rank_of(&hits, "d"), None);
+    }
 }

@@ -11,8 +11,9 @@
 //!
 //! The index operator writes each document as it arrives but holds a
 //! capability for every epoch it has written and not yet committed. When its
-//! input frontier passes those epochs (and at most once per
-//! `commit_interval`) it commits every shard it owns and releases them. A
+//! input frontier passes those epochs (at most once per `commit_interval`,
+//! or, with `auto`, twenty times what the last commit took) it
+//! commits every shard it owns and releases them. A
 //! probe after the index therefore reads *durably indexed up to epoch E*,
 //! and only then does the source record its position: worker 0 writes the
 //! file checkpoint, every Kafka worker commits the offsets it read in

@@ -141,6 +141,9 @@ pub struct KafkaSource {
     pub topic: String,
     /// Brokers, group and librdkafka properties.
     pub settings: KafkaSettings,
+    /// Drain and return once this many records are read (`medkg bench`);
+    /// `None`: run until stopped.
+    pub stop_after: Option<u64>,
 }
 
 /// A public API paged through by an adapter ([`medkg_connectors::adapter`]).

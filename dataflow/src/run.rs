@@ -149,6 +149,7 @@ fn run_workers(
         adapter,
         stop,
         began: Instant::now(),
+        kafka_assigned: std::sync::atomic::AtomicUsize::new(0),
         start,
         progress: progress.clone(),
         fate: Fate::new(finished_tx),

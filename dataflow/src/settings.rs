@@ -2,7 +2,6 @@
 //! this build runs every stage a plan names.
 
 use std::path::Path;
-use std::time::Duration;
 
 use medkg_connectors::StreamSpec;
 use medkg_operators::fetch::FetchConfig;
@@ -45,8 +44,8 @@ pub(crate) enum StageConfig {
     Splade(EncoderSpec),
     /// `index`
     Index {
-        /// Least time between two commits.
-        commit_interval: Duration,
+        /// When to commit once the frontier has passed.
+        commit_interval: medkg_topology::CommitInterval,
         /// Indexing memory per shard.
         writer_memory_bytes: usize,
         /// Write SPLADE terms (needs a `splade` stage upstream).
@@ -315,4 +314,35 @@ fn check_backends(plan: &Plan) -> Result<(), String> {
 
 fn in_stage(stage: &PlannedStage, error: String) -> String {
     format!("{}: stage `{}`: {error}", stage.location, stage.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str, precision: &str) -> ModelSettings {
+        ModelSettings {
+            model: name.into(),
+            tokenizer: None,
+            device: "cpu".into(),
+            precision: precision.into(),
+            max_seq_len: 256,
+            max_batch_tokens: 4096,
+            intra_threads: None,
+            top_k: 128,
+            threshold: 0.0,
+        }
+    }
+
+    #[test]
+    fn precision_picks_the_variant_of_a_model_name() {
+        assert_eq!(variant(&model("splade-tiny.pooled", "fp32"), Device::Cpu).unwrap(), "splade-tiny.pooled");
+        assert_eq!(variant(&model("splade-tiny.pooled", "int8"), Device::Cpu).unwrap(), "splade-tiny.pooled.int8");
+        assert_eq!(variant(&model("all-MiniLM-L6-v2", "fp16"), Device::Cuda).unwrap(), "all-MiniLM-L6-v2.fp16");
+        let error = variant(&model("all-MiniLM-L6-v2", "int8"), Device::Cuda).unwrap_err();
+        assert!(error.contains("int8 is for device cpu"), "{error}");
+        let error = variant(&model("/m/x.onnx", "int8"), Device::Cpu).unwrap_err();
+        assert!(error.contains("is a file already"), "{error}");
+        assert_eq!(variant(&model("/m/x.onnx", "fp32"), Device::Cpu).unwrap(), "/m/x.onnx");
+    }
 }

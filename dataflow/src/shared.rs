@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub stop: Arc<AtomicBool>,
     /// When the run began (Kafka epochs are counted from here on every worker).
     pub began: Instant,
+    /// This process's Kafka workers that hold partitions of the source topic.
+    pub kafka_assigned: std::sync::atomic::AtomicUsize,
     /// First ordinal to read (from the checkpoint).
     pub start: u64,
     pub progress: Arc<Progress>,

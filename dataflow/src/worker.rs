@@ -41,13 +41,21 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Arc<Shared>, stages: &[St
     let mut built = Ok(());
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = input.to_stream(scope);
-        // One worker pages through an API: its pages spread over every worker.
-        let raw = match shared.options.adapter {
-            Some(_) => {
+        // One worker pages through an API, and Kafka gives each worker the
+        // partitions the group assigns it: the first worker to join may read
+        // a backlog alone before the rest are assigned theirs, and partitions
+        // differ in size. Either way the records spread over every worker
+        // (the index orders a document's writes by source position, wherever
+        // they were parsed).
+        let raw = match (&shared.options.adapter, &shared.options.kafka) {
+            (None, None) => raw,
+            _ => {
                 use timely::dataflow::operators::Exchange;
-                raw.exchange(|payload: &medkg_connectors::RawPayload| payload.position.ordinal)
+                raw.exchange(|payload: &medkg_connectors::RawPayload| {
+                    let partition = payload.position.partition.unwrap_or(0) as u64;
+                    payload.position.ordinal.wrapping_add(partition)
+                })
             }
-            None => raw,
         };
         let ports = Ports {
             raw,

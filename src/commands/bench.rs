@@ -1,36 +1,58 @@
-//! `medkg bench`: the models alone against the whole pipeline, and search latency.
+//! `medkg bench`: the models alone against the whole pipeline, a file
+//! against Kafka, and search latency and quality.
 
-use anyhow::{anyhow, bail};
-use medkg_dataflow::Mode;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::{anyhow, bail, Context};
+use medkg_dataflow::{Mode, Progress};
+use serde_json::{json, Map, Value};
+
+use super::produce::produce_file;
 use super::{run_options, Job};
 use crate::cli::{AdapterArgs, BenchArgs, KafkaArgs, SourceSpec};
 
 /// `medkg bench`.
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchArgs { pipeline, source, queries, data_dir, workers, mode, json, models } = args;
-    let mut report = serde_json::Map::new();
+    let BenchArgs { pipeline, source, records, kafka, queries, data_dir, workers, mode, json, models } = args;
+    let mut report = Map::new();
     if let (Some(pipeline), Some(source)) = (&pipeline, &source) {
-        if matches!(source, SourceSpec::Adapter(_)) {
-            bail!("bench reads file:PATH or kafka:TOPIC (an API's own pace is not medkg's)");
-        }
-        let job = Job {
-            pipeline,
-            source: Some(source),
-            data_dir: data_dir.clone(),
-            workers,
-            tenant: "default".into(),
-            from_start: true,
-            resilience: None,
-            models: &models,
-            kafka: &KafkaArgs::default(),
-            adapter: &AdapterArgs::default(),
+        let options_for = |source: &SourceSpec, data_dir: PathBuf| {
+            run_options(Job {
+                pipeline,
+                source: Some(source),
+                data_dir,
+                workers,
+                tenant: "default".into(),
+                from_start: true,
+                resilience: None,
+                models: &models,
+                kafka: &kafka,
+                adapter: &AdapterArgs::default(),
+            })
         };
-        let options = run_options(job)?;
-        let result = medkg_dataflow::bench::pipeline(&options)?;
-        if let serde_json::Value::Object(fields) = serde_json::to_value(&result)? {
+        let file = match source {
+            SourceSpec::Adapter(_) => bail!("bench reads file:PATH or kafka:TOPIC (an API's own pace is not medkg's)"),
+            SourceSpec::File(path) => path.clone(),
+            SourceSpec::Kafka(_) => records.clone().ok_or_else(|| {
+                anyhow!("a kafka: bench needs --records FILE: it produces them into the topic, and runs the file too")
+            })?,
+        };
+        let result = medkg_dataflow::bench::pipeline(&options_for(&SourceSpec::File(file.clone()), data_dir.clone())?)?;
+        if let Value::Object(fields) = serde_json::to_value(&result)? {
             report.extend(fields);
         }
+        if let SourceSpec::Kafka(topic) = source {
+            let kafka_dir = kafka_data_dir(&data_dir);
+            let fields = kafka_bench(topic, &file, &kafka, |source| options_for(source, kafka_dir.clone()))?;
+            let file_rate = result.e2e_docs_per_sec;
+            let kafka_rate = fields["kafka_e2e_docs_per_sec"].as_f64().unwrap_or(0.0);
+            report.extend(fields);
+            report.insert("kafka_vs_file".into(), json!(if file_rate > 0.0 { kafka_rate / file_rate } else { 0.0 }));
+        }
+    } else if records.is_some() {
+        bail!("--records goes with --pipeline and --source kafka:TOPIC");
     }
     if let Some(queries) = &queries {
         let mode: Mode = mode.parse().map_err(|e: String| anyhow!(e))?;
@@ -41,11 +63,48 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         bail!("nothing to bench: give --pipeline and --source, or --queries");
     }
     if json {
-        println!("{}", serde_json::Value::Object(report));
+        println!("{}", Value::Object(report));
     } else {
         for (key, value) in &report {
             println!("{key}: {value}");
         }
     }
     Ok(())
+}
+
+/// Where a `kafka:` bench's own run writes: beside the file run's.
+fn kafka_data_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "bench".into());
+    name.push("-kafka");
+    data_dir.with_file_name(name)
+}
+
+/// Produces `file` into `topic`, then runs the pipeline on the topic (a
+/// consumer group of its own, from the topic's start) until every record
+/// produced is read and durable.
+fn kafka_bench(
+    topic: &str,
+    file: &Path,
+    kafka: &KafkaArgs,
+    options_for: impl Fn(&SourceSpec) -> anyhow::Result<medkg_dataflow::RunOptions>,
+) -> anyhow::Result<Map<String, Value>> {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let group = format!("medkg-bench-{}-{nanos}", std::process::id());
+    let settings = kafka.settings_or(&group)?;
+    let (produced, produce_seconds) = produce_file(&settings, topic, file, None)?;
+    let mut options = options_for(&SourceSpec::Kafka(topic.to_string()))?;
+    std::fs::remove_dir_all(&options.data_dir)
+        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        .with_context(|| format!("cannot clear {}", options.data_dir.display()))?;
+    let source = options.kafka.as_mut().ok_or_else(|| anyhow!("no Kafka source"))?;
+    source.settings = settings;
+    source.stop_after = Some(produced);
+    let summary = medkg_dataflow::run(options, Arc::new(Progress::default()), |_, _| {})?;
+    let mut fields = Map::new();
+    fields.insert("kafka_records".into(), json!(produced));
+    fields.insert("kafka_produce_seconds".into(), json!(produce_seconds));
+    fields.insert("kafka_docs".into(), json!(summary.docs));
+    fields.insert("kafka_e2e_seconds".into(), json!(summary.seconds));
+    fields.insert("kafka_e2e_docs_per_sec".into(), json!(summary.docs_per_sec));
+    Ok(fields)
 }

@@ -73,7 +73,9 @@ pub fn run_options(job: Job<'_>) -> anyhow::Result<RunOptions> {
     }
     let (path, kafka, adapter) = match source {
         SourceSpec::File(path) => (path, None, None),
-        SourceSpec::Kafka(topic) => (PathBuf::new(), Some(KafkaSource { topic, settings: kafka.settings()? }), None),
+        SourceSpec::Kafka(topic) => {
+            (PathBuf::new(), Some(KafkaSource { topic, settings: kafka.settings()?, stop_after: None }), None)
+        }
         SourceSpec::Adapter(spec) => {
             let spec = adapter.apply(spec)?;
             // The ingest stage's policy, unless it is the default: then `polite-api`.

@@ -1,6 +1,9 @@
 //! `medkg produce`: load JSONL records into a topic.
 
+use std::path::Path;
+
 use anyhow::{anyhow, bail};
+use medkg_connectors::kafka::KafkaSettings;
 use rdkafka::producer::{BaseRecord, Producer};
 
 use crate::cli::ProduceArgs;
@@ -10,10 +13,26 @@ use crate::cli::ProduceArgs;
 /// still travels, to be dead-lettered by the engine).
 pub fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let ProduceArgs { kafka, topic, rate, file } = args;
-    let topic = topic.as_str();
+    let (sent, seconds) = produce_file(&kafka.settings()?, &topic, &file, rate)?;
+    println!(
+        "{}",
+        serde_json::json!({"records": sent, "seconds": seconds, "records_per_sec": sent as f64 / seconds.max(1e-9)})
+    );
+    Ok(())
+}
+
+/// Produces every record of `file` to `topic` (at `rate` a second, if
+/// given) and waits until the broker has acknowledged them all; returns how
+/// many, and the seconds it took.
+pub fn produce_file(
+    settings: &KafkaSettings,
+    topic: &str,
+    file: &Path,
+    rate: Option<f64>,
+) -> anyhow::Result<(u64, f64)> {
     let producer: rdkafka::producer::BaseProducer =
-        kafka.settings()?.producer_config().create().map_err(|e| anyhow!("cannot create a Kafka producer: {e}"))?;
-    let source = medkg_connectors::FileSource::open(&file)?;
+        settings.producer_config().create().map_err(|e| anyhow!("cannot create a Kafka producer: {e}"))?;
+    let source = medkg_connectors::FileSource::open(file)?;
     let began = std::time::Instant::now();
     let mut sent = 0u64;
     for (_, record) in source.records(0, 1, 0, 64 << 20) {
@@ -53,10 +72,5 @@ pub fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     producer
         .flush(std::time::Duration::from_secs(60))
         .map_err(|e| anyhow!("not every record was acknowledged: {e}"))?;
-    let seconds = began.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({"records": sent, "seconds": seconds, "records_per_sec": sent as f64 / seconds.max(1e-9)})
-    );
-    Ok(())
+    Ok((sent, began.elapsed().as_secs_f64()))
 }

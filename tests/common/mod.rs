@@ -33,6 +33,12 @@ pub fn shared() -> PathBuf {
     std::env::var_os("MEDKG_SHARED").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared"))
 }
 
+/// The models and their variants (the pooled SPLADE the pipelines use):
+/// `MEDKG_MODELS`, else what scripts/models.sh made (scripts/test.sh makes them).
+pub fn models() -> PathBuf {
+    medkg_operators::models::models_dir(None).expect("MEDKG_MODELS: run scripts/models.sh (scripts/test.sh does)")
+}
+
 /// The first `n` records of the PubMed sample, as a plain JSONL file in `dir`.
 pub fn pubmed_slice(dir: &Path, n: usize) -> (PathBuf, Vec<Value>) {
     use std::io::BufRead;

@@ -47,6 +47,8 @@ pub enum ValueKind {
     ListOf(&'static [&'static str]),
     /// A duration such as `500ms`, `30s`, `5m`.
     Duration,
+    /// `auto` or a duration ([`crate::CommitInterval`]).
+    CommitInterval,
     /// A list of `allow_hosts` entries ([`crate::hosts::AllowEntry`]).
     Hosts,
     /// Where a side stream lives: `dir:PATH` or `kafka:TOPIC`.
@@ -124,6 +126,10 @@ impl ValueKind {
                 _ => Err(format!("expected dir:PATH or kafka:TOPIC, found {}", describe(value))),
             },
             ValueKind::Adapter => crate::AdapterSpec::from_value(value).map(|_| ()),
+            ValueKind::CommitInterval => match value.as_str() {
+                Some(text) => text.parse::<crate::CommitInterval>().map(|_| ()),
+                None => Err(format!("expected auto or a duration such as 250ms or 1s, found {}", describe(value))),
+            },
             ValueKind::Duration => match value.as_str().and_then(crate::duration::parse_duration) {
                 Some(_) => Ok(()),
                 None => Err(format!("expected a duration such as 500ms, 30s or 5m, found {}", describe(value))),

@@ -51,7 +51,7 @@ pub use kinds::{ConfigKey, StageKind, StreamKind, ValueKind};
 pub use plan::{Gate, Plan, PlannedStage, RuntimeSettings};
 pub use policy::{Backoff, Policies, Policy};
 pub use settings::{
-    ChunkSettings, ExtractSettings, FetchSettings, IndexSettings, IngestSettings, KgSettings, ModelSettings,
-    ParseSettings, StageSettings, INDEX_BACKENDS, PARSE_FORMATS,
+    ChunkSettings, CommitInterval, ExtractSettings, FetchSettings, IndexSettings, IngestSettings, KgSettings,
+    ModelSettings, ParseSettings, StageSettings, INDEX_BACKENDS, PARSE_FORMATS,
 };
 pub use stream::StreamSpec;

@@ -281,7 +281,7 @@ pub struct ModelSettings {
     pub precision: String,
     /// Truncation (256).
     pub max_seq_len: usize,
-    /// Padded tokens per batch (embed 8192, splade 4096).
+    /// Padded tokens per batch (4096: 16 sequences of 256).
     pub max_batch_tokens: usize,
     /// ONNX Runtime threads per worker (default: the cores shared among workers).
     pub intra_threads: Option<usize>,
@@ -302,7 +302,7 @@ pub struct ModelDefaults {
 
 impl ModelSettings {
     /// `embed`'s defaults.
-    pub const EMBED: ModelDefaults = ModelDefaults { model: "all-MiniLM-L6-v2", max_batch_tokens: 8192 };
+    pub const EMBED: ModelDefaults = ModelDefaults { model: "all-MiniLM-L6-v2", max_batch_tokens: 4096 };
     /// `splade`'s defaults.
     pub const SPLADE: ModelDefaults = ModelDefaults { model: "splade-tiny.pooled", max_batch_tokens: 4096 };
     const MODEL: [ConfigKey; 7] = [
@@ -340,8 +340,8 @@ impl ModelSettings {
 pub struct IndexSettings {
     /// Of [`INDEX_BACKENDS`] (`[bm25]`).
     pub backends: Vec<String>,
-    /// Least time between two commits (1 s).
-    pub commit_interval: Duration,
+    /// When a shard commits once the frontier has passed what it wrote (`1s`).
+    pub commit_interval: CommitInterval,
     /// Indexing memory per shard, MiB (64).
     pub writer_memory_mb: usize,
 }
@@ -350,17 +350,14 @@ impl IndexSettings {
     /// The keys of `index`.
     pub const KEYS: &'static [ConfigKey] = &[
         key("backends", ListOf(INDEX_BACKENDS)),
-        key("commit_interval", crate::kinds::ValueKind::Duration),
+        key("commit_interval", crate::kinds::ValueKind::CommitInterval),
         key("writer_memory_mb", PositiveInt),
     ];
 
     fn decode(c: Config<'_>) -> IndexSettings {
         IndexSettings {
             backends: c.list("backends").unwrap_or_else(|| vec!["bm25".into()]),
-            commit_interval: c
-                .text("commit_interval")
-                .and_then(|t| crate::duration::parse_duration(&t))
-                .unwrap_or(Duration::from_secs(1)),
+            commit_interval: c.text("commit_interval").and_then(|t| t.parse().ok()).unwrap_or_default(),
             writer_memory_mb: c.usize("writer_memory_mb", 64),
         }
     }
@@ -368,6 +365,61 @@ impl IndexSettings {
     /// Whether the index writes `backend`.
     pub fn has(&self, backend: &str) -> bool {
         self.backends.iter().any(|b| b == backend)
+    }
+}
+
+/// When an index commits, once the dataflow's frontier has passed the
+/// epochs it wrote: at most once per a fixed interval (`1s`, the default),
+/// or `auto`.
+///
+/// `auto` waits, after a commit, twenty times as long as that commit took,
+/// at least 50 ms and at most 1 s: commits so spaced cost at most a
+/// twentieth of the index's time. It is not the default because it did not
+/// help where it was measured (benches/RESULTS.md): on the 2-core VM a
+/// commit costs 50 ms or more, so `auto` waited the full second at a light
+/// load, and under a heavy one its extra commits (and the merges they bring)
+/// put the engine behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitInterval {
+    /// Twenty times the last commit's cost, within [50 ms, 1 s].
+    Auto,
+    /// At most once per this long.
+    Every(Duration),
+}
+
+impl Default for CommitInterval {
+    fn default() -> CommitInterval {
+        CommitInterval::Every(Duration::from_secs(1))
+    }
+}
+
+impl CommitInterval {
+    /// The least `auto` waits between two commits.
+    pub const AUTO_FLOOR: Duration = Duration::from_millis(50);
+    /// The most `auto` waits between two commits (the former fixed default).
+    pub const AUTO_CEILING: Duration = Duration::from_secs(1);
+    /// How many times a commit's cost `auto` waits before the next one.
+    pub const AUTO_FACTOR: u32 = 20;
+
+    /// How long to wait after a commit that took `cost`.
+    pub fn after(self, cost: Duration) -> Duration {
+        match self {
+            CommitInterval::Every(interval) => interval,
+            CommitInterval::Auto => cost.saturating_mul(Self::AUTO_FACTOR).clamp(Self::AUTO_FLOOR, Self::AUTO_CEILING),
+        }
+    }
+}
+
+impl std::str::FromStr for CommitInterval {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CommitInterval, String> {
+        match text.trim() {
+            "auto" => Ok(CommitInterval::Auto),
+            other => crate::duration::parse_duration(other)
+                .map(CommitInterval::Every)
+                .ok_or_else(|| format!("expected auto or a duration such as 250ms or 1s, found \"{other}\"")),
+        }
     }
 }
 
@@ -415,5 +467,25 @@ impl KgSettings {
 
     fn decode(c: Config<'_>) -> KgSettings {
         KgSettings { backend: c.text("backend").unwrap_or_else(|| "oxigraph".into()), uri: c.text("uri") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_commits_wait_twenty_times_the_last_commit_within_bounds() {
+        let auto = CommitInterval::Auto;
+        assert_eq!(auto.after(Duration::ZERO), Duration::from_millis(50));
+        assert_eq!(auto.after(Duration::from_millis(2)), Duration::from_millis(50));
+        assert_eq!(auto.after(Duration::from_millis(10)), Duration::from_millis(200));
+        assert_eq!(auto.after(Duration::from_millis(400)), Duration::from_secs(1));
+        assert_eq!(auto.after(Duration::MAX), Duration::from_secs(1));
+        let every = CommitInterval::Every(Duration::from_secs(3));
+        assert_eq!(every.after(Duration::from_millis(1)), Duration::from_secs(3));
+        assert_eq!("auto".parse::<CommitInterval>(), Ok(CommitInterval::Auto));
+        assert_eq!(" 250ms ".parse::<CommitInterval>(), Ok(CommitInterval::Every(Duration::from_millis(250))));
+        assert!("soon".parse::<CommitInterval>().unwrap_err().contains("expected auto or a duration"));
     }
 }

@@ -157,13 +157,51 @@ stages:
         index,
         &IndexSettings {
             backends: vec!["bm25".into(), "splade".into()],
-            commit_interval: std::time::Duration::from_millis(250),
+            commit_interval: medkg_topology::CommitInterval::Every(std::time::Duration::from_millis(250)),
             writer_memory_mb: 64
         }
     );
     let StageSettings::Download(download) = settings[3] else { panic!("{settings:?}") };
     assert_eq!((download.url_field.as_str(), download.max_bytes), ("pdf_url", 64 << 20));
     assert_eq!(download.output, Some(StreamSpec::Kafka("pdf.downloaded.v1".into())));
+}
+
+/// `commit_interval`: a duration (1 s by default) or `auto`; `precision`: fp32,
+/// fp16 or int8, and the SPLADE default is the pooled model.
+#[test]
+fn commit_intervals_and_model_precisions_are_validated() {
+    use medkg_topology::{CommitInterval, ModelSettings};
+    use std::time::Duration;
+    let index = |value: &str| {
+        let text = format!("name: p\nversion: 1\nstages:\n  - {{ name: parse, type: parse }}\n  - {{ name: chunk, type: chunk, depends_on: [parse] }}\n  - {{ name: index, type: index, depends_on: [chunk]{value} }}\n");
+        plan(&text).map(|p| match &p.stages[2].settings {
+            StageSettings::Index(index) => index.commit_interval,
+            other => panic!("{other:?}"),
+        })
+    };
+    assert_eq!(index("").unwrap(), CommitInterval::Every(Duration::from_secs(1)));
+    assert_eq!(index(", config: { commit_interval: auto }").unwrap(), CommitInterval::Auto);
+    assert_eq!(index(", config: { commit_interval: 2s }").unwrap(), CommitInterval::Every(Duration::from_secs(2)));
+    for bad in ["often", "7", "-1s"] {
+        let errors = index(&format!(", config: {{ commit_interval: {bad} }}")).unwrap_err().to_string();
+        assert!(
+            errors.contains("commit_interval") && errors.contains("expected auto or a duration"),
+            "{bad}: {errors}"
+        );
+    }
+
+    let model = |config: &str| {
+        let text = format!("name: p\nversion: 1\nstages:\n  - {{ name: parse, type: parse }}\n  - {{ name: chunk, type: chunk, depends_on: [parse] }}\n  - {{ name: splade, type: splade, depends_on: [chunk], config: {{ {config} }} }}\n");
+        plan(&text).map(|p| match &p.stages[2].settings {
+            StageSettings::Splade(model) => model.clone(),
+            other => panic!("{other:?}"),
+        })
+    };
+    let default: ModelSettings = model("").unwrap();
+    assert_eq!((default.model.as_str(), default.precision.as_str()), ("splade-tiny.pooled", "fp32"));
+    assert_eq!(model("precision: int8").unwrap().precision, "int8");
+    let errors = model("precision: int4").unwrap_err().to_string();
+    assert!(errors.contains("precision") && errors.contains("int8"), "{errors}");
 }
 
 #[test]

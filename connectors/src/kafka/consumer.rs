@@ -233,6 +233,29 @@ impl KafkaInput {
         self.consumer.assignment().is_ok_and(|a| a.count() > 0)
     }
 
+    /// The partitions the group has given this member now.
+    pub fn assignment(&self) -> Vec<i32> {
+        self.consumer.assignment().map(|a| a.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default()
+    }
+
+    /// Stops (`true`) or restarts fetching from every partition held now;
+    /// the consumer still serves the group's rebalances meanwhile.
+    pub fn pause(&self, paused: bool) -> Result<()> {
+        let list = self.consumer.assignment().map_err(|e| Error::kafka("cannot read the assignment", e))?;
+        let done = if paused { self.consumer.pause(&list) } else { self.consumer.resume(&list) };
+        done.map_err(|e| Error::kafka(if paused { "cannot pause" } else { "cannot resume" }, e))
+    }
+
+    /// How many partitions the topic has (a broker round trip).
+    pub fn partition_count(&self, timeout: Duration) -> Result<usize> {
+        let topic = &self.offsets.topic;
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| Error::kafka(format!("cannot read the metadata of {topic}"), e))?;
+        Ok(metadata.topics().iter().filter(|t| t.name() == topic).map(|t| t.partitions().len()).sum())
+    }
+
     /// The next message, if one comes within `timeout`, remembered as read
     /// in `epoch`.
     pub fn poll(&self, epoch: u64, timeout: Duration) -> Option<RawPayload> {

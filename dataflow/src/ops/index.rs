@@ -3,9 +3,11 @@
 //!
 //! The operator upserts each document into its shard as it arrives, holds a
 //! capability for every epoch written but not committed, and commits when
-//! the input frontier has passed such epochs (at most once per
-//! `commit_interval`, and always when the input ends). What it emits, at
-//! the time of its epoch, are the documents it has made durable.
+//! the input frontier has passed such epochs, and always when the input
+//! ends. Between two commits it waits what `commit_interval` says: a fixed
+//! interval (1 s by default) or `auto` (twenty times what the last commit
+//! cost, within [50 ms, 1 s]). What it emits, at the time of its epoch, are the documents it
+//! has made durable.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use medkg_connectors::ledger::Status;
 use medkg_operators::index::{Backends, Layout, ShardWriter};
 use medkg_operators::ChunkedDocument;
+use medkg_topology::CommitInterval;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
@@ -29,8 +32,8 @@ use crate::telemetry::Subject;
 pub(crate) struct IndexSpec {
     /// The data directory's shards.
     pub layout: Layout,
-    /// Least time between two commits.
-    pub commit_interval: Duration,
+    /// How long to wait between two commits.
+    pub commit_interval: CommitInterval,
     /// Indexing memory per shard.
     pub writer_memory_bytes: usize,
     pub backends: Backends,
@@ -83,6 +86,8 @@ pub(crate) fn index<'s>(
             let mut written: BTreeMap<u64, Written> = BTreeMap::new();
             let mut dirty = false;
             let mut last_commit = Instant::now();
+            // How long the last commit (every shard, and the dead letters) took.
+            let mut commit_cost = Duration::ZERO;
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&time) = cap.least() else { return };
@@ -154,11 +159,12 @@ pub(crate) fn index<'s>(
                 if passed.is_empty() {
                     return;
                 }
-                let waited = last_commit.elapsed();
-                if dirty && waited < commit_interval && !frontier.is_empty() {
-                    activator.activate_after(commit_interval - waited);
+                let (waited, interval) = (last_commit.elapsed(), commit_interval.after(commit_cost));
+                if dirty && waited < interval && !frontier.is_empty() {
+                    activator.activate_after(interval - waited);
                     return;
                 }
+                let (committing, commits) = (Instant::now(), dirty);
                 if dirty {
                     for (n, shard) in shards.iter_mut() {
                         if let Err(e) = shard.commit() {
@@ -175,6 +181,9 @@ pub(crate) fn index<'s>(
                 if let Err(e) = ctx.letters.borrow_mut().sync() {
                     shared.fail(format!("cannot sync the dead letters: {e}"));
                     return;
+                }
+                if commits {
+                    commit_cost = committing.elapsed();
                 }
                 // Everything written so far is durable: release what the frontier passed.
                 // Nothing older than the frontier can arrive any more: forget it.

@@ -20,7 +20,7 @@ use crate::StageError;
 const TITLE_BOOST: f32 = 1.5;
 
 /// One retrieved chunk.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Hit {
     /// Its document.
     pub doc_id: String,

@@ -160,6 +160,13 @@ pub(crate) fn session(model: &Path, device: Device, intra_threads: usize) -> Res
                 format!("device cuda was asked for, but the CUDA execution provider cannot be registered ({e}); medkg does not fall back to the CPU: use device: cpu, or run where ONNX Runtime CUDA is installed"),
             )
         })?;
+    } else {
+        // No memory pattern on the CPU: a pattern plans (and keeps) one
+        // block per input shape seen, and length-sorted token-budget batches
+        // come in many shapes. The arena alone reuses its blocks at the same
+        // speed, with a quarter less memory (benches/RESULTS.md). (Turning
+        // the arena off as well halves the speed.)
+        builder = builder.with_memory_pattern(false).map_err(|e| fail("memory pattern", &e))?;
     }
     builder.commit_from_file(model).map_err(|e| fail(&format!("cannot load {}", model.display()), &e))
 }
