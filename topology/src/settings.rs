@@ -375,10 +375,10 @@ impl IndexSettings {
 /// `auto` waits, after a commit, twenty times as long as that commit took,
 /// at least 50 ms and at most 1 s: commits so spaced cost at most a
 /// twentieth of the index's time. It is not the default because it did not
-/// help where it was measured (benches/RESULTS.md): on the 2-core VM a
-/// commit costs 50 ms or more, so `auto` waited the full second at a light
-/// load, and under a heavy one its extra commits (and the merges they bring)
-/// put the engine behind.
+/// help where it was measured (benches/RESULTS.md): on the 2-core VM it
+/// behaved as `1s` at a light load (a commit there seems to take 50 ms or
+/// more), and under a heavy one its extra commits (and the merges they
+/// bring) put the engine behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitInterval {
     /// Twenty times the last commit's cost, within [50 ms, 1 s].
