@@ -84,10 +84,7 @@ fn int8_variants_stay_close_to_pytorch() {
         .unwrap()
         .iter()
         .zip(&got)
-        .map(|(want, got)| {
-            let want: Vec<f32> = want.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-            cosine(got, &want)
-        })
+        .map(|(want, got)| cosine(got, &pytorch_vector(want)))
         .collect();
     let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
     assert!(mean >= 0.99 && cosines.iter().all(|&c| c >= 0.97), "dense int8: {cosines:?}");
@@ -97,27 +94,48 @@ fn int8_variants_stay_close_to_pytorch() {
     let got = splade.encode(&refs).unwrap();
     let mut overlaps = Vec::new();
     for (i, want) in reference["sparse_splade_tiny"].as_array().unwrap().iter().enumerate() {
-        let mut want: Vec<(u32, f32)> =
-            want.as_object().unwrap().iter().map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap() as f32)).collect();
-        want.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let mut ours: Vec<(u32, f32)> = got[i].indices.iter().copied().zip(got[i].weights.iter().copied()).collect();
-        ours.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let (want, ours) = (pytorch_terms(want), heaviest_first(&got[i]));
         // (Terms of weight 0 tie, in any order: only weighted terms count.)
         let top = |v: &[(u32, f32)]| {
             v.iter().filter(|t| t.1 > 0.0).take(10).map(|t| t.0).collect::<std::collections::HashSet<u32>>()
         };
         let expected = top(&want);
         overlaps.push(top(&ours).intersection(&expected).count() as f64 / expected.len().max(1) as f64);
-        let dense = |v: &[(u32, f32)]| {
-            let mut d = vec![0f32; 30522];
-            v.iter().for_each(|&(id, w)| d[id as usize] = w);
-            d
-        };
-        let c = cosine(&dense(&ours), &dense(&want));
+        let c = sparse_cosine(&ours, &want);
         assert!(c >= 0.99, "splade int8: sentence {i}: cosine {c}");
     }
     let mean = overlaps.iter().sum::<f64>() / overlaps.len() as f64;
     assert!(mean >= 0.95 && overlaps.iter().all(|&o| o >= 0.9), "splade int8 top-10 overlaps: {overlaps:?}");
+}
+
+/// A dense vector of reference.json.
+fn pytorch_vector(value: &Value) -> Vec<f32> {
+    value.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// A SPLADE vector of reference.json (`{"term id": weight}`), heaviest first.
+fn pytorch_terms(value: &Value) -> Vec<(u32, f32)> {
+    let mut terms: Vec<(u32, f32)> =
+        value.as_object().unwrap().iter().map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap() as f32)).collect();
+    terms.sort_by(|a, b| b.1.total_cmp(&a.1));
+    terms
+}
+
+/// Our SPLADE vector's terms, heaviest first.
+fn heaviest_first(vector: &medkg_operators::models::SparseVector) -> Vec<(u32, f32)> {
+    let mut terms: Vec<(u32, f32)> = vector.indices.iter().copied().zip(vector.weights.iter().copied()).collect();
+    terms.sort_by(|a, b| b.1.total_cmp(&a.1));
+    terms
+}
+
+/// The cosine of two SPLADE vectors over the whole vocabulary.
+fn sparse_cosine(a: &[(u32, f32)], b: &[(u32, f32)]) -> f64 {
+    let dense = |v: &[(u32, f32)]| {
+        let mut d = vec![0f32; 30522];
+        v.iter().for_each(|&(id, w)| d[id as usize] = w);
+        d
+    };
+    cosine(&dense(a), &dense(b))
 }
 
 fn dense_matches_pytorch(files: &ModelFiles, min_cosine: f64) {
@@ -129,7 +147,7 @@ fn dense_matches_pytorch(files: &ModelFiles, min_cosine: f64) {
     // One padded batch, and one at a time: both must match.
     let batched = encoder.encode(&refs).unwrap();
     for (i, expected) in reference["dense_all_minilm_l6_v2"].as_array().unwrap().iter().enumerate() {
-        let expected: Vec<f32> = expected.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let expected = pytorch_vector(expected);
         let single = encoder.encode(&[refs[i]]).unwrap().remove(0);
         for (how, got) in [("batched", &batched[i]), ("single", &single)] {
             let c = cosine(got, &expected);
@@ -164,15 +182,7 @@ fn splade_matches_pytorch(files: &ModelFiles, top: usize, tolerance: f32) {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let got = encoder.encode(&refs).unwrap();
     for (i, expected) in reference["sparse_splade_tiny"].as_array().unwrap().iter().enumerate() {
-        let mut expected: Vec<(u32, f32)> = expected
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap() as f32))
-            .collect();
-        expected.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let mut ours: Vec<(u32, f32)> = got[i].indices.iter().copied().zip(got[i].weights.iter().copied()).collect();
-        ours.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let (expected, ours) = (pytorch_terms(expected), heaviest_first(&got[i]));
         let heaviest = |v: &[(u32, f32)]| {
             let mut ids: Vec<u32> = v.iter().take(top).map(|t| t.0).collect();
             ids.sort_unstable();
@@ -183,12 +193,7 @@ fn splade_matches_pytorch(files: &ModelFiles, top: usize, tolerance: f32) {
             let w = ours.iter().find(|t| t.0 == *id).map(|t| t.1).unwrap();
             assert!((w - weight).abs() <= tolerance, "{name}: sentence {i} term {id}: {w} vs {weight}");
         }
-        let dense = |v: &[(u32, f32)]| {
-            let mut d = vec![0f32; 30522];
-            v.iter().for_each(|&(id, w)| d[id as usize] = w);
-            d
-        };
-        let c = cosine(&dense(&ours), &dense(&expected));
+        let c = sparse_cosine(&ours, &expected);
         assert!(c >= 0.999, "{name}: sentence {i}: cosine {c}");
     }
     assert!(encoder.term(got[0].indices[0]).is_some());
