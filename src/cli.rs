@@ -377,6 +377,14 @@ pub struct BenchArgs {
     /// The JSONL records of a `kafka:` bench.
     #[arg(long)]
     pub records: Option<PathBuf>,
+    /// Freshness instead of throughput (with kafka:TOPIC and --records): a
+    /// load of RATE records a second from --records, and --markers
+    /// documents timed from their producer to a search (as `medkg serve` sees them).
+    #[arg(long, value_name = "RATE", requires = "records")]
+    pub freshness: Option<f64>,
+    /// The documents a freshness bench times.
+    #[arg(long, default_value_t = 40, requires = "freshness")]
+    pub markers: usize,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Queries to time, one a line (against --data-dir, after the pipeline bench if there is one);

@@ -556,3 +556,64 @@ fn bench_runs_a_file_and_the_same_records_through_kafka_side_by_side() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--records"));
 }
+
+/// `bench --freshness`: a load produced while marker documents are timed
+/// from their producer to a search; every marker is found, and is in the
+/// index the bench wrote.
+#[test]
+fn bench_times_markers_from_producer_to_search_under_a_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = topic("fresh");
+    create_topic(&topic, 2);
+    let (file, _) = pubmed_slice(dir.path(), 200);
+    let data = dir.path().join("bench");
+    let output = medkg()
+        .args(["bench", "--json", "-w", "2", "--brokers", &brokers(), "--freshness", "100", "--markers", "5"])
+        .arg("--pipeline")
+        .arg(repo().join("config/pipelines/lexical.yaml"))
+        .arg(format!("--source=kafka:{topic}"))
+        .arg("--records")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(report["freshness_markers"], 5, "{report}");
+    assert_eq!(report["freshness_lost"], 0, "{report}");
+    let at = |key: &str| report[key].as_f64().unwrap_or_else(|| panic!("{key} in {report}"));
+    assert!(at("freshness_p50_ms") > 0.0, "{report}");
+    assert!(at("freshness_p50_ms") <= at("freshness_p95_ms") && at("freshness_p95_ms") <= at("freshness_max_ms"));
+    assert!(at("freshness_load_records") > 0.0 && at("freshness_docs_per_sec") > 0.0, "{report}");
+    // The warm-up marker and the five timed ones are in the index, with the load.
+    let written = dir.path().join("bench-freshness");
+    let output = medkg()
+        .args(["search", "--json", "--mode", "bm25", "-k", "20", "--data-dir"])
+        .arg(&written)
+        .arg("freshness marker")
+        .output()
+        .unwrap();
+    let hits: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let markers =
+        hits.iter().filter(|h| h["title"].as_str().is_some_and(|t| t.starts_with("Freshness marker"))).count();
+    assert_eq!(markers, 6, "{hits:?}");
+    assert!(stats(&written).unwrap().0 > 6, "the load was indexed too");
+
+    // A load of nothing, or freshness from a file: refused.
+    let refused = |args: &[&str]| {
+        let output = medkg()
+            .args(["bench", "--brokers", &brokers(), "--records"])
+            .arg(&file)
+            .arg("--pipeline")
+            .arg(repo().join("config/pipelines/lexical.yaml"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    assert!(refused(&["--freshness", "0", &format!("--source=kafka:{topic}")]).contains("more than 0"));
+    let from_file = format!("--source=file:{}", file.display());
+    assert!(refused(&["--freshness", "100", &from_file]).contains("kafka:TOPIC"));
+}

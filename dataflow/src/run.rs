@@ -150,6 +150,7 @@ fn run_workers(
         stop,
         began: Instant::now(),
         kafka_assigned: std::sync::atomic::AtomicUsize::new(0),
+        headroom: crate::shared::Headroom::new(options.workers),
         start,
         progress: progress.clone(),
         fate: Fate::new(finished_tx),

@@ -27,7 +27,7 @@ use medkg_operators::index::SearchIndex;
 use medkg_operators::StageError;
 
 /// How often the watcher looks for new commits.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// One opened state of the data directory.
 pub struct Generation {

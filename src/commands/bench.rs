@@ -15,7 +15,20 @@ use crate::cli::{AdapterArgs, BenchArgs, KafkaArgs, SourceSpec};
 
 /// `medkg bench`.
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchArgs { pipeline, source, records, kafka, queries, data_dir, workers, mode, json, models } = args;
+    let BenchArgs {
+        pipeline,
+        source,
+        records,
+        freshness,
+        markers,
+        kafka,
+        queries,
+        data_dir,
+        workers,
+        mode,
+        json,
+        models,
+    } = args;
     let mut report = Map::new();
     if let (Some(pipeline), Some(source)) = (&pipeline, &source) {
         let options_for = |source: &SourceSpec, data_dir: PathBuf| {
@@ -32,6 +45,23 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 adapter: &AdapterArgs::default(),
             })
         };
+        if let Some(rate) = freshness {
+            let (SourceSpec::Kafka(topic), Some(records)) = (source, &records) else {
+                bail!("--freshness needs --source kafka:TOPIC and --records FILE");
+            };
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let settings = kafka.settings_or(&format!("medkg-freshness-{}-{nanos}", std::process::id()))?;
+            let options = options_for(source, super::freshness::data_dir(&data_dir))?;
+            report.extend(super::freshness::freshness(super::freshness::Freshness {
+                topic,
+                records,
+                settings,
+                rate,
+                markers,
+                options,
+            })?);
+            return print_report(report, json);
+        }
         let file = match source {
             SourceSpec::Adapter(_) => bail!("bench reads file:PATH or kafka:TOPIC (an API's own pace is not medkg's)"),
             SourceSpec::File(path) => path.clone(),
@@ -62,6 +92,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if report.is_empty() {
         bail!("nothing to bench: give --pipeline and --source, or --queries");
     }
+    print_report(report, json)
+}
+
+fn print_report(report: Map<String, Value>, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", Value::Object(report));
     } else {

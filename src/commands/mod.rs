@@ -2,6 +2,7 @@
 //! pipeline with its policies, and turning arguments into run options.
 
 pub mod bench;
+pub mod freshness;
 pub mod graph;
 pub mod ledger;
 pub mod pdf_parser;

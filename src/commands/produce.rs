@@ -1,10 +1,13 @@
 //! `medkg produce`: load JSONL records into a topic.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use medkg_connectors::kafka::KafkaSettings;
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::cli::ProduceArgs;
 
@@ -30,47 +33,66 @@ pub fn produce_file(
     file: &Path,
     rate: Option<f64>,
 ) -> anyhow::Result<(u64, f64)> {
-    let producer: rdkafka::producer::BaseProducer =
-        settings.producer_config().create().map_err(|e| anyhow!("cannot create a Kafka producer: {e}"))?;
+    let producer = producer(settings)?;
     let source = medkg_connectors::FileSource::open(file)?;
-    let began = std::time::Instant::now();
+    let began = Instant::now();
     let mut sent = 0u64;
-    for (_, record) in source.records(0, 1, 0, 64 << 20) {
+    for (_, record) in source.records(0, 1, 0, MAX_RECORD_BYTES) {
         let Ok(payload) = record else { continue };
-        let key = medkg_operators::parse::parse(&Default::default(), &payload.bytes, None)
-            .into_iter()
-            .find_map(Result::ok)
-            .map(|doc| doc.id);
-        let mut message: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(payload.bytes.as_slice());
-        if let Some(key) = key.as_deref() {
-            message = message.key(key);
-        }
-        let mut message = Some(message);
-        while let Some(m) = message.take() {
-            match producer.send(m) {
-                Ok(()) => {}
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    m,
-                )) => {
-                    producer.poll(std::time::Duration::from_millis(50));
-                    message = Some(m);
-                }
-                Err((e, _)) => bail!("cannot produce to {topic}: {e}"),
-            }
-        }
-        producer.poll(std::time::Duration::ZERO);
+        send(&producer, topic, key_of(&payload.bytes).as_deref(), &payload.bytes)?;
         sent += 1;
-        if let Some(rate) = rate.filter(|r| *r > 0.0 && r.is_finite()) {
-            // (A rate so small that the wait overflows a Duration waits "forever".)
-            let due = std::time::Duration::try_from_secs_f64(sent as f64 / rate).unwrap_or(std::time::Duration::MAX);
-            if let Some(wait) = due.checked_sub(began.elapsed()) {
-                std::thread::sleep(wait);
+        pace(began, sent, rate);
+    }
+    flush(&producer)?;
+    Ok((sent, began.elapsed().as_secs_f64()))
+}
+
+/// The largest record `medkg produce` sends.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// A producer of `settings`.
+pub fn producer(settings: &KafkaSettings) -> anyhow::Result<BaseProducer> {
+    settings.producer_config().create().map_err(|e| anyhow!("cannot create a Kafka producer: {e}"))
+}
+
+/// The document id a record's parser finds, to key it by.
+pub fn key_of(bytes: &[u8]) -> Option<String> {
+    medkg_operators::parse::parse(&Default::default(), bytes, None).into_iter().find_map(Result::ok).map(|doc| doc.id)
+}
+
+/// Hands one record to the producer, waiting while its queue is full.
+pub fn send(producer: &BaseProducer, topic: &str, key: Option<&str>, payload: &[u8]) -> anyhow::Result<()> {
+    let mut message: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(payload);
+    if let Some(key) = key {
+        message = message.key(key);
+    }
+    let mut message = Some(message);
+    while let Some(m) = message.take() {
+        match producer.send(m) {
+            Ok(()) => {}
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), m)) => {
+                producer.poll(Duration::from_millis(50));
+                message = Some(m);
             }
+            Err((e, _)) => bail!("cannot produce to {topic}: {e}"),
         }
     }
-    producer
-        .flush(std::time::Duration::from_secs(60))
-        .map_err(|e| anyhow!("not every record was acknowledged: {e}"))?;
-    Ok((sent, began.elapsed().as_secs_f64()))
+    producer.poll(Duration::ZERO);
+    Ok(())
+}
+
+/// Sleeps until `sent` records are due at `rate` a second from `began`.
+pub fn pace(began: Instant, sent: u64, rate: Option<f64>) {
+    if let Some(rate) = rate.filter(|r| *r > 0.0 && r.is_finite()) {
+        // (A rate so small that the wait overflows a Duration waits "forever".)
+        let due = Duration::try_from_secs_f64(sent as f64 / rate).unwrap_or(Duration::MAX);
+        if let Some(wait) = due.checked_sub(began.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Waits until the broker has acknowledged everything sent.
+pub fn flush(producer: &BaseProducer) -> anyhow::Result<()> {
+    producer.flush(Duration::from_secs(60)).map_err(|e| anyhow!("not every record was acknowledged: {e}"))
 }

@@ -369,43 +369,44 @@ impl IndexSettings {
 }
 
 /// When an index commits, once the dataflow's frontier has passed the
-/// epochs it wrote: at most once per a fixed interval (`1s`, the default),
-/// or `auto`.
+/// epochs it wrote: `auto` (the default), or at most once per a fixed
+/// interval (`1s`, say).
 ///
-/// `auto` waits, after a commit, twenty times as long as that commit took,
-/// at least 50 ms and at most 1 s: commits so spaced cost at most a
-/// twentieth of the index's time. It is not the default because it did not
-/// help where it was measured (benches/RESULTS.md): on the 2-core VM it
-/// behaved as `1s` at a light load (a commit there seems to take 50 ms or
-/// more), and under a heavy one its extra commits (and the merges they
-/// bring) put the engine behind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `auto` commits at most every 100 ms while the run's sources have
+/// headroom (over the last second, they spent a tenth or more of their
+/// time waiting for something to read: a topic read as fast as it is
+/// written, an API between polls), and at most once a second while they
+/// have none (a file, a topic read behind its producers). A commit costs
+/// more than the documents it makes searchable: a tantivy segment of its
+/// own, fsyncs, later merges. Where there is time to spare, it buys
+/// freshness; where there is none, it would slow the engine down, so
+/// `auto` then commits as seldom as the former fixed 1 s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CommitInterval {
-    /// Twenty times the last commit's cost, within [50 ms, 1 s].
+    /// [`CommitInterval::AUTO_FRESH`] with headroom, else [`CommitInterval::AUTO_BUSY`].
+    #[default]
     Auto,
     /// At most once per this long.
     Every(Duration),
 }
 
-impl Default for CommitInterval {
-    fn default() -> CommitInterval {
-        CommitInterval::Every(Duration::from_secs(1))
-    }
-}
-
 impl CommitInterval {
-    /// The least `auto` waits between two commits.
-    pub const AUTO_FLOOR: Duration = Duration::from_millis(50);
-    /// The most `auto` waits between two commits (the former fixed default).
-    pub const AUTO_CEILING: Duration = Duration::from_secs(1);
-    /// How many times a commit's cost `auto` waits before the next one.
-    pub const AUTO_FACTOR: u32 = 20;
+    /// What `auto` waits between two commits while the sources have headroom.
+    pub const AUTO_FRESH: Duration = Duration::from_millis(100);
+    /// What `auto` waits while they have none.
+    pub const AUTO_BUSY: Duration = Duration::from_secs(1);
+    /// The share of their time the sources must spend waiting for `auto` to commit fresh.
+    pub const AUTO_HEADROOM: f64 = 0.1;
+    /// How often `auto` measures the headroom.
+    pub const AUTO_WINDOW: Duration = Duration::from_secs(1);
 
-    /// How long to wait after a commit that took `cost`.
-    pub fn after(self, cost: Duration) -> Duration {
+    /// How long to wait between two commits, given the share of their time
+    /// the sources spent waiting for input lately (`spare`, in [0, 1]).
+    pub fn wait(self, spare: f64) -> Duration {
         match self {
             CommitInterval::Every(interval) => interval,
-            CommitInterval::Auto => cost.saturating_mul(Self::AUTO_FACTOR).clamp(Self::AUTO_FLOOR, Self::AUTO_CEILING),
+            CommitInterval::Auto if spare >= Self::AUTO_HEADROOM => Self::AUTO_FRESH,
+            CommitInterval::Auto => Self::AUTO_BUSY,
         }
     }
 }
@@ -475,15 +476,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_commits_wait_twenty_times_the_last_commit_within_bounds() {
-        let auto = CommitInterval::Auto;
-        assert_eq!(auto.after(Duration::ZERO), Duration::from_millis(50));
-        assert_eq!(auto.after(Duration::from_millis(2)), Duration::from_millis(50));
-        assert_eq!(auto.after(Duration::from_millis(10)), Duration::from_millis(200));
-        assert_eq!(auto.after(Duration::from_millis(400)), Duration::from_secs(1));
-        assert_eq!(auto.after(Duration::MAX), Duration::from_secs(1));
+    fn auto_commits_for_freshness_with_headroom_and_for_throughput_without() {
+        let auto = CommitInterval::default();
+        assert_eq!(auto, CommitInterval::Auto);
+        assert_eq!(auto.wait(1.0), Duration::from_millis(100));
+        assert_eq!(auto.wait(0.1), Duration::from_millis(100));
+        assert_eq!(auto.wait(0.05), Duration::from_secs(1));
+        assert_eq!(auto.wait(0.0), Duration::from_secs(1));
         let every = CommitInterval::Every(Duration::from_secs(3));
-        assert_eq!(every.after(Duration::from_millis(1)), Duration::from_secs(3));
+        assert_eq!((every.wait(1.0), every.wait(0.0)), (Duration::from_secs(3), Duration::from_secs(3)));
         assert_eq!("auto".parse::<CommitInterval>(), Ok(CommitInterval::Auto));
         assert_eq!(" 250ms ".parse::<CommitInterval>(), Ok(CommitInterval::Every(Duration::from_millis(250))));
         assert!("soon".parse::<CommitInterval>().unwrap_err().contains("expected auto or a duration"));

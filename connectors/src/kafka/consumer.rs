@@ -176,6 +176,8 @@ fn group_lag(consumer: &BaseConsumer, topic: &str) -> Option<u64> {
 pub struct KafkaInput {
     consumer: BaseConsumer<Rebalancer>,
     offsets: Arc<Offsets>,
+    /// Per partition, the offset after the last message read.
+    read: Mutex<HashMap<i32, i64>>,
 }
 
 impl KafkaInput {
@@ -197,7 +199,7 @@ impl KafkaInput {
         if subscribe {
             consumer.subscribe(&[topic]).map_err(|e| Error::kafka(format!("cannot subscribe to {topic}"), e))?;
         }
-        Ok(KafkaInput { consumer, offsets })
+        Ok(KafkaInput { consumer, offsets, read: Mutex::new(HashMap::new()) })
     }
 
     /// Reads `topic` without joining a group: worker `worker` of `peers`
@@ -263,6 +265,9 @@ impl KafkaInput {
             Some(Ok(message)) => {
                 let payload = payload_of(&message);
                 if let Some(partition) = payload.position.partition {
+                    if let Ok(mut read) = self.read.lock() {
+                        read.insert(partition, message.offset() + 1);
+                    }
                     if let Ok(mut pending) = self.offsets.pending.lock() {
                         let next = message.offset() + 1;
                         let slot = pending.entry(epoch).or_default().entry(partition).or_insert(next);
@@ -277,6 +282,37 @@ impl KafkaInput {
             }
             None => None,
         }
+    }
+
+    /// How many messages the partitions this member holds have beyond what
+    /// it has read, by the end offsets the broker reported with its last
+    /// fetches (no round trip: librdkafka keeps them). Partitions not read
+    /// from yet count nothing.
+    pub fn unread(&self) -> u64 {
+        let Ok(read) = self.read.lock() else { return 0 };
+        let Ok(topic) = std::ffi::CString::new(self.offsets.topic.as_str()) else { return 0 };
+        let held = self.assignment();
+        let mut unread = 0u64;
+        for (&partition, &next) in read.iter().filter(|(p, _)| held.contains(p)) {
+            let (mut low, mut high) = (-1i64, -1i64);
+            // SAFETY: the handle is this consumer's, alive for the call;
+            // `topic` is a NUL-terminated string that outlives it; `low` and
+            // `high` are valid for writes. The call reads librdkafka's cached
+            // offsets under its own locks.
+            let err = unsafe {
+                rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                    self.consumer.client().native_ptr(),
+                    topic.as_ptr(),
+                    partition,
+                    &mut low,
+                    &mut high,
+                )
+            };
+            if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 {
+                unread += (high - next).max(0) as u64;
+            }
+        }
+        unread
     }
 
     /// Commits the offsets of the epochs before `frontier` (durable); calls

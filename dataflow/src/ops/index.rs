@@ -4,15 +4,16 @@
 //! The operator upserts each document into its shard as it arrives, holds a
 //! capability for every epoch written but not committed, and commits when
 //! the input frontier has passed such epochs, and always when the input
-//! ends. Between two commits it waits what `commit_interval` says: a fixed
-//! interval (1 s by default) or `auto` (twenty times what the last commit
-//! cost, within [50 ms, 1 s]). What it emits, at the time of its epoch, are the documents it
-//! has made durable.
+//! ends. Between two commits it waits what `commit_interval` says: `auto`
+//! (the default: 100 ms while the process's sources have headroom, a tenth
+//! or more of their time spent waiting for input over the last second; 1 s
+//! while they have none) or a fixed interval. What it emits, at the time of
+//! its epoch, are the documents it has made durable.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use medkg_connectors::ledger::Status;
 use medkg_operators::index::{Backends, Layout, ShardWriter};
@@ -86,8 +87,8 @@ pub(crate) fn index<'s>(
             let mut written: BTreeMap<u64, Written> = BTreeMap::new();
             let mut dirty = false;
             let mut last_commit = Instant::now();
-            // How long the last commit (every shard, and the dead letters) took.
-            let mut commit_cost = Duration::ZERO;
+            // The sources' headroom in the last whole window; the current one began at `window`.
+            let (mut spare, mut window) = (0.0, shared.headroom.mark());
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&time) = cap.least() else { return };
@@ -159,7 +160,12 @@ pub(crate) fn index<'s>(
                 if passed.is_empty() {
                     return;
                 }
-                let (waited, interval) = (last_commit.elapsed(), commit_interval.after(commit_cost));
+                // Headroom over the last second or more decides `auto`'s pace.
+                if window.0.elapsed() >= CommitInterval::AUTO_WINDOW {
+                    spare = shared.headroom.spare_since(window);
+                    window = shared.headroom.mark();
+                }
+                let (waited, interval) = (last_commit.elapsed(), commit_interval.wait(spare));
                 if dirty && waited < interval && !frontier.is_empty() {
                     activator.activate_after(interval - waited);
                     return;
@@ -183,7 +189,14 @@ pub(crate) fn index<'s>(
                     return;
                 }
                 if commits {
-                    commit_cost = committing.elapsed();
+                    tracing::debug!(
+                        stage = %reporter.stage,
+                        epochs = passed.len(),
+                        spare,
+                        waited_ms = waited.as_millis() as u64,
+                        commit_ms = committing.elapsed().as_secs_f64() * 1000.0,
+                        "index committed"
+                    );
                 }
                 // Everything written so far is durable: release what the frontier passed.
                 // Nothing older than the frontier can arrive any more: forget it.

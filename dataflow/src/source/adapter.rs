@@ -144,7 +144,10 @@ pub(crate) fn feed(
             }
             Ok(Paged::Stopped(result)) => break result,
             Err(mpsc::error::TryRecvError::Empty) => {
+                // No page waiting: the time until the next is headroom.
+                let parked = std::time::Instant::now();
                 worker.step_or_park(Some(Duration::from_millis(20)));
+                shared.headroom.idle(parked.elapsed());
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break Err("the pager stopped without a word".into()),
         }

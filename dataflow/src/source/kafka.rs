@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use medkg_connectors::kafka::KafkaInput;
@@ -93,7 +93,17 @@ pub(crate) fn feed(worker: &mut Worker, shared: &Arc<Shared>, feed: Feed, kafka:
         // (waiting up to 20 ms for the first message only).
         let mut wait = Duration::from_millis(20);
         while in_epoch < epoch_records && !read_enough() {
-            let Some(payload) = source.poll(epoch, wait) else { break };
+            let polled = Instant::now();
+            let Some(payload) = source.poll(epoch, wait) else {
+                // Nothing buffered. Unless the partitions still hold an
+                // epoch's worth (by the ends the broker last reported: a
+                // consumer's queue also runs dry between two fetches of a
+                // backlog), the time waited is headroom.
+                if source.unread() < epoch_records {
+                    shared.headroom.idle(polled.elapsed());
+                }
+                break;
+            };
             shared.progress.records.fetch_add(1, Ordering::Relaxed);
             input.send(payload);
             in_epoch += 1;

@@ -10,7 +10,7 @@ use tantivy::columnar::StrColumn;
 use tantivy::postings::Postings;
 use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, BoostQuery, Occur, Query, TermQuery, TermSetQuery};
 use tantivy::schema::{Field, IndexRecordOption, Value};
-use tantivy::{DocAddress, DocId, DocSet, Index, Searcher, TantivyDocument, Term};
+use tantivy::{DocAddress, DocId, DocSet, Index, IndexReader, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 use super::{fields_of, io_error, DenseShard, Fields, Layout, QUANT_SCALE};
 use crate::models::SparseVector;
@@ -157,6 +157,9 @@ fn dense_stamp(dir: &std::path::Path) -> FileStamp {
 #[derive(Clone)]
 pub struct SearchIndex {
     shards: Vec<(Index, Searcher)>,
+    /// Per shard of `shards`: its directory and reader, which a reopen
+    /// reloads (reusing the segments it already has open) rather than open again.
+    readers: Vec<(std::path::PathBuf, IndexReader)>,
     /// Per shard: the one tenant all its chunks belong to, if there is one
     /// (then a query of that tenant needs no tenant filter, and BM25 can
     /// prune with block-max WAND; a query of another tenant skips the shard).
@@ -174,12 +177,14 @@ impl SearchIndex {
     }
 
     /// Opens the data directory's shards as of their last commits, keeping
-    /// from `previous` each dense shard whose files have not changed (a
-    /// server reopens on every commit; reading every FAISS shard again each
-    /// time would cost the whole dense index per commit).
+    /// from `previous` each dense shard whose files have not changed, and
+    /// reloading its BM25 readers (a server reopens on every commit; reading
+    /// every FAISS shard, or opening every segment, again each time would
+    /// cost the whole index per commit).
     pub fn reopen(data_dir: &std::path::Path, previous: Option<&SearchIndex>) -> Result<SearchIndex, StageError> {
         let layout = Layout::open(data_dir)?;
         let mut shards = Vec::new();
+        let mut readers = Vec::new();
         let mut sole_tenants = Vec::new();
         let mut dense = Vec::new();
         let mut fields = None;
@@ -197,19 +202,39 @@ impl SearchIndex {
             if !dir.join("meta.json").exists() {
                 continue; // never committed: nothing to read
             }
-            let index = Index::open_in_dir(&dir).map_err(|e| io_error(&format!("cannot open {}", dir.display()), e))?;
-            let reader = index.reader().map_err(|e| io_error("cannot read the index", e))?;
+            let kept = previous.and_then(|p| {
+                let at = p.readers.iter().position(|(d, _)| *d == dir)?;
+                Some((p.shards[at].0.clone(), p.readers[at].1.clone()))
+            });
+            let (index, reader) = match kept {
+                Some((index, reader)) => {
+                    reader.reload().map_err(|e| io_error(&format!("cannot reload {}", dir.display()), e))?;
+                    (index, reader)
+                }
+                None => {
+                    let index =
+                        Index::open_in_dir(&dir).map_err(|e| io_error(&format!("cannot open {}", dir.display()), e))?;
+                    // Reloaded by `reopen` when the shard commits: no watcher thread of tantivy's.
+                    let reader = index
+                        .reader_builder()
+                        .reload_policy(ReloadPolicy::Manual)
+                        .try_into()
+                        .map_err(|e| io_error("cannot read the index", e))?;
+                    (index, reader)
+                }
+            };
             let schema_fields = fields_of(&index.schema())?;
             fields = Some(schema_fields);
             let searcher = reader.searcher();
             sole_tenants.push(sole_tenant(&searcher, schema_fields.tenant_id)?);
             shards.push((index, searcher));
+            readers.push((dir, reader));
         }
         let fields = match fields {
             Some(f) => f,
             None => super::schema().1,
         };
-        Ok(SearchIndex { shards, sole_tenants, dense, fields, only: None })
+        Ok(SearchIndex { shards, readers, sole_tenants, dense, fields, only: None })
     }
 
     /// Reciprocal-rank fusion of the BM25, SPLADE and dense lists (each
