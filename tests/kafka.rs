@@ -272,7 +272,22 @@ fn tombstones_and_resent_documents_change_the_knowledge_graph() {
     // pmid:1 is deleted, pmid:2 says something else now.
     send("pmid:1", None);
     send("pmid:2", Some(r#"{"pmid": "2", "title": "Ibuprofen", "abstract": "Ibuprofen relieves migraine."}"#));
+    // (2, 2) comes with the tombstone alone; the new pmid:2 shows in a search.
     wait_for(&data, (2, 2), Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let output = medkg()
+            .args(["search", "--json", "--mode", "bm25", "-k", "1", "--data-dir"])
+            .arg(&data)
+            .arg("ibuprofen")
+            .output();
+        let hits: Value = serde_json::from_slice(&output.unwrap().stdout).unwrap_or(Value::Null);
+        if hits[0]["doc_id"] == "pmid:2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the re-sent pmid:2 never reached the index: {hits}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     terminate(child);
 
     let sparql = |query: &str| -> Vec<Value> {
@@ -515,6 +530,24 @@ fn poison_pills_are_dead_lettered_and_header_tenants_reach_the_index() {
     assert_eq!(kinds, ["bad_tenant", "dtd_refused", "tenant_mismatch", "too_deep"]);
 }
 
+/// `medkg bench --json -w 2` of `lexical.yaml` from `kafka:topic` with
+/// `--records file` into `data`, and `extra` arguments; its report.
+fn kafka_bench(topic: &str, file: &Path, data: &Path, extra: &[&str]) -> Value {
+    let output = medkg()
+        .args(["bench", "--json", "-w", "2", "--brokers", &brokers(), "--pipeline"])
+        .arg(repo().join("config/pipelines/lexical.yaml"))
+        .arg(format!("--source=kafka:{topic}"))
+        .arg("--records")
+        .arg(file)
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap()
+}
+
 /// `medkg bench --source kafka:TOPIC --records FILE`: the records go into
 /// the topic, come back through the pipeline until every one is durable,
 /// and the same file runs too; the two indexes hold the same documents.
@@ -525,18 +558,7 @@ fn bench_runs_a_file_and_the_same_records_through_kafka_side_by_side() {
     create_topic(&topic, 3);
     let (file, records) = pubmed_slice(dir.path(), 300);
     let data = dir.path().join("bench");
-    let output = medkg()
-        .args(["bench", "--json", "-w", "2", "--brokers", &brokers(), "--pipeline"])
-        .arg(repo().join("config/pipelines/lexical.yaml"))
-        .arg(format!("--source=kafka:{topic}"))
-        .arg("--records")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+    let report = kafka_bench(&topic, &file, &data, &[]);
     assert_eq!(report["kafka_records"], records.len(), "{report}");
     assert_eq!(report["kafka_docs"], report["docs"], "{report}");
     for key in ["e2e_docs_per_sec", "kafka_e2e_docs_per_sec", "kafka_vs_file"] {
@@ -567,19 +589,7 @@ fn bench_times_markers_from_producer_to_search_under_a_load() {
     create_topic(&topic, 2);
     let (file, _) = pubmed_slice(dir.path(), 200);
     let data = dir.path().join("bench");
-    let output = medkg()
-        .args(["bench", "--json", "-w", "2", "--brokers", &brokers(), "--freshness", "100", "--markers", "5"])
-        .arg("--pipeline")
-        .arg(repo().join("config/pipelines/lexical.yaml"))
-        .arg(format!("--source=kafka:{topic}"))
-        .arg("--records")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+    let report = kafka_bench(&topic, &file, &data, &["--freshness", "100", "--markers", "5"]);
     assert_eq!(report["freshness_markers"], 5, "{report}");
     assert_eq!(report["freshness_lost"], 0, "{report}");
     let at = |key: &str| report[key].as_f64().unwrap_or_else(|| panic!("{key} in {report}"));
