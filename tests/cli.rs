@@ -131,7 +131,8 @@ fn a_run_killed_midway_and_rerun_ends_like_an_uninterrupted_run() {
     let text = std::fs::read_to_string(lexical())
         .unwrap()
         .replace("epoch_records: 1024", "epoch_records: 256")
-        .replace("commit_interval: 1s", "commit_interval: 100ms");
+        .replace("commit_interval: auto", "commit_interval: 100ms");
+    assert!(text.contains("commit_interval: 100ms"), "lexical.yaml no longer says commit_interval: auto");
     std::fs::write(&pipeline, text).unwrap();
     let mut child = medkg()
         .args(["run", "--pipeline"])

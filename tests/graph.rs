@@ -174,7 +174,8 @@ fn a_killed_run_resumes_to_the_graph_of_an_uninterrupted_one() {
     let text = std::fs::read_to_string(kg_lexical())
         .unwrap()
         .replace("epoch_records: 1024", "epoch_records: 128")
-        .replace("commit_interval: 1s", "commit_interval: 50ms");
+        .replace("commit_interval: auto", "commit_interval: 50ms");
+    assert!(text.contains("commit_interval: 50ms"), "kg-lexical.yaml no longer says commit_interval: auto");
     std::fs::write(&pipeline, text).unwrap();
     let clean = dir.path().join("clean");
     run(&pipeline, &source, &clean, &[]);

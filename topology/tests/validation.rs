@@ -179,7 +179,7 @@ fn commit_intervals_and_model_precisions_are_validated() {
             other => panic!("{other:?}"),
         })
     };
-    assert_eq!(index("").unwrap(), CommitInterval::Every(Duration::from_secs(1)));
+    assert_eq!(index("").unwrap(), CommitInterval::Auto, "auto is the default");
     assert_eq!(index(", config: { commit_interval: auto }").unwrap(), CommitInterval::Auto);
     assert_eq!(index(", config: { commit_interval: 2s }").unwrap(), CommitInterval::Every(Duration::from_secs(2)));
     for bad in ["often", "7", "-1s"] {
