@@ -49,9 +49,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let (SourceSpec::Kafka(topic), Some(records)) = (source, &records) else {
                 bail!("--freshness needs --source kafka:TOPIC and --records FILE");
             };
-            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            let settings = kafka.settings_or(&format!("medkg-freshness-{}-{nanos}", std::process::id()))?;
-            let options = options_for(source, super::freshness::data_dir(&data_dir))?;
+            let settings = kafka.settings_or(&own_group("medkg-freshness"))?;
+            let options = options_for(source, beside(&data_dir, "-freshness"))?;
             report.extend(super::freshness::freshness(super::freshness::Freshness {
                 topic,
                 records,
@@ -74,7 +73,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             report.extend(fields);
         }
         if let SourceSpec::Kafka(topic) = source {
-            let kafka_dir = kafka_data_dir(&data_dir);
+            let kafka_dir = beside(&data_dir, "-kafka");
             let fields = kafka_bench(topic, &file, &kafka, |source| options_for(source, kafka_dir.clone()))?;
             let file_rate = result.e2e_docs_per_sec;
             let kafka_rate = fields["kafka_e2e_docs_per_sec"].as_f64().unwrap_or(0.0);
@@ -106,11 +105,25 @@ fn print_report(report: Map<String, Value>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where a `kafka:` bench's own run writes: beside the file run's.
-fn kafka_data_dir(data_dir: &Path) -> PathBuf {
+/// Where a `kafka:` or freshness bench's own run writes: beside the file
+/// run's, its name followed by `suffix`.
+fn beside(data_dir: &Path, suffix: &str) -> PathBuf {
     let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "bench".into());
-    name.push("-kafka");
+    name.push(suffix);
     data_dir.with_file_name(name)
+}
+
+/// A consumer group of this bench's own: `prefix`, the process and the time.
+fn own_group(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Empties a bench run's data directory (absent is empty).
+pub(super) fn clear(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::remove_dir_all(data_dir)
+        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        .with_context(|| format!("cannot clear {}", data_dir.display()))
 }
 
 /// Produces `file` into `topic`, then runs the pipeline on the topic (a
@@ -122,14 +135,10 @@ fn kafka_bench(
     kafka: &KafkaArgs,
     options_for: impl Fn(&SourceSpec) -> anyhow::Result<medkg_dataflow::RunOptions>,
 ) -> anyhow::Result<Map<String, Value>> {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let group = format!("medkg-bench-{}-{nanos}", std::process::id());
-    let settings = kafka.settings_or(&group)?;
+    let settings = kafka.settings_or(&own_group("medkg-bench"))?;
     let (produced, produce_seconds) = produce_file(&settings, topic, file, None)?;
     let mut options = options_for(&SourceSpec::Kafka(topic.to_string()))?;
-    std::fs::remove_dir_all(&options.data_dir)
-        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-        .with_context(|| format!("cannot clear {}", options.data_dir.display()))?;
+    clear(&options.data_dir)?;
     let source = options.kafka.as_mut().ok_or_else(|| anyhow!("no Kafka source"))?;
     source.settings = settings;
     source.stop_after = Some(produced);

@@ -12,16 +12,16 @@
 //! what a user of `medkg serve` sees: Kafka's delivery, the epoch, the
 //! pipeline, the index commit and the reopen.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use medkg_connectors::kafka::KafkaSettings;
 use medkg_dataflow::{Progress, RunOptions};
 use medkg_serve::readers::{Readers, POLL_INTERVAL};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use serde_json::{json, Map, Value};
 
 use super::produce;
@@ -58,9 +58,7 @@ pub fn freshness(run: Freshness<'_>) -> anyhow::Result<Map<String, Value>> {
         bail!("--markers must be at least 1");
     }
     let (data_dir, tenant) = (options.data_dir.clone(), options.tenant.clone());
-    std::fs::remove_dir_all(&data_dir)
-        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-        .with_context(|| format!("cannot clear {}", data_dir.display()))?;
+    super::bench::clear(&data_dir)?;
     let source = options.kafka.as_mut().ok_or_else(|| anyhow!("--freshness needs a kafka: source"))?;
     source.settings = settings.clone();
     let stop = Arc::new(AtomicBool::new(false));
@@ -203,9 +201,7 @@ impl Watch<'_> {
         })
         .to_string();
         let began = Instant::now();
-        self.producer
-            .send(BaseRecord::to(self.topic).key(&id).payload(&record))
-            .map_err(|(e, _)| anyhow!("cannot produce a marker to {}: {e}", self.topic))?;
+        produce::send(self.producer, self.topic, Some(&id), record.as_bytes())?;
         self.producer.flush(limit).map_err(|e| anyhow!("a marker was not acknowledged: {e}"))?;
         let mut last_check = None;
         while began.elapsed() < limit {
@@ -257,11 +253,4 @@ fn read_records(file: &Path) -> anyhow::Result<Vec<(Option<String>, Vec<u8>)>> {
         bail!("{} holds no records to load", file.display());
     }
     Ok(records)
-}
-
-/// Where a freshness bench writes: beside the bench's data directory.
-pub fn data_dir(data_dir: &Path) -> PathBuf {
-    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "bench".into());
-    name.push("-freshness");
-    data_dir.with_file_name(name)
 }
