@@ -12,6 +12,12 @@ scripts/setup-system.sh   # promtool, node and npm
 promtool check rules config/monitoring/alerts.yml
 promtool check config config/monitoring/prometheus.yml
 
+# Node trusts only its own CA list; where the registry is reached through a
+# TLS-inspecting proxy whose CA is in the system's bundle, npm would retry
+# for ever. Trust the system's bundle too.
+if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+fi
 modules="${MEDKG_CACHE:-$HOME/.cache/medkg}/npm"
 if [ ! -d "$modules/node_modules/@asyncapi/parser" ] || [ ! -d "$modules/node_modules/@apidevtools/swagger-parser" ]; then
   mkdir -p "$modules"
