@@ -596,6 +596,10 @@ fn bench_times_markers_from_producer_to_search_under_a_load() {
     assert!(at("freshness_p50_ms") > 0.0, "{report}");
     assert!(at("freshness_p50_ms") <= at("freshness_p95_ms") && at("freshness_p95_ms") <= at("freshness_max_ms"));
     assert!(at("freshness_load_records") > 0.0 && at("freshness_docs_per_sec") > 0.0, "{report}");
+    // The probe saw the markers arrive: delivery is part of a marker's time, the engine the rest.
+    assert!(at("freshness_delivery_seen") >= 1.0, "{report}");
+    assert!(at("freshness_delivery_p50_ms") > 0.0 && at("freshness_delivery_p50_ms") <= at("freshness_max_ms"));
+    assert!(at("freshness_engine_p50_ms") > 0.0 && at("freshness_engine_p95_ms") <= at("freshness_max_ms"));
     // The warm-up marker and the five timed ones are in the index, with the load.
     let written = dir.path().join("bench-freshness");
     let output = medkg()

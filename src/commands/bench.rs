@@ -114,7 +114,7 @@ fn beside(data_dir: &Path, suffix: &str) -> PathBuf {
 }
 
 /// A consumer group of this bench's own: `prefix`, the process and the time.
-fn own_group(prefix: &str) -> String {
+pub(super) fn own_group(prefix: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{prefix}-{}-{nanos}", std::process::id())
 }

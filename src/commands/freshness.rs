@@ -11,17 +11,25 @@
 //! as often as its watcher refreshes them. What it measures is therefore
 //! what a user of `medkg serve` sees: Kafka's delivery, the epoch, the
 //! pipeline, the index commit and the reopen.
+//!
+//! A consumer of the bench's own (same settings, its own group, reading
+//! from the topic's end, doing nothing else) notes when each marker
+//! reaches it: that is the broker's and the client's share, delivery, and
+//! what is left of a marker's time is the engine's.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail};
 use medkg_connectors::kafka::KafkaSettings;
 use medkg_dataflow::{Progress, RunOptions};
 use medkg_serve::readers::{Readers, POLL_INTERVAL};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 
 use super::produce;
@@ -112,11 +120,13 @@ fn measure(
         .map_err(|e| anyhow!("cannot create a Kafka producer: {e}"))?;
     let readers = Readers::new(data_dir, 1);
     let run_tag = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() % 1_000_000_000).unwrap_or(0);
-    let mut watch = Watch { readers: &readers, producer: &producer, topic, tenant, run_tag };
+    let mut watch = Watch { readers: &readers, producer: &producer, topic, tenant, run_tag, probe: None };
 
-    let warm_up = watch.time(0, WARM_UP)?.ok_or_else(|| {
+    let (warm_up, _) = watch.time(0, WARM_UP)?.ok_or_else(|| {
         anyhow!("the first marker was not searchable within {} s: is the pipeline reading {topic}?", WARM_UP.as_secs())
     })?;
+    // (The topic exists now: the probe reads from its end.)
+    watch.probe = Some(Probe::start(settings, topic)?);
 
     // The load: the records, read once (keyed as `medkg produce` keys
     // them), sent over and over at `rate`.
@@ -142,12 +152,19 @@ fn measure(
     };
     std::thread::sleep(SETTLE);
     let (docs_before, began) = (progress.docs.load(Ordering::Relaxed), Instant::now());
-    let mut latencies = Vec::with_capacity(markers);
+    let (mut latencies, mut deliveries, mut engine) = (Vec::new(), Vec::new(), Vec::new());
     let mut lost = 0usize;
     let mut gap = Gap(run_tag as u64 | 1);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     for i in 1..=markers {
         match watch.time(i, MARKER_LIMIT) {
-            Ok(Some(latency)) => latencies.push(latency.as_secs_f64() * 1000.0),
+            Ok(Some((latency, delivery))) => {
+                latencies.push(ms(latency));
+                if let Some(delivery) = delivery {
+                    deliveries.push(ms(delivery));
+                    engine.push(ms(latency.saturating_sub(delivery)));
+                }
+            }
             Ok(None) => lost += 1,
             Err(e) => {
                 stop_all(Some(&load_stop));
@@ -161,22 +178,35 @@ fn measure(
     let lag = progress.lag();
     stop_all(Some(&load_stop));
     let produced = load.join().map_err(|_| anyhow!("the load's thread panicked"))??;
+    if let Some(probe) = watch.probe.take() {
+        probe.stop()?;
+    }
 
-    latencies.sort_by(f64::total_cmp);
-    let at = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied();
+    let (p50, p95) = (|v: &mut Vec<f64>| quantile(v, 0.5), |v: &mut Vec<f64>| quantile(v, 0.95));
     let mut fields = Map::new();
     fields.insert("freshness_rate".into(), json!(rate));
     fields.insert("freshness_markers".into(), json!(markers));
     fields.insert("freshness_lost".into(), json!(lost));
     fields.insert("freshness_warm_up_ms".into(), json!(warm_up.as_secs_f64() * 1000.0));
-    fields.insert("freshness_p50_ms".into(), json!(at(0.5)));
-    fields.insert("freshness_p95_ms".into(), json!(at(0.95)));
-    fields.insert("freshness_max_ms".into(), json!(latencies.last()));
+    fields.insert("freshness_p50_ms".into(), json!(p50(&mut latencies)));
+    fields.insert("freshness_p95_ms".into(), json!(p95(&mut latencies)));
+    fields.insert("freshness_max_ms".into(), json!(quantile(&mut latencies, 1.0)));
+    fields.insert("freshness_delivery_p50_ms".into(), json!(p50(&mut deliveries)));
+    fields.insert("freshness_delivery_p95_ms".into(), json!(p95(&mut deliveries)));
+    fields.insert("freshness_engine_p50_ms".into(), json!(p50(&mut engine)));
+    fields.insert("freshness_engine_p95_ms".into(), json!(p95(&mut engine)));
+    fields.insert("freshness_delivery_seen".into(), json!(deliveries.len()));
     fields.insert("freshness_poll_ms".into(), json!(POLL_INTERVAL.as_millis()));
     fields.insert("freshness_load_records".into(), json!(produced));
     fields.insert("freshness_docs_per_sec".into(), json!(indexed as f64 / seconds.max(1e-9)));
     fields.insert("freshness_lag_at_end".into(), json!(lag));
     Ok(fields)
+}
+
+/// The `q` quantile of `values` (nearest rank; `None` when empty).
+fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied()
 }
 
 /// Produces markers and watches for them.
@@ -186,12 +216,15 @@ struct Watch<'a> {
     topic: &'a str,
     tenant: &'a str,
     run_tag: u128,
+    /// Notes each marker's delivery (after the warm-up).
+    probe: Option<Probe>,
 }
 
 impl Watch<'_> {
-    /// Produces marker `i` and polls the readers until a search finds it;
-    /// `None` if it takes longer than `limit`.
-    fn time(&mut self, i: usize, limit: Duration) -> anyhow::Result<Option<Duration>> {
+    /// Produces marker `i` and polls the readers until a search finds it:
+    /// how long that took and, if the probe saw the marker, how long its
+    /// delivery took; `None` if it takes longer than `limit`.
+    fn time(&mut self, i: usize, limit: Duration) -> anyhow::Result<Option<(Duration, Option<Duration>)>> {
         let word = format!("zqfresh{}x{i}", self.run_tag);
         let id = format!("{}", 9_000_000_000u64 + (self.run_tag as u64 % 1_000_000) * 1_000 + i as u64);
         let record = json!({
@@ -200,6 +233,9 @@ impl Watch<'_> {
             "abstract": format!("A marker document, {word}, timed from its producer to a search."),
         })
         .to_string();
+        if let Some(probe) = &self.probe {
+            probe.expect(&id);
+        }
         let began = Instant::now();
         produce::send(self.producer, self.topic, Some(&id), record.as_bytes())?;
         self.producer.flush(limit).map_err(|e| anyhow!("a marker was not acknowledged: {e}"))?;
@@ -212,12 +248,81 @@ impl Watch<'_> {
                 last_check = fresh;
                 let found = generation.with(|index, _| index.search(&word, self.tenant, 1))?;
                 if !found.is_empty() {
-                    return Ok(Some(began.elapsed()));
+                    let took = began.elapsed();
+                    let delivered =
+                        self.probe.as_ref().and_then(Probe::arrival).map(|at| at.saturating_duration_since(began));
+                    return Ok(Some((took, delivered)));
                 }
             }
             std::thread::sleep(POLL_INTERVAL);
         }
         Ok(None)
+    }
+}
+
+/// A consumer of the bench's own on the topic, from its end, with the
+/// engine's consumer settings and nothing else to do: when a marker
+/// reaches it is when the broker and the client have delivered it.
+struct Probe {
+    /// The marker awaited (its key) and when it arrived.
+    awaited: Arc<Mutex<(String, Option<Instant>)>>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Probe {
+    fn start(settings: &KafkaSettings, topic: &str) -> anyhow::Result<Probe> {
+        let consumer: BaseConsumer = settings
+            .consumer_config()
+            .set("group.id", super::bench::own_group("medkg-freshness-probe"))
+            .create()
+            .map_err(|e| anyhow!("cannot create the delivery probe's consumer: {e}"))?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| anyhow!("cannot read the metadata of {topic}: {e}"))?;
+        let mut partitions = TopicPartitionList::new();
+        for partition in metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions()) {
+            partitions.add_partition_offset(topic, partition.id(), Offset::End)?;
+        }
+        if partitions.count() == 0 {
+            bail!("{topic} has no partitions");
+        }
+        consumer.assign(&partitions)?;
+        let awaited = Arc::new(Mutex::new((String::new(), None)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (awaited, stop) = (awaited.clone(), stop.clone());
+            std::thread::Builder::new().name("medkg-freshness-probe".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(message) = consumer.poll(Duration::from_millis(20)) else { continue };
+                    let message = message.map_err(|e| anyhow!("the delivery probe: {e}"))?;
+                    let at = Instant::now();
+                    let mut awaited = awaited.lock().map_err(|_| anyhow!("the probe's lock is poisoned"))?;
+                    if message.key() == Some(awaited.0.as_bytes()) {
+                        awaited.1 = Some(at);
+                    }
+                }
+                Ok(())
+            })?
+        };
+        Ok(Probe { awaited, stop, thread })
+    }
+
+    /// Awaits the marker keyed `key` (forgetting the last).
+    fn expect(&self, key: &str) {
+        if let Ok(mut awaited) = self.awaited.lock() {
+            *awaited = (key.to_string(), None);
+        }
+    }
+
+    /// When the awaited marker arrived, if it has.
+    fn arrival(&self) -> Option<Instant> {
+        self.awaited.lock().ok().and_then(|awaited| awaited.1)
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| anyhow!("the delivery probe's thread panicked"))?
     }
 }
 

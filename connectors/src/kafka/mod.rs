@@ -41,7 +41,8 @@ pub struct KafkaSettings {
 
 impl KafkaSettings {
     /// A consumer configuration: manual commits, earliest offsets for a new
-    /// group, and a 6 s session (heartbeats every 0.5 s).
+    /// group, a 6 s session (heartbeats every 0.5 s) and fetches held at most
+    /// 50 ms.
     ///
     /// librdkafka's 45 s default session made every start wait about 20 s
     /// for the group to form, as long as a 1,000-abstract model run on
@@ -49,6 +50,15 @@ impl KafkaSettings {
     /// broker accepts by default (`group.min.session.timeout.ms`);
     /// heartbeats come from librdkafka's own thread, so a worker busy with
     /// a model batch for seconds still keeps its partitions.
+    ///
+    /// `fetch.wait.max.ms` bounds how long a broker may hold a fetch for
+    /// want of data. Apache Kafka answers as soon as a record is there, so
+    /// there it only sets how often an idle consumer asks (20 times a
+    /// second here, against librdkafka's 2); tansu, the broker of the tests
+    /// and benches, holds every fetch about half of it even with data
+    /// waiting, which at librdkafka's 500 ms put 130 ms (p50) to 250 ms
+    /// (p95) between a record produced and the same record read, at
+    /// 2,000 records a second. At 50 ms: 16 and 29 ms.
     pub fn consumer_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -59,7 +69,8 @@ impl KafkaSettings {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "500");
+            .set("heartbeat.interval.ms", "500")
+            .set("fetch.wait.max.ms", "50");
         for (key, value) in &self.options {
             config.set(key, value);
         }
@@ -72,7 +83,8 @@ impl KafkaSettings {
         config.set("bootstrap.servers", &self.brokers).set("linger.ms", "5");
         for (key, value) in &self.options {
             // Consumer-only properties would make the producer refuse to start.
-            if !key.starts_with("session.") && !key.starts_with("heartbeat.") && !key.starts_with("group.") {
+            let consumer_only = ["session.", "heartbeat.", "group.", "fetch."];
+            if !consumer_only.iter().any(|prefix| key.starts_with(prefix)) {
                 config.set(key, value);
             }
         }
