@@ -178,9 +178,7 @@ fn measure(
     let lag = progress.lag();
     stop_all(Some(&load_stop));
     let produced = load.join().map_err(|_| anyhow!("the load's thread panicked"))??;
-    if let Some(probe) = watch.probe.take() {
-        probe.stop()?;
-    }
+    drop(watch.probe.take());
 
     let (p50, p95) = (|v: &mut Vec<f64>| quantile(v, 0.5), |v: &mut Vec<f64>| quantile(v, 0.95));
     let mut fields = Map::new();
@@ -263,11 +261,12 @@ impl Watch<'_> {
 /// A consumer of the bench's own on the topic, from its end, with the
 /// engine's consumer settings and nothing else to do: when a marker
 /// reaches it is when the broker and the client have delivered it.
+/// Stopped when dropped.
 struct Probe {
     /// The marker awaited (its key) and when it arrived.
     awaited: Arc<Mutex<(String, Option<Instant>)>>,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<anyhow::Result<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Probe {
@@ -294,18 +293,22 @@ impl Probe {
             let (awaited, stop) = (awaited.clone(), stop.clone());
             std::thread::Builder::new().name("medkg-freshness-probe".into()).spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let Some(message) = consumer.poll(Duration::from_millis(20)) else { continue };
-                    let message = message.map_err(|e| anyhow!("the delivery probe: {e}"))?;
-                    let at = Instant::now();
-                    let mut awaited = awaited.lock().map_err(|_| anyhow!("the probe's lock is poisoned"))?;
-                    if message.key() == Some(awaited.0.as_bytes()) {
-                        awaited.1 = Some(at);
+                    match consumer.poll(Duration::from_millis(20)) {
+                        Some(Ok(message)) => {
+                            let at = Instant::now();
+                            let Ok(mut awaited) = awaited.lock() else { return };
+                            if message.key() == Some(awaited.0.as_bytes()) {
+                                awaited.1 = Some(at);
+                            }
+                        }
+                        // A marker it misses only goes without its delivery figure.
+                        Some(Err(e)) => tracing::warn!(error = %e, "the freshness bench's delivery probe"),
+                        None => {}
                     }
                 }
-                Ok(())
             })?
         };
-        Ok(Probe { awaited, stop, thread })
+        Ok(Probe { awaited, stop, thread: Some(thread) })
     }
 
     /// Awaits the marker keyed `key` (forgetting the last).
@@ -319,10 +322,14 @@ impl Probe {
     fn arrival(&self) -> Option<Instant> {
         self.awaited.lock().ok().and_then(|awaited| awaited.1)
     }
+}
 
-    fn stop(self) -> anyhow::Result<()> {
+impl Drop for Probe {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().map_err(|_| anyhow!("the delivery probe's thread panicked"))?
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
