@@ -1,8 +1,9 @@
 //! What a run shows while it runs: live counters, and how far a probe's
 //! frontier has come.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use timely::dataflow::ProbeHandle;
 
@@ -11,6 +12,9 @@ use timely::dataflow::ProbeHandle;
 pub struct Progress {
     /// Records read from the source.
     pub records: AtomicU64,
+    /// When the first record was read (a Kafka source first waits for its
+    /// group to form).
+    pub first_record: Published<Instant>,
     /// Documents that reached the pipeline's sinks (for an index: committed).
     pub docs: AtomicU64,
     /// Their chunks.
@@ -34,6 +38,14 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Counts `n` records read from the source.
+    pub fn read(&self, n: u64) {
+        if self.first_record.get().is_none() && n > 0 {
+            self.first_record.publish(Instant::now());
+        }
+        self.records.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Kafka consumer lag, summed over workers (0 for other sources).
     pub fn lag(&self) -> u64 {
         self.lag.lock().map(|l| l.values().sum()).unwrap_or(0)

@@ -118,7 +118,7 @@ pub(crate) fn feed(
                     source_failure(shared, &letters, &name, &position, error, bytes)?;
                 }
                 if let Some(bytes) = page.payload {
-                    shared.progress.records.fetch_add(page.records, Ordering::Relaxed);
+                    shared.progress.read(page.records);
                     let payload = RawPayload {
                         source: name.clone(),
                         key: None,

@@ -2,7 +2,6 @@
 //! record number), epochs are counted in records, and worker 0 checkpoints
 //! the position every sink has made durable.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,7 +51,7 @@ pub(crate) fn feed(worker: &mut Worker, shared: &Arc<Shared>, feed: Feed) -> any
                 checkpointer.maybe_store(&committed, epoch_records)?;
             }
         }
-        shared.progress.records.fetch_add(1, Ordering::Relaxed);
+        shared.progress.read(1);
         match record {
             Ok(payload) => input.send(payload),
             Err((position, error)) => {

@@ -63,7 +63,7 @@ pub(crate) fn feed(worker: &mut Worker, shared: &Arc<Shared>, feed: Feed, kafka:
     // The group's first assignments, before any model batch can keep this
     // worker from serving a rebalance: what arrives meanwhile goes in first.
     for payload in settle(worker, shared, &source, epoch_records.saturating_mul(window)) {
-        shared.progress.records.fetch_add(1, Ordering::Relaxed);
+        shared.progress.read(1);
         input.send(payload);
         in_epoch += 1;
     }
@@ -104,7 +104,7 @@ pub(crate) fn feed(worker: &mut Worker, shared: &Arc<Shared>, feed: Feed, kafka:
                 }
                 break;
             };
-            shared.progress.records.fetch_add(1, Ordering::Relaxed);
+            shared.progress.read(1);
             input.send(payload);
             in_epoch += 1;
             wait = Duration::ZERO;
