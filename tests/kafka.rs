@@ -387,6 +387,9 @@ fn consumer_lag_is_measured_while_the_engine_is_behind() {
     for name in ["medkg_active_jobs", "medkg_stage_duration_seconds_bucket", "medkg_job_duration_seconds_bucket"] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
+    // How old the messages were when read: one observation per message read so far.
+    assert!(value("medkg_kafka_record_age_seconds_count") > 0.0, "{metrics}");
+    assert!(value("medkg_kafka_record_age_seconds_sum") > 0.0, "{metrics}");
     stop.store(true, Ordering::SeqCst);
     let summary = engine.join().unwrap().unwrap();
     assert!(seen > 0 && seen <= 400, "lag {seen} while {} of 400 docs were done", summary.docs);

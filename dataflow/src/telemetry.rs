@@ -87,6 +87,8 @@ pub struct Metrics {
     pub gate_pending: IntGaugeVec,
     /// Kafka messages not yet durable.
     pub consumer_lag: IntGaugeVec,
+    /// Seconds from a Kafka message's timestamp to the engine reading it.
+    pub record_age: HistogramVec,
     /// Lifecycle events that could not be written.
     pub event_errors: IntCounterVec,
 }
@@ -145,6 +147,11 @@ impl Metrics {
             dead_letters: counter("medkg_dead_letters_total", "Dead letters written", &["pipeline", "stage", "kind"]),
             gate_pending: gauge("medkg_gate_pending", "Documents waiting at the pipeline's gates", &["pipeline"]),
             consumer_lag: gauge("medkg_consumer_lag", "Kafka messages of the topic not yet durable", &["pipeline"]),
+            record_age: histogram(
+                "medkg_kafka_record_age_seconds",
+                "Seconds from a Kafka message's timestamp (producer or broker) until the engine reads it",
+                &["pipeline"],
+            ),
             event_errors: counter(
                 "medkg_event_errors_total",
                 "Lifecycle events that could not be written to their sink",

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -261,8 +261,20 @@ impl KafkaInput {
     /// The next message, if one comes within `timeout`, remembered as read
     /// in `epoch`.
     pub fn poll(&self, epoch: u64, timeout: Duration) -> Option<RawPayload> {
+        self.poll_aged(epoch, timeout).map(|(payload, _)| payload)
+    }
+
+    /// [`KafkaInput::poll`], with the message's age: how long ago its
+    /// timestamp (the producer's create time, or the broker's append time)
+    /// was, by this machine's clock (`None` without a timestamp; zero if
+    /// the clocks disagree the other way).
+    pub fn poll_aged(&self, epoch: u64, timeout: Duration) -> Option<(RawPayload, Option<Duration>)> {
         match self.consumer.poll(timeout) {
             Some(Ok(message)) => {
+                let age = message.timestamp().to_millis().and_then(|ms| {
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+                    Some(now.saturating_sub(Duration::from_millis(u64::try_from(ms).ok()?)))
+                });
                 let payload = payload_of(&message);
                 if let Some(partition) = payload.position.partition {
                     if let Ok(mut read) = self.read.lock() {
@@ -274,7 +286,7 @@ impl KafkaInput {
                         *slot = (*slot).max(next);
                     }
                 }
-                Some(payload)
+                Some((payload, age))
             }
             Some(Err(e)) => {
                 tracing::warn!(topic = %self.offsets.topic, error = %e, "kafka consumer");

@@ -45,6 +45,7 @@ pub(crate) fn feed(worker: &mut Worker, shared: &Arc<Shared>, feed: Feed, kafka:
     let (epoch_ms, epoch_records, window) =
         (runtime.epoch_ms.max(1), runtime.epoch_records.max(1), runtime.max_epochs_in_flight.max(1));
     let epoch_of_clock = || shared.began.elapsed().as_millis() as u64 / epoch_ms;
+    let record_age = shared.telemetry.metrics.record_age.with_label_values(&[&shared.telemetry.pipeline]);
     let mut epoch = 0u64;
     let mut in_epoch = 0u64;
     let mut in_flight = InFlight::new(window);
@@ -94,7 +95,7 @@ pub(crate) fn feed(worker: &mut Worker, shared: &Arc<Shared>, feed: Feed, kafka:
         let mut wait = Duration::from_millis(20);
         while in_epoch < epoch_records && !read_enough() {
             let polled = Instant::now();
-            let Some(payload) = source.poll(epoch, wait) else {
+            let Some((payload, age)) = source.poll_aged(epoch, wait) else {
                 // Nothing buffered. Unless the partitions still hold an
                 // epoch's worth (by the ends the broker last reported: a
                 // consumer's queue also runs dry between two fetches of a
@@ -104,6 +105,9 @@ pub(crate) fn feed(worker: &mut Worker, shared: &Arc<Shared>, feed: Feed, kafka:
                 }
                 break;
             };
+            if let Some(age) = age {
+                record_age.observe(age.as_secs_f64());
+            }
             shared.progress.read(1);
             input.send(payload);
             in_epoch += 1;
@@ -155,6 +159,7 @@ fn settle(worker: &mut Worker, shared: &Shared, source: &KafkaInput, cap: u64) -
     let wanted = workers.min(partitions.div_ceil(processes)).max(1);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let (mut counted, mut held) = (false, Vec::new());
+    let record_age = shared.telemetry.metrics.record_age.with_label_values(&[&shared.telemetry.pipeline]);
     while !shared.stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
         if !counted && source.assigned() {
             counted = true;
@@ -163,7 +168,10 @@ fn settle(worker: &mut Worker, shared: &Shared, source: &KafkaInput, cap: u64) -
         if shared.kafka_assigned.load(Ordering::SeqCst) >= wanted {
             break;
         }
-        if let Some(payload) = source.poll(0, Duration::from_millis(20)) {
+        if let Some((payload, age)) = source.poll_aged(0, Duration::from_millis(20)) {
+            if let Some(age) = age {
+                record_age.observe(age.as_secs_f64());
+            }
             held.push(payload);
             // (A partition assigned after a pause comes unpaused: pause again.)
             if held.len() as u64 >= cap {
