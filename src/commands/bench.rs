@@ -143,11 +143,19 @@ fn kafka_bench(
     let source = options.kafka.as_mut().ok_or_else(|| anyhow!("no Kafka source"))?;
     source.settings = settings;
     source.stop_after = Some(produced);
-    let (progress, began) = (Arc::new(Progress::default()), Instant::now());
+    let progress = Arc::new(Progress::default());
     let summary = medkg_dataflow::run(options, progress.clone(), |_, _| {})?;
-    // Until the first record, the consumer group was forming.
-    let forming = progress.first_record.get().map_or(0.0, |first| first.saturating_duration_since(began).as_secs_f64());
-    let reading = (summary.seconds - forming).max(1e-9);
+    // From the first record read to the end; before it, the consumer group
+    // was forming. (Counted back from the end: the run's time leaves out
+    // its set-up, loading the models.)
+    let ended = Instant::now();
+    let whole = summary.seconds.max(1e-9);
+    let reading = progress
+        .first_record
+        .get()
+        .map_or(whole, |first| ended.saturating_duration_since(*first).as_secs_f64())
+        .clamp(1e-9, whole);
+    let forming = whole - reading;
     let mut fields = Map::new();
     fields.insert("kafka_records".into(), json!(produced));
     fields.insert("kafka_produce_seconds".into(), json!(produce_seconds));
