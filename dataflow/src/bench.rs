@@ -50,6 +50,11 @@ pub struct PipelineBench {
     pub ratio: f64,
 }
 
+/// The `q` quantile of `sorted` samples, by nearest rank (`None` when there are none).
+pub fn nearest_rank(sorted: &[f64], q: f64) -> Option<f64> {
+    sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied()
+}
+
 /// Runs the pipeline bench; `options.data_dir` receives the end-to-end run's index.
 pub fn pipeline(options: &RunOptions) -> anyhow::Result<PipelineBench> {
     let workers = options.workers.max(1);
@@ -226,7 +231,7 @@ pub fn queries(data_dir: &Path, file: &PathBuf, mode: Mode, tenant: &str, k: usi
         }
     }
     times.sort_by(f64::total_cmp);
-    let at = |p: f64| times.get(((times.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    let at = |p: f64| nearest_rank(&times, p).unwrap_or(0.0);
     Ok(QueryBench {
         queries: times.len(),
         mode: format!("{mode:?}").to_lowercase(),

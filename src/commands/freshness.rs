@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail};
 use medkg_connectors::kafka::KafkaSettings;
+use medkg_dataflow::bench::nearest_rank;
 use medkg_dataflow::{Progress, RunOptions};
 use medkg_serve::readers::{Readers, POLL_INTERVAL};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -180,31 +181,27 @@ fn measure(
     let produced = load.join().map_err(|_| anyhow!("the load's thread panicked"))??;
     drop(watch.probe.take());
 
-    let (p50, p95) = (|v: &mut Vec<f64>| quantile(v, 0.5), |v: &mut Vec<f64>| quantile(v, 0.95));
+    for samples in [&mut latencies, &mut deliveries, &mut engine] {
+        samples.sort_by(f64::total_cmp);
+    }
     let mut fields = Map::new();
     fields.insert("freshness_rate".into(), json!(rate));
     fields.insert("freshness_markers".into(), json!(markers));
     fields.insert("freshness_lost".into(), json!(lost));
     fields.insert("freshness_warm_up_ms".into(), json!(warm_up.as_secs_f64() * 1000.0));
-    fields.insert("freshness_p50_ms".into(), json!(p50(&mut latencies)));
-    fields.insert("freshness_p95_ms".into(), json!(p95(&mut latencies)));
-    fields.insert("freshness_max_ms".into(), json!(quantile(&mut latencies, 1.0)));
-    fields.insert("freshness_delivery_p50_ms".into(), json!(p50(&mut deliveries)));
-    fields.insert("freshness_delivery_p95_ms".into(), json!(p95(&mut deliveries)));
-    fields.insert("freshness_engine_p50_ms".into(), json!(p50(&mut engine)));
-    fields.insert("freshness_engine_p95_ms".into(), json!(p95(&mut engine)));
+    fields.insert("freshness_p50_ms".into(), json!(nearest_rank(&latencies, 0.5)));
+    fields.insert("freshness_p95_ms".into(), json!(nearest_rank(&latencies, 0.95)));
+    fields.insert("freshness_max_ms".into(), json!(latencies.last()));
+    fields.insert("freshness_delivery_p50_ms".into(), json!(nearest_rank(&deliveries, 0.5)));
+    fields.insert("freshness_delivery_p95_ms".into(), json!(nearest_rank(&deliveries, 0.95)));
+    fields.insert("freshness_engine_p50_ms".into(), json!(nearest_rank(&engine, 0.5)));
+    fields.insert("freshness_engine_p95_ms".into(), json!(nearest_rank(&engine, 0.95)));
     fields.insert("freshness_delivery_seen".into(), json!(deliveries.len()));
     fields.insert("freshness_poll_ms".into(), json!(POLL_INTERVAL.as_millis()));
     fields.insert("freshness_load_records".into(), json!(produced));
     fields.insert("freshness_docs_per_sec".into(), json!(indexed as f64 / seconds.max(1e-9)));
     fields.insert("freshness_lag_at_end".into(), json!(lag));
     Ok(fields)
-}
-
-/// The `q` quantile of `values` (nearest rank; `None` when empty).
-fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied()
 }
 
 /// Produces markers and watches for them.
