@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use medkg_connectors::kafka::KafkaInput;
+use prometheus::Histogram;
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
@@ -63,7 +64,7 @@ pub(crate) fn feed(worker: &mut Worker, shared: &Arc<Shared>, feed: Feed, kafka:
     let read_enough = || kafka.stop_after.is_some_and(|n| shared.progress.records.load(Ordering::Relaxed) >= n);
     // The group's first assignments, before any model batch can keep this
     // worker from serving a rebalance: what arrives meanwhile goes in first.
-    for payload in settle(worker, shared, &source, epoch_records.saturating_mul(window)) {
+    for payload in settle(worker, shared, &source, &record_age, epoch_records.saturating_mul(window)) {
         shared.progress.read(1);
         input.send(payload);
         in_epoch += 1;
@@ -146,20 +147,26 @@ pub(crate) fn feed(worker: &mut Worker, shared: &Arc<Shared>, feed: Feed, kafka:
 /// Waits, serving the group's rebalances, until every worker of this process
 /// that can have partitions of the topic has some (or 10 s), and returns
 /// what it read meanwhile from partitions it still holds (after `cap`
-/// records it pauses fetching, and goes on waiting).
+/// records it pauses fetching, and goes on waiting). Each message read is
+/// observed in `record_age`.
 ///
 /// Without this, the first worker to join is given every partition, reads a
 /// backlog, and steps into a model batch of seconds, during which it cannot
 /// give partitions up: the others wait for the rebalance with nothing to do,
 /// and then read again what it held.
-fn settle(worker: &mut Worker, shared: &Shared, source: &KafkaInput, cap: u64) -> Vec<medkg_connectors::RawPayload> {
+fn settle(
+    worker: &mut Worker,
+    shared: &Shared,
+    source: &KafkaInput,
+    record_age: &Histogram,
+    cap: u64,
+) -> Vec<medkg_connectors::RawPayload> {
     let workers = shared.options.workers.max(1);
     let processes = shared.options.cluster.as_ref().map_or(1, |c| c.addresses.len().max(1));
     let partitions = source.partition_count(Duration::from_secs(10)).unwrap_or(workers * processes);
     let wanted = workers.min(partitions.div_ceil(processes)).max(1);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let (mut counted, mut held) = (false, Vec::new());
-    let record_age = shared.telemetry.metrics.record_age.with_label_values(&[&shared.telemetry.pipeline]);
     while !shared.stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
         if !counted && source.assigned() {
             counted = true;
